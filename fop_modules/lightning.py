@@ -19,6 +19,7 @@ from tensordict import TensorDictBase
 from torch import nn
 from torchrl.collectors import Collector
 from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
+from torchrl.data.replay_buffers.samplers import SliceSampler
 from torchrl.envs import EnvBase, ExplorationType, set_exploration_type
 from torchrl.objectives import HardUpdate, SoftUpdate
 
@@ -77,15 +78,21 @@ class CollectConfig:
     eval_interval: int = 1_000  # frames between greedy evaluations (0: only at the end)
     eval_envs: int = 8  # parallel envs of a greedy evaluation
     eval_max_steps: int = 1  # steps of an evaluation rollout
+    sequence_length: int | None = None  # None: replay transitions; L: replay slices of up to L
+    #   steps within one episode, batch_size of them per update (L >= the episode limit: whole
+    #   episodes, as the authors do); needed by recurrent actors
 
     def __post_init__(self) -> None:
         for name in ("total_frames", "frames_per_batch", "buffer_size", "batch_size",
                      "updates_per_batch", "eval_envs", "eval_max_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"collect.{name} must be >= 1, got {getattr(self, name)}")
-        if self.batch_size > self.buffer_size:
+        if self.sequence_length is not None and self.sequence_length < 1:
+            raise ValueError(f"collect.sequence_length must be >= 1 or null, got {self.sequence_length}")
+        if self.batch_size * (self.sequence_length or 1) > self.buffer_size:
             raise ValueError(
-                f"collect.batch_size ({self.batch_size}) is larger than collect.buffer_size "
+                f"collect.batch_size ({self.batch_size}) x sequence_length "
+                f"({self.sequence_length or 1}) frames is larger than collect.buffer_size "
                 f"({self.buffer_size})"
             )
         if self.warmup_frames < self.batch_size:
@@ -142,9 +149,8 @@ class FOPLightningModule(L.LightningModule):
         self._next_eval = collect.eval_interval or collect.total_frames
         # (env_frames, greedy return, greedy joint action of the first eval env at its first step)
         self.eval_history: list[tuple[int, float, list]] = []
-        self.buffer = TensorDictReplayBuffer(
-            storage=LazyTensorStorage(collect.buffer_size), batch_size=collect.batch_size
-        )
+        self.eval_win_rate: float | None = None  # share of won greedy episodes (SMAC, SMAX)
+        self.buffer = self._make_buffer(collect)
         if optim.target_update == "soft":
             self.target_updater = SoftUpdate(loss_module, tau=optim.tau)
         else:
@@ -159,6 +165,31 @@ class FOPLightningModule(L.LightningModule):
         ]
 
     # ------------------------------------------------------------------ data
+    @staticmethod
+    def _make_buffer(collect: CollectConfig) -> TensorDictReplayBuffer:
+        """Transitions, or slices within one trajectory (TorchRL's SliceSampler: a slice never
+        crosses an episode or a collector batch; shorter ones are padded and masked by
+        ``("collector", "mask")``, and each slice's last step is marked truncated)."""
+        storage = LazyTensorStorage(collect.buffer_size)
+        if collect.sequence_length is None:
+            return TensorDictReplayBuffer(storage=storage, batch_size=collect.batch_size)
+        sampler = SliceSampler(
+            slice_len=collect.sequence_length,
+            traj_key=("collector", "traj_ids"),
+            strict_length=False,
+            pad_output=True,
+        )
+        return TensorDictReplayBuffer(
+            storage=storage, sampler=sampler, batch_size=collect.batch_size * collect.sequence_length
+        )
+
+    def sample(self) -> TensorDictBase:
+        """One replay batch: [batch_size] transitions or [batch_size, sequence_length] slices."""
+        sample = self.buffer.sample()
+        if self.collect.sequence_length is not None:
+            sample = sample.reshape(self.collect.batch_size, self.collect.sequence_length)
+        return sample
+
     def train_dataloader(self) -> Collector:
         collector = Collector(
             self.make_env,
@@ -168,6 +199,7 @@ class FOPLightningModule(L.LightningModule):
             init_random_frames=self.collect.init_random_frames,
         )
         collector.set_seed(self.seed)
+        collector.reset()  # start from a reset of the seeded envs (SMAC re-creates its game on seeding)
         return collector
 
     def transfer_batch_to_device(self, batch, device, dataloader_idx):
@@ -244,7 +276,7 @@ class FOPLightningModule(L.LightningModule):
             self.loss_module.alpha = self.temperature(self.env_frames)
         if len(self.buffer) >= self.collect.warmup_frames:
             for _ in range(self.collect.updates_per_batch):
-                metrics = self.update(self.buffer.sample())
+                metrics = self.update(self.sample())
             self.log_dict(
                 {f"train/loss_{k}" if k != "entropy" else "train/entropy": v for k, v in metrics.items()},
                 batch_size=1,
@@ -260,25 +292,41 @@ class FOPLightningModule(L.LightningModule):
         )
         if self.env_frames >= self._next_eval or self.env_frames >= self.collect.total_frames:
             self.log("eval/return", self.evaluate(), batch_size=1)
+            if self.eval_win_rate is not None:
+                self.log("eval/win_rate", self.eval_win_rate, batch_size=1)
             while self._next_eval <= self.env_frames:
                 self._next_eval += self.collect.eval_interval or self.collect.total_frames
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
     def evaluate(self) -> float:
-        """Greedy (deterministic) rollouts; records and returns the mean episode return."""
+        """Greedy (deterministic) episodes; records and returns the mean episode return.
+
+        A batched env plays ``eval_envs`` episodes side by side; an unbatched one (one game per
+        process, as SMAC) plays them one after another. Where the env reports
+        ``("info", "battle_won")``, the share of won episodes is logged as ``eval/win_rate``.
+        """
         env = self.make_eval_env(self.collect.eval_envs)
         env.set_seed(self.seed + 10_000 + self.env_frames)
         with set_exploration_type(ExplorationType.DETERMINISTIC):
-            rollout = env.rollout(
-                self.collect.eval_max_steps, self.policy, break_when_any_done=False
-            )
-        reward = rollout.get(("next", "reward")).squeeze(-1)  # [E, T]
-        done = rollout.get(("next", "done")).squeeze(-1)  # [E, T]
-        # count each env's first episode only: steps up to and including its first done
-        alive = torch.cumsum(done.int(), dim=-1) - done.int() == 0
-        episode_return = (reward * alive).sum(-1).mean().item()
-        greedy_action = rollout.get(("agents", "action"))[0, 0].tolist()
+            if env.batch_size:
+                rollouts = [env.rollout(self.collect.eval_max_steps, self.policy,
+                                        break_when_any_done=False)]
+            else:
+                rollouts = [env.rollout(self.collect.eval_max_steps, self.policy).unsqueeze(0)
+                            for _ in range(self.collect.eval_envs)]
+        returns, wins = [], []
+        for rollout in rollouts:  # [E, T]
+            done = rollout.get(("next", "done")).squeeze(-1)
+            # count each env's first episode only: steps up to and including its first done
+            alive = torch.cumsum(done.int(), dim=-1) - done.int() == 0
+            returns.append((rollout.get(("next", "reward")).squeeze(-1) * alive).sum(-1))
+            won = rollout.get(("next", "info", "battle_won"), None)
+            if won is not None:
+                wins.append((won.squeeze(-1) & done & alive).any(-1).float())
+        episode_return = torch.cat(returns).mean().item()
+        greedy_action = rollouts[0].get(("agents", "action"))[0, 0].tolist()
         env.close()
         self.eval_history.append((self.env_frames, episode_return, greedy_action))
+        self.eval_win_rate = torch.cat(wins).mean().item() if wins else None
         return episode_return

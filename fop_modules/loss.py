@@ -16,6 +16,7 @@ in its row: eq. (9) does not reach V_i or pi_i.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from copy import deepcopy
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from torchrl.objectives import LossModule
 from torchrl.objectives.utils import ValueEstimators, dispatch_value_estimator, distance_loss
 
 from fop_modules.mixer import FOPMixer, LinearMixer
+from fop_modules.recurrent import find_encoder
 
 __all__ = ["FOPLoss"]
 
@@ -203,6 +205,8 @@ class FOPLoss(LossModule):
         mixers = _twins(mixer, num_qvalue_nets)
         self.n_agents = mixers[0].n_agents
         self.convert_to_functional(actor_network, "actor_network")
+        # A GRU actor (fop_modules.recurrent) is unrolled once per objective over [B, T] slices.
+        self._encoders = [encoder] if (encoder := find_encoder(self.actor_network)) else []
         # Twins are stacked along a leading dim of their params (one module: no stacking, since
         # tensordict's stacking of a single module gives non-leaf tensors); see `_twin`.
         twin_dim = num_qvalue_nets if num_qvalue_nets > 1 else None
@@ -282,6 +286,20 @@ class FOPLoss(LossModule):
         return alpha * ratio
 
     # ------------------------------------------------------------------ network calls
+    @contextlib.contextmanager
+    def _unrolled(self, tensordict: TensorDictBase, grad: bool = True):
+        """Yields ``tensordict`` with a recurrent actor's embeddings for the root and ``"next"``
+        steps (one batched GRU unroll with the current parameters); unchanged without a GRU."""
+        if not self._encoders:
+            yield tensordict
+            return
+        encoder = self._encoders[0]
+        with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
+            with self.actor_network_params.to_module(self.actor_network):
+                unrolled = encoder.unroll(tensordict)
+        with encoder.precomputed():
+            yield unrolled
+
     def _policy(self, tensordict: TensorDictBase):
         """Discrete: (probs, log_probs) [*B, N, A], both 0 at unavailable actions. Continuous: dist."""
         with self.actor_network_params.to_module(self.actor_network):
@@ -422,15 +440,16 @@ class FOPLoss(LossModule):
 
     def qvalue_loss(self, tensordict: TensorDictBase) -> tuple[Tensor, dict[str, Tensor]]:
         """Eq. (9): joint soft TD error of every twin's Q_jt; trains critics and mixers only."""
-        target = self._td_target(tensordict)
-        action = tensordict.get(self.tensor_keys.action)
-        alpha_i = self.individual_alphas(tensordict)
-        loss, q_jts = 0.0, []
-        for k in range(self.num_qvalue_nets):
-            _, _, q_jt, _, regularizer = self._twin_q_jt(tensordict, action, k, alpha_i, target=False)
-            error = distance_loss(q_jt, target, loss_function=self.loss_function) + regularizer
-            loss = loss + self._reduce_loss(error, tensordict)
-            q_jts.append(q_jt.detach())
+        with self._unrolled(tensordict, grad=False) as tensordict:  # the policy is only sampled
+            target = self._td_target(tensordict)
+            action = tensordict.get(self.tensor_keys.action)
+            alpha_i = self.individual_alphas(tensordict)
+            loss, q_jts = 0.0, []
+            for k in range(self.num_qvalue_nets):
+                _, _, q_jt, _, regularizer = self._twin_q_jt(tensordict, action, k, alpha_i, target=False)
+                error = distance_loss(q_jt, target, loss_function=self.loss_function) + regularizer
+                loss = loss + self._reduce_loss(error, tensordict)
+                q_jts.append(q_jt.detach())
         q_jt = q_jts[0]
         return loss, {"q_jt": q_jt, "td_error": (q_jt - target).abs()}
 
@@ -438,17 +457,17 @@ class FOPLoss(LossModule):
         """Eq. (10): V_i regresses E_{u_i~pi_i}[Q_i - alpha_i log pi_i]; trains V_i only."""
         if self.value_network is None:
             raise RuntimeError("value_loss needs a value_network (this loss uses the analytic V_i)")
-        with torch.no_grad():
-            alpha_i = self.individual_alphas(tensordict)
+        with torch.no_grad(), self._unrolled(tensordict) as unrolled:
+            alpha_i = self.individual_alphas(unrolled)
             params = self.qvalue_network_params
             if self.discrete:
-                probs, log_probs = self._policy(tensordict)
-                q_all = self._min_critic(tensordict, params)
+                probs, log_probs = self._policy(unrolled)
+                q_all = self._min_critic(unrolled, params)
                 target = (probs * (q_all - alpha_i * log_probs)).sum(-1, keepdim=True)  # exact E
             else:
-                dist = self._policy(tensordict)
+                dist = self._policy(unrolled)
                 action = dist.sample()
-                q = self._min_critic(tensordict, params, action)
+                q = self._min_critic(unrolled, params, action)
                 target = q - alpha_i * dist.log_prob(action).unsqueeze(-1)
         v = self._value_net(tensordict, self.value_network_params)  # [*B, N, 1]
         loss = distance_loss(v, target, loss_function=self.loss_function)
@@ -456,6 +475,10 @@ class FOPLoss(LossModule):
 
     def actor_loss(self, tensordict: TensorDictBase) -> tuple[Tensor, dict[str, Tensor]]:
         """Eq. (11): E_{u_i~pi_i}[alpha_i log pi_i(u_i) - Q_i(u_i)] with min over twins; trains pi_i."""
+        with self._unrolled(tensordict) as unrolled:
+            return self._actor_loss(unrolled)
+
+    def _actor_loss(self, tensordict: TensorDictBase) -> tuple[Tensor, dict[str, Tensor]]:
         alpha_i = self.individual_alphas(tensordict)
         params = self.qvalue_network_params.detach()  # gradients reach pi_i only
         if self.discrete:
@@ -487,9 +510,11 @@ class FOPLoss(LossModule):
         out["loss_actor"], actor_meta = self.actor_loss(tensordict)
         if self.learn_alpha:
             out["loss_alpha"] = self.alpha_loss(actor_meta["log_prob_jt"])
+        with self._unrolled(tensordict, grad=False) as unrolled:
+            alpha_i = self.individual_alphas(unrolled).squeeze(-1)
         out.update(
             alpha=self.alpha_value.clone(),
-            alpha_i=self.individual_alphas(tensordict).squeeze(-1),
+            alpha_i=alpha_i,
             entropy=-actor_meta["log_prob_jt"].mean(),
             q_jt=q_meta["q_jt"].mean(),
             td_error=q_meta["td_error"].mean(),

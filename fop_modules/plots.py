@@ -38,7 +38,7 @@ def _heatmap(ax, table: torch.Tensor, title: str, vmin: float, vmax: float) -> N
     for (r, c), value in zip(
         [(r, c) for r in range(table.shape[0]) for c in range(table.shape[1])], table.flatten()
     ):
-        ax.text(c, r, f"{value:.1f}", ha="center", va="center", fontsize=11)
+        ax.text(c, r, f"{round(float(value), 1) + 0.0:.1f}", ha="center", va="center", fontsize=11)
     ax.set_xticks(range(len(names[1])), list(names[1]))
     ax.set_yticks(range(len(names[0])), list(names[0]))
     ax.set_xlabel("agent 2 action")

@@ -68,13 +68,13 @@ def format_matrix_game_tables(tables: dict, action_names: str = "ABCDEFGHIJ") ->
     """Human-readable Q_i, Q_jt (2 agents: a table) and greedy joint action."""
     lines = []
     for i, row in enumerate(tables["q_i"]):
-        lines.append(f"Q_{i + 1} = [" + ", ".join(f"{q:6.2f}" for q in row) + "]")
+        lines.append(f"Q_{i + 1} = [" + ", ".join(f"{round(q, 2) + 0.0:6.2f}" for q in row) + "]")
     q_jt = torch.tensor(tables["q_jt"])
     if q_jt.dim() == 2:
         names = action_names[: q_jt.shape[1]]
         lines.append("Q_jt:   " + "".join(f"{c:>8}" for c in names))
         for r, row in zip(names, q_jt.tolist()):
-            lines.append(f"     {r}  " + "".join(f"{q:8.2f}" for q in row))
+            lines.append(f"     {r}  " + "".join(f"{round(q, 2) + 0.0:8.2f}" for q in row))
     else:
         lines.append(f"Q_jt (shape {list(q_jt.shape)}): see summary.json")
     greedy = tables["greedy_joint_action"]

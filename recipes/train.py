@@ -18,17 +18,17 @@ import hydra
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
+from torchrl.envs import Compose, TransformedEnv
 
-from fop_modules import ConstantTemperature, FOPLoss, FOPMixer, LinearMixer, networks, plots, probes
+from fop_modules import ConstantTemperature, FOPLoss, FOPMixer, LinearMixer, networks, plots, probes, recurrent
 from fop_modules.lightning import CollectConfig, FOPLightningModule, OptimConfig
 
-try:
-    from fop_modules.envs import DifferentialGameEnv, MatrixGameEnv
-except ImportError:
-    DifferentialGameEnv = MatrixGameEnv = ()
+from fop_modules.envs import DifferentialGameEnv, MatrixGameEnv
+from fop_modules.envs.smac import StarCraftNotAvailable
 
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
 
@@ -42,9 +42,22 @@ def typed(cls, section: DictConfig, prefix: str):
     return cls(**OmegaConf.to_container(section, resolve=True))
 
 
-def make_env(env_cfg: DictConfig, num_envs: int | None = None):
-    overrides = {} if num_envs is None else {"num_envs": num_envs}
-    return instantiate(env_cfg, **overrides)
+def make_env(env_cfg: DictConfig, algo: DictConfig, num_envs: int | None = None):
+    """The env from its config (``num_envs`` overrides its copies where it has any), with the
+    transforms a recurrent actor needs (episode starts, hidden-state primer, last action)."""
+    overrides = {"num_envs": num_envs} if num_envs is not None and "num_envs" in env_cfg else {}
+    try:
+        env = instantiate(env_cfg, **overrides)
+    except InstantiationException as error:  # Hydra wraps the env's own errors: unwrap ours
+        if isinstance(error.__cause__, StarCraftNotAvailable):
+            raise error.__cause__ from None
+        raise
+    if not algo.recurrent:
+        return env
+    action_spec = env.full_action_spec["agents", "action"]  # [*E, N], discrete
+    n_agents, n_actions = action_spec.shape[-1], action_spec.space.n
+    transforms = recurrent.recurrent_transforms(n_agents, n_actions, algo.rnn_hidden, env.batch_size)
+    return TransformedEnv(env, Compose(*transforms))
 
 
 def build_loss(env, algo: DictConfig) -> tuple[FOPLoss, torch.nn.Module]:
@@ -55,10 +68,17 @@ def build_loss(env, algo: DictConfig) -> tuple[FOPLoss, torch.nn.Module]:
     state_dim = env.full_observation_spec["state"].shape[-1]
     discrete = action_spec.dtype in (torch.int64, torch.int32)
     net = {"hidden": list(algo.hidden), "agent_id": algo.agent_id}
+    if algo.recurrent and not discrete:
+        raise ValueError("algorithm.recurrent=true needs discrete actions (the authors' GRU agent)")
     if discrete:
         n_actions = action_spec.space.n
         masked = ("agents", "action_mask") in env.full_observation_spec.keys(True)
-        actor = networks.discrete_actor(n_agents, obs_dim, n_actions, masked=masked, **net)
+        if algo.recurrent:
+            actor = recurrent.recurrent_discrete_actor(
+                n_agents, obs_dim, n_actions, hidden=algo.rnn_hidden, agent_id=algo.agent_id
+            )
+        else:
+            actor = networks.discrete_actor(n_agents, obs_dim, n_actions, masked=masked, **net)
         critic = networks.discrete_critic(n_agents, obs_dim, n_actions, **net)
         action_dim = n_actions
     else:
@@ -114,12 +134,24 @@ def train(cfg: DictConfig, run_dir: Path) -> Path:
     else:
         temperature = None  # learned dual alpha (algorithm.learn_alpha=true)
 
-    env = make_env(cfg.env)
+    if cfg.algorithm.recurrent and collect.sequence_length is None:
+        raise ValueError(
+            "algorithm.recurrent=true needs collect.sequence_length (slices of up to that many "
+            "steps; the episode limit replays whole episodes)"
+        )
+
+    env = make_env(cfg.env, cfg.algorithm)
+    game = env.base_env if isinstance(env, TransformedEnv) else env
+    if cfg.get("episode_limit") is not None and cfg.episode_limit != game.episode_limit:
+        raise ValueError(
+            f"episode_limit is {cfg.episode_limit} in the config but {game.episode_limit} for "
+            f"this env: set episode_limit={game.episode_limit}"
+        )
     loss, policy = build_loss(env, cfg.algorithm)
     module = FOPLightningModule(
         loss, policy,
-        make_env=partial(make_env, cfg.env),
-        make_eval_env=partial(make_env, cfg.env),
+        make_env=partial(make_env, cfg.env, cfg.algorithm),
+        make_eval_env=partial(make_env, cfg.env, cfg.algorithm),
         collect=collect, optim=optim, temperature=temperature, seed=cfg.seed,
     )
     if cfg.logger == "csv":
@@ -145,12 +177,14 @@ def train(cfg: DictConfig, run_dir: Path) -> Path:
     }
     curve = module.eval_history
     plots.learning_curve(curve, run_dir / "learning_curve.png", title=cfg.name)
-    if isinstance(env, MatrixGameEnv):
+    if module.eval_win_rate is not None:
+        summary["final_eval_win_rate"] = module.eval_win_rate
+    if isinstance(game, MatrixGameEnv):
         tables = probes.matrix_game_tables(loss, env, policy)
         summary.update(tables)
         plots.matrix_game_tables(tables, env.payoff, run_dir / "q_tables.png")
         print(probes.format_matrix_game_tables(tables), flush=True)
-    elif isinstance(env, DifferentialGameEnv):
+    elif isinstance(game, DifferentialGameEnv):
         summary.update(probes.differential_game_result(policy, env))
         plots.differential_game_path(env, curve, run_dir / "learning_path.png")
         print(f"greedy actions {summary['greedy_action']}, payoff {summary['greedy_payoff']:.3f}", flush=True)
@@ -162,7 +196,11 @@ def train(cfg: DictConfig, run_dir: Path) -> Path:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def main(cfg: DictConfig) -> None:
-    path = train(cfg, Path(HydraConfig.get().runtime.output_dir))
+    try:
+        path = train(cfg, Path(HydraConfig.get().runtime.output_dir))
+    except StarCraftNotAvailable as error:  # what to install, not a traceback
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        sys.exit(2)
     print(f"summary: {path}", flush=True)
 
 

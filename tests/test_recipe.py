@@ -27,6 +27,14 @@ SHORT = [
     "collect.eval_interval=128", "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1",
 ]
 
+# SMAC experiments run on the stand-in game here, with few, short evaluations and small batches.
+SMAC_SHORT = ["env.backend=fake", "collect.batch_size=4", "collect.eval_envs=2",
+              "collect.frames_per_batch=16", "collect.updates_per_batch=1"]
+
+
+def _short(experiment: str) -> list[str]:
+    return SHORT + (SMAC_SHORT if experiment.startswith("smac") else [])
+
 
 def _compose(overrides: list[str]):
     with initialize_config_dir(config_dir=train.CONFIG_DIR, version_base="1.3"):
@@ -36,8 +44,8 @@ def _compose(overrides: list[str]):
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 def test_every_experiment_and_algorithm_composes_and_builds(experiment, algorithm):
-    cfg = _compose([f"+experiment={experiment}", f"algorithm={algorithm}"])
-    env = train.make_env(cfg.env)
+    cfg = _compose([f"+experiment={experiment}", f"algorithm={algorithm}", *_short(experiment)])
+    env = train.make_env(cfg.env, cfg.algorithm)
     loss, policy = train.build_loss(env, cfg.algorithm)
     assert loss.n_agents == env.n_agents
 
@@ -53,7 +61,7 @@ def test_every_temperature_config_instantiates(temperature):
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_greedy_algorithm_runs_with_alpha_zero_in_every_experiment(experiment, tmp_path):
-    cfg = _compose([f"+experiment={experiment}", "algorithm=fop_greedy", *SHORT])
+    cfg = _compose([f"+experiment={experiment}", "algorithm=fop_greedy", *_short(experiment)])
     train.train(cfg, tmp_path)
     metrics = (tmp_path / "logs" / "metrics.csv").read_text().splitlines()
     alpha_column = metrics[0].split(",").index("train/alpha")
@@ -63,20 +71,66 @@ def test_greedy_algorithm_runs_with_alpha_zero_in_every_experiment(experiment, t
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_short_run_end_to_end(experiment, tmp_path):
-    cfg = _compose([f"+experiment={experiment}", *SHORT])
+    cfg = _compose([f"+experiment={experiment}", *_short(experiment)])
     summary = json.loads(train.train(cfg, tmp_path).read_text())
     assert summary["env_frames"] == 256 and summary["updates"] > 0
     assert summary["config_name"] == experiment and summary["seed"] == 0
-    plots = {"matrix_game": "q_tables.png", "mtq": "learning_path.png"}[experiment]
-    for name in ("learning_curve.png", plots, "config.yaml", "logs/metrics.csv"):
+    plots = {"matrix_game": ["q_tables.png"], "mtq": ["learning_path.png"]}.get(experiment, [])
+    for name in ("learning_curve.png", *plots, "config.yaml", "logs/metrics.csv"):
         assert (tmp_path / name).stat().st_size > 0, name
     if experiment == "matrix_game":
         assert len(summary["q_jt"]) == 3 and len(summary["greedy_joint_action"]) == 2
-    else:
+    elif experiment == "mtq":
         assert len(summary["greedy_action"]) == 2
+    else:
+        assert 0 <= summary["final_eval_win_rate"] <= 1
     metrics = (tmp_path / "logs" / "metrics.csv").read_text().splitlines()[0]
-    for column in ("train/loss_qvalue", "train/loss_actor", "train/alpha", "eval/return", "env_frames"):
+    columns = ["train/loss_qvalue", "train/loss_actor", "train/alpha", "eval/return", "env_frames"]
+    for column in columns + ["eval/win_rate"] * experiment.startswith("smac"):
         assert column in metrics
+
+
+def test_smac_trains_a_few_hundred_updates_on_the_stand_in_game(tmp_path):
+    """The authors' SMAC pipeline (GRU actor, whole-episode replay, TD(lambda), twin critics,
+    RMSprop, hard targets) for 301 updates on the fake StarCraft2Env, 3s_vs_3z."""
+    cfg = _compose(["+experiment=smac_3s_vs_3z", "env.backend=fake", "collect.total_frames=3200",
+                    "collect.frames_per_batch=10", "collect.updates_per_batch=1",
+                    "collect.warmup_frames=200", "collect.batch_size=4", "collect.eval_envs=2",
+                    "collect.eval_interval=0", "trainer.enable_progress_bar=false"])
+    summary = json.loads(train.train(cfg, tmp_path).read_text())
+    assert summary["updates"] == 301 and summary["env_frames"] == 3200  # from frame 200 on
+    assert 0 <= summary["final_eval_win_rate"] <= 1
+
+
+def test_smac_without_the_game_says_what_to_install(tmp_path):
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "recipes" / "train.py"), "+experiment=smac_mmm",
+         f"hydra.run.dir={tmp_path}"],
+        capture_output=True, text=True, cwd=tmp_path, env={"SC2PATH": str(tmp_path / "no_sc2"), "PATH": ""},
+    )
+    assert out.returncode == 2
+    assert "Traceback" not in out.stderr
+    for needed in ("oxwhirl/smac", "StarCraft II 4.10", "SC2PATH", "SMAC_Maps", "backend"):
+        assert needed in out.stderr, needed
+
+
+def test_episode_limit_must_match_the_map(tmp_path):
+    cfg = _compose(["+experiment=smac_mmm", "episode_limit=99", *_short("smac")])
+    with pytest.raises(ValueError, match="episode_limit=150"):
+        train.train(cfg, tmp_path)
+
+
+def test_recurrent_actor_runs_end_to_end(tmp_path):
+    """The GRU actor through the collector (hidden state carried), slice replay and the loss."""
+    cfg = _compose(["algorithm.recurrent=true", "collect.sequence_length=1", *SHORT])
+    summary = json.loads(train.train(cfg, tmp_path).read_text())
+    assert summary["updates"] > 0 and len(summary["greedy_joint_action"]) == 2
+
+
+def test_recurrent_actor_needs_sequences(tmp_path):
+    cfg = _compose(["algorithm.recurrent=true", *SHORT])
+    with pytest.raises(ValueError, match="collect.sequence_length"):
+        train.train(cfg, tmp_path)
 
 
 def test_command_line_prints_summary_path_last(tmp_path):

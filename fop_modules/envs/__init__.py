@@ -1,6 +1,19 @@
-"""TorchRL environments for FOP: the paper's didactic games, all with the same multi-agent keys."""
+"""TorchRL environments for FOP, all with the same multi-agent keys: the paper's didactic games
+StarCraft (SMAC through ``smac``, or its stand-in without the game) and JaxMARL's SMAX."""
 
 from fop_modules.envs.differential_game import MTQ_QUADRATICS, DifferentialGameEnv
 from fop_modules.envs.matrix_game import QTRAN_PAYOFF, MatrixGameEnv
+from fop_modules.envs.smac import SMACEnv, StarCraftNotAvailable
+from fop_modules.envs.smac_fake import FakeStarCraft2Env
+from fop_modules.envs.smax import SMAXEnv  # imports jax only when built
 
-__all__ = ["MatrixGameEnv", "DifferentialGameEnv", "QTRAN_PAYOFF", "MTQ_QUADRATICS"]
+__all__ = [
+    "MatrixGameEnv",
+    "DifferentialGameEnv",
+    "QTRAN_PAYOFF",
+    "MTQ_QUADRATICS",
+    "SMACEnv",
+    "StarCraftNotAvailable",
+    "FakeStarCraft2Env",
+    "SMAXEnv",
+]

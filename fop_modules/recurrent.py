@@ -1,0 +1,251 @@
+"""Recurrent (GRU) agents for partially observable tasks such as SMAC, shared across agents.
+
+The authors' agent (PyMARL's ``RNNAgent``) is ``fc -> ReLU -> GRUCell -> fc`` on the agent's
+observation, its last action (one-hot) and its one-hot id, with hidden size 64. Here the same
+network is split so that training never loops over time steps in Python:
+
+- :class:`GRUEncoder` turns inputs into the hidden state h_t [*, N, H]. It runs in two modes:
+
+  * **step** (collectors): a tensordict without a time dimension. It reads the carried hidden state
+    ``"rnn_hidden"`` [*, N, H] (zeroed where ``"is_init"``), takes one GRU step and writes
+    h_t at ``("agents", "embed")`` and ``("next", "rnn_hidden")``, which TorchRL's
+    collectors carry to the next step.
+  * **sequence** (the loss, :meth:`GRUEncoder.unroll`): a [B, T] tensordict of
+    trajectory slices. One ``nn.GRU`` call over all B * N sequences gives h_0..h_{T-1} from the
+    stored hidden state at t = 0; one more batched GRU step on the ``"next"`` inputs from each
+    h_t gives the next-step hidden states, so both ``("agents", "embed")`` and
+    ``("next", "agents", "embed")`` are filled exactly, in two GRU calls whatever T is.
+
+- The policy head (a Linear on ``("agents", "embed")``) is feed-forward, so :class:`FOPLoss`
+  uses a recurrent actor like any other once the embeddings are in the tensordict.
+
+:func:`recurrent_discrete_actor` builds the whole actor; :func:`recurrent_transforms` gives the
+env transforms it needs (``InitTracker``, the hidden-state primer and :class:`LastAction`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from tensordict import TensorDictBase
+from tensordict.nn import TensorDictModule, TensorDictModuleBase, TensorDictSequential
+from torch import Tensor, nn
+from torchrl.data import Composite, Unbounded
+from torchrl.envs import InitTracker, Transform, TensorDictPrimer
+from torchrl.modules import MaskedCategorical, ProbabilisticActor
+
+__all__ = ["GRUEncoder", "LastAction", "recurrent_discrete_actor", "recurrent_transforms"]
+
+OBS_KEY = ("agents", "observation")
+MASK_KEY = ("agents", "action_mask")
+ACTION_KEY = ("agents", "action")
+LAST_ACTION_KEY = ("agents", "last_action")
+HIDDEN_KEY = "rnn_hidden"  # [*B, N, H], at the root: TorchRL collectors carry ("next", key)
+EMBED_KEY = ("agents", "embed")
+IS_INIT_KEY = "is_init"
+
+
+class GRUEncoder(TensorDictModuleBase):
+    """h_t = GRU(h_{t-1}, ReLU(fc([o_t, onehot(u_{t-1}), onehot(i)]))) for every agent i.
+
+    Args:
+        n_agents: number of agents N.
+        obs_dim: size of one agent's observation.
+        n_actions: number of discrete actions (the size of the one-hot last action); 0: no last
+            action in the input.
+        hidden: GRU hidden size (authors: 64).
+        agent_id: append the one-hot agent id to the input (authors: yes).
+
+    Examples:
+        >>> import torch
+        >>> from tensordict import TensorDict
+        >>> enc = GRUEncoder(n_agents=2, obs_dim=3, n_actions=4, hidden=8)
+        >>> step = TensorDict({("agents", "observation"): torch.randn(5, 2, 3),
+        ...                    ("agents", "last_action"): torch.zeros(5, 2, 4),
+        ...                    "rnn_hidden": torch.zeros(5, 2, 8),
+        ...                    "is_init": torch.ones(5, 1, dtype=torch.bool)}, [5])
+        >>> enc(step)["next", "rnn_hidden"].shape
+        torch.Size([5, 2, 8])
+        >>> seq = step.unsqueeze(1).expand(5, 7).clone()  # [B=5, T=7]
+        >>> seq["next"] = seq.exclude("next").clone()
+        >>> out = enc.unroll(seq)
+        >>> out["agents", "embed"].shape, out["next", "agents", "embed"].shape
+        (torch.Size([5, 7, 2, 8]), torch.Size([5, 7, 2, 8]))
+    """
+
+    def __init__(
+        self, n_agents: int, obs_dim: int, n_actions: int = 0, *, hidden: int = 64, agent_id: bool = True
+    ) -> None:
+        super().__init__()
+        if n_agents < 1 or obs_dim < 1 or hidden < 1 or n_actions < 0:
+            raise ValueError(
+                f"GRUEncoder needs n_agents, obs_dim, hidden >= 1 and n_actions >= 0, got "
+                f"{n_agents}, {obs_dim}, {hidden}, {n_actions}"
+            )
+        self.n_agents, self.obs_dim, self.n_actions = n_agents, obs_dim, n_actions
+        self.hidden, self.agent_id = hidden, agent_id
+        in_features = obs_dim + n_actions + (n_agents if agent_id else 0)
+        self.fc = nn.Linear(in_features, hidden)
+        self.gru = nn.GRU(hidden, hidden, batch_first=True)
+        self.in_keys = [OBS_KEY, HIDDEN_KEY, IS_INIT_KEY] + ([LAST_ACTION_KEY] if n_actions else [])
+        self.out_keys = [EMBED_KEY, ("next", HIDDEN_KEY)]
+        self._precomputed = False
+
+    def _features(self, td: TensorDictBase) -> Tensor:
+        """ReLU(fc(input)) [*B, N, H] from observation, last action and agent id."""
+        obs = td.get(OBS_KEY)
+        if obs.shape[-2:] != (self.n_agents, self.obs_dim):
+            raise ValueError(
+                f"GRUEncoder: {OBS_KEY!r} must have shape [*B, {self.n_agents}, {self.obs_dim}], "
+                f"got {list(obs.shape)}"
+            )
+        parts = [obs.to(self.fc.weight.dtype)]
+        if self.n_actions:
+            parts.append(td.get(LAST_ACTION_KEY).to(obs.dtype))
+        if self.agent_id:
+            ids = torch.eye(self.n_agents, dtype=obs.dtype, device=obs.device)
+            parts.append(ids.expand(*obs.shape[:-1], self.n_agents))
+        return F.relu(self.fc(torch.cat(parts, -1)))
+
+    def _initial_hidden(self, td: TensorDictBase) -> Tensor:
+        """The carried hidden state [*B, N, H], zero where an episode starts."""
+        batch = td.batch_size
+        hidden = td.get(HIDDEN_KEY, None)
+        if hidden is None:
+            hidden = torch.zeros(*batch, self.n_agents, self.hidden, device=self.fc.weight.device)
+        is_init = td.get(IS_INIT_KEY, None)
+        if is_init is not None:
+            hidden = torch.where(is_init.reshape(*batch, 1, 1), torch.zeros_like(hidden), hidden)
+        return hidden
+
+    def _gru_step(self, x: Tensor, h: Tensor) -> Tensor:
+        """One GRU step for every row: x, h [*B, N, H] -> h' [*B, N, H]."""
+        shape = h.shape
+        out, _ = self.gru(x.reshape(-1, 1, self.hidden), h.reshape(1, -1, self.hidden))
+        return out.reshape(shape)
+
+    def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
+        """Step mode (collectors, evaluation); a no-op inside :meth:`precomputed`."""
+        if self._precomputed:
+            return tensordict
+        h = self._gru_step(self._features(tensordict), self._initial_hidden(tensordict))
+        tensordict.set(EMBED_KEY, h)
+        tensordict.set(("next", HIDDEN_KEY), h)
+        return tensordict
+
+    def unroll(self, tensordict: TensorDictBase) -> TensorDictBase:
+        """Sequence mode on a [B, T] tensordict (time last): writes root and next embeddings.
+
+        Slices must lie within one trajectory (TorchRL's ``SliceSampler`` with a ``traj_key``),
+        so the only reset is at t = 0, where the stored hidden state is zeroed by ``"is_init"``.
+        """
+        if tensordict.batch_dims != 2:
+            raise ValueError(
+                f"GRUEncoder.unroll needs a [B, T] tensordict (time last), got batch "
+                f"{list(tensordict.batch_size)}"
+            )
+        B, T = tensordict.batch_size
+        N, H = self.n_agents, self.hidden
+        x = self._features(tensordict)  # [B, T, N, H]
+        h0 = self._initial_hidden(tensordict[:, 0])  # [B, N, H]
+        out, _ = self.gru(
+            x.transpose(1, 2).reshape(B * N, T, H),  # one sequence per (slice, agent)
+            h0.reshape(1, B * N, H),
+        )
+        h = out.reshape(B, N, T, H).transpose(1, 2)  # h_t [B, T, N, H]
+        next_td = tensordict.get("next")
+        h_next = self._gru_step(self._features(next_td), h)  # h_{t+1} from h_t and next input
+        out_td = tensordict.clone(False)
+        out_td.set(EMBED_KEY, h)
+        out_td.set(("next", *EMBED_KEY), h_next)
+        return out_td
+
+    @contextlib.contextmanager
+    def precomputed(self) -> Iterator[None]:
+        """Inside the block the step mode is a no-op: the embeddings already written by
+        :meth:`unroll` are used (the loss calls the actor separately on the root and on
+        ``"next"``, and both read the one unroll, with its gradient graph)."""
+        self._precomputed = True
+        try:
+            yield
+        finally:
+            self._precomputed = False
+
+
+def recurrent_discrete_actor(
+    n_agents: int, obs_dim: int, n_actions: int, *, hidden: int = 64, agent_id: bool = True,
+    last_action: bool = True,
+) -> ProbabilisticActor:
+    """The authors' GRU actor: GRUEncoder -> Linear -> masked softmax over available actions.
+
+    Examples:
+        >>> import torch
+        >>> from tensordict import TensorDict
+        >>> actor = recurrent_discrete_actor(n_agents=2, obs_dim=3, n_actions=4, hidden=8)
+        >>> td = TensorDict({("agents", "observation"): torch.randn(5, 2, 3),
+        ...                  ("agents", "last_action"): torch.zeros(5, 2, 4),
+        ...                  ("agents", "action_mask"): torch.ones(5, 2, 4, dtype=torch.bool),
+        ...                  "is_init": torch.ones(5, 1, dtype=torch.bool)}, [5])
+        >>> actor(td)["agents", "action"].shape
+        torch.Size([5, 2])
+    """
+    encoder = GRUEncoder(n_agents, obs_dim, n_actions if last_action else 0, hidden=hidden,
+                         agent_id=agent_id)
+    head = TensorDictModule(nn.Linear(hidden, n_actions), in_keys=[EMBED_KEY],
+                            out_keys=[("agents", "logits")])
+    return ProbabilisticActor(
+        TensorDictSequential(encoder, head),
+        in_keys={"logits": ("agents", "logits"), "mask": MASK_KEY},
+        out_keys=[ACTION_KEY],
+        distribution_class=MaskedCategorical,
+    )
+
+
+def find_encoder(module: nn.Module) -> GRUEncoder | None:
+    """The :class:`GRUEncoder` inside an actor, if any."""
+    return next((m for m in module.modules() if isinstance(m, GRUEncoder)), None)
+
+
+class LastAction(Transform):
+    """Writes each agent's previous action, one-hot, at ``("agents", "last_action")`` [*, N, A].
+
+    Zeros at reset; after a step, the one-hot of the action just taken (PyMARL's
+    ``obs_last_action`` input of the agent network).
+    """
+
+    def __init__(self, n_actions: int) -> None:
+        super().__init__(in_keys=[ACTION_KEY], out_keys=[LAST_ACTION_KEY])
+        self.n_actions = n_actions
+
+    def _reset(self, tensordict: TensorDictBase, tensordict_reset: TensorDictBase) -> TensorDictBase:
+        shape = tensordict_reset.get(MASK_KEY).shape  # [*B, N, A]
+        tensordict_reset.set(LAST_ACTION_KEY, torch.zeros(shape, device=tensordict_reset.device))
+        return tensordict_reset
+
+    def _step(self, tensordict: TensorDictBase, next_tensordict: TensorDictBase) -> TensorDictBase:
+        action = tensordict.get(ACTION_KEY).long()
+        next_tensordict.set(LAST_ACTION_KEY, F.one_hot(action, self.n_actions).float())
+        return next_tensordict
+
+    def transform_observation_spec(self, observation_spec: Composite) -> Composite:
+        agents = observation_spec["agents"]
+        agents[LAST_ACTION_KEY[1]] = Unbounded(
+            shape=(*agents.shape, self.n_actions), device=observation_spec.device
+        )
+        return observation_spec
+
+
+def recurrent_transforms(n_agents: int, n_actions: int, hidden: int, batch_size: torch.Size) -> list[Transform]:
+    """Env transforms a recurrent actor needs: episode starts, a zero hidden state at reset and
+    the last action. Append them to the env with ``TransformedEnv(env, Compose(*transforms))``."""
+    primer = TensorDictPrimer(
+        Composite(
+            {HIDDEN_KEY: Unbounded(shape=(*batch_size, n_agents, hidden))}, shape=batch_size
+        ),
+        reset_key="_reset",
+        expand_specs=False,
+    )
+    return [InitTracker(), primer, LastAction(n_actions)]

@@ -1,0 +1,127 @@
+"""GRU agents: the sequence unroll equals step-by-step collection; the loss trains them."""
+
+import pytest
+import torch
+from tensordict import TensorDict
+from torchrl.envs import Compose, TransformedEnv
+
+from fop_modules import FOPLoss, FOPMixer, networks
+from fop_modules.envs import MatrixGameEnv
+from fop_modules.recurrent import GRUEncoder, LastAction, recurrent_discrete_actor, recurrent_transforms
+
+N, OBS, A, H = 3, 5, 4, 8
+
+
+def _sequence(B=2, T=6, is_init_at_start=True):
+    """A [B, T] batch of consecutive steps: next inputs of step t are the inputs of step t+1."""
+    obs = torch.randn(B, T + 1, N, OBS)
+    actions = torch.randint(A, (B, T + 1, N))
+    last = torch.cat([torch.zeros(B, 1, N, A), torch.nn.functional.one_hot(actions[:, :-1], A).float()], 1)
+    is_init = torch.zeros(B, T + 1, 1, dtype=torch.bool)
+    is_init[:, 0] = is_init_at_start
+    hidden0 = torch.randn(B, N, H)
+
+    def step(t):
+        return {("agents", "observation"): obs[:, t], ("agents", "last_action"): last[:, t],
+                "is_init": is_init[:, t], ("agents", "action_mask"): torch.ones(B, N, A, dtype=torch.bool),
+                "state": obs[:, t].flatten(-2)}
+
+    steps = [step(t) for t in range(T + 1)]
+    root = TensorDict({k: torch.stack([s[k] for s in steps[:-1]], 1) for k in steps[0]}, [B, T])
+    nxt = TensorDict({k: torch.stack([s[k] for s in steps[1:]], 1) for k in steps[0]}, [B, T])
+    root["next"] = nxt
+    root["rnn_hidden"] = hidden0.unsqueeze(1).expand(B, T, N, H).clone()  # only t = 0 is read
+    root["agents", "action"] = actions[:, :-1]
+    return root, steps, hidden0
+
+
+@pytest.mark.parametrize("is_init_at_start", [True, False])
+def test_unroll_equals_step_by_step(is_init_at_start):
+    torch.manual_seed(0)
+    enc = GRUEncoder(N, OBS, A, hidden=H)
+    seq, steps, hidden0 = _sequence(is_init_at_start=is_init_at_start)
+    out = enc.unroll(seq)
+    h = hidden0
+    stepped = []
+    for s in steps:  # what a collector does: carry ("next", "rnn_hidden") to the next step
+        td = TensorDict({**s, "rnn_hidden": h}, [seq.batch_size[0]])
+        enc(td)
+        h = td["next", "rnn_hidden"]
+        stepped.append(td["agents", "embed"])
+    stepped = torch.stack(stepped, 1)  # [B, T + 1, N, H]
+    torch.testing.assert_close(out["agents", "embed"], stepped[:, :-1])
+    torch.testing.assert_close(out["next", "agents", "embed"], stepped[:, 1:])
+    if is_init_at_start:  # the stored hidden state is ignored at an episode start
+        seq["rnn_hidden"] = torch.randn_like(seq["rnn_hidden"])
+        torch.testing.assert_close(enc.unroll(seq)["agents", "embed"], out["agents", "embed"])
+
+
+def test_unroll_rejects_flat_batches():
+    enc = GRUEncoder(N, OBS, A, hidden=H)
+    seq, _, _ = _sequence()
+    with pytest.raises(ValueError, match=r"\[B, T\]"):
+        enc.unroll(seq[:, 0])
+    with pytest.raises(ValueError, match="observation"):
+        GRUEncoder(N, OBS + 1, A, hidden=H).unroll(seq)
+
+
+def _loss():
+    actor = recurrent_discrete_actor(N, OBS, A, hidden=H)
+    critic = networks.discrete_critic(N, OBS, A, hidden=[16])
+    mixer = FOPMixer(N, state_dim=N * OBS, action_dim=A)
+    return FOPLoss(actor, critic, mixer, action_space="discrete", num_qvalue_nets=2), actor
+
+
+def _batch():
+    seq, _, _ = _sequence()
+    seq["next", "reward"] = torch.randn(*seq.batch_size, 1)
+    seq["next", "done"] = torch.zeros(*seq.batch_size, 1, dtype=torch.bool)
+    seq["next", "terminated"] = torch.zeros(*seq.batch_size, 1, dtype=torch.bool)
+    return seq
+
+
+def test_gradients_reach_the_gru_only_through_the_actor_loss():
+    torch.manual_seed(0)
+    loss, actor = _loss()
+    gru = [p for n, p in loss.actor_network_params.items(True, True) if "gru" in "".join(n)]
+    assert gru, "the actor's GRU parameters are part of the loss's actor parameters"
+    batch = _batch()
+    loss_q, _ = loss.qvalue_loss(batch)
+    loss_q.backward()
+    assert all(p.grad is None or not p.grad.any() for p in loss.actor_network_params.values(True, True))
+    assert any(p.grad is not None and p.grad.abs().sum() > 0
+               for p in loss.qvalue_network_params.values(True, True))
+    loss_a, _ = loss.actor_loss(batch)
+    loss_a.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in gru)
+
+
+def test_actor_loss_matches_a_step_by_step_policy():
+    """The loss's policy on an unrolled [B, T] batch equals the collector's policy at each step."""
+    torch.manual_seed(0)
+    loss, actor = _loss()
+    batch = _batch()
+    with loss._unrolled(batch) as unrolled:
+        probs, _ = loss._policy(unrolled)
+        next_probs, _ = loss._policy(unrolled["next"])
+    h = batch["rnn_hidden"][:, 0]
+    for t in range(batch.batch_size[1]):
+        td = batch[:, t].exclude("next").clone()
+        td["rnn_hidden"] = h
+        dist = actor.get_dist(td)
+        h = td["next", "rnn_hidden"]
+        torch.testing.assert_close(dist.probs, probs[:, t])
+    torch.testing.assert_close(next_probs[:, :-1], probs[:, 1:])
+
+
+def test_transforms_give_hidden_state_episode_starts_and_last_action():
+    env = MatrixGameEnv(num_envs=4)
+    env = TransformedEnv(env, Compose(*recurrent_transforms(2, 3, H, env.batch_size)))
+    td = env.reset()
+    assert td["rnn_hidden"].shape == (4, 2, H) and not td["rnn_hidden"].any()
+    assert td["is_init"].all()
+    assert td["agents", "last_action"].shape == (4, 2, 3) and not td["agents", "last_action"].any()
+    td["agents", "action"] = torch.tensor([[0, 2]] * 4)
+    out = env.step(td)
+    assert out["next", "agents", "last_action"][0].tolist() == [[1, 0, 0], [0, 0, 1]]
+    assert isinstance(env.transform[-1], LastAction)
