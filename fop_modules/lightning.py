@@ -291,9 +291,11 @@ class FOPLightningModule(L.LightningModule):
             prog_bar=True,
         )
         if self.env_frames >= self._next_eval or self.env_frames >= self.collect.total_frames:
-            self.log("eval/return", self.evaluate(), batch_size=1)
+            metrics = {"eval/return": self.evaluate(), "env_frames": float(self.env_frames)}
             if self.eval_win_rate is not None:
-                self.log("eval/win_rate", self.eval_win_rate, batch_size=1)
+                metrics["eval/win_rate"] = self.eval_win_rate
+            for logger in self.loggers:  # every evaluation, not only on log_every_n_steps
+                logger.log_metrics(metrics, step=self.global_step)
             while self._next_eval <= self.env_frames:
                 self._next_eval += self.collect.eval_interval or self.collect.total_frames
 

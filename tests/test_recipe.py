@@ -84,10 +84,21 @@ def test_short_run_end_to_end(experiment, tmp_path):
         assert len(summary["greedy_action"]) == 2
     else:
         assert 0 <= summary["final_eval_win_rate"] <= 1
-    metrics = (tmp_path / "logs" / "metrics.csv").read_text().splitlines()[0]
+    lines = (tmp_path / "logs" / "metrics.csv").read_text().splitlines()
     columns = ["train/loss_qvalue", "train/loss_actor", "train/alpha", "eval/return", "env_frames"]
     for column in columns + ["eval/win_rate"] * experiment.startswith("smac"):
-        assert column in metrics
+        assert column in lines[0]
+    eval_column = lines[0].split(",").index("eval/return")
+    evaluations = [row for row in lines[1:] if row.split(",")[eval_column]]
+    assert len(evaluations) == 2  # frames 128 and 256, whatever log_every_n_steps is
+
+
+def test_every_evaluation_is_logged_whatever_the_logging_interval(tmp_path):
+    cfg = _compose([*SHORT, "trainer.log_every_n_steps=1000"])
+    train.train(cfg, tmp_path)
+    lines = (tmp_path / "logs" / "metrics.csv").read_text().splitlines()
+    eval_column = lines[0].split(",").index("eval/return")
+    assert len([row for row in lines[1:] if row.split(",")[eval_column]]) == 2
 
 
 def test_smac_trains_a_few_hundred_updates_on_the_stand_in_game(tmp_path):
@@ -181,6 +192,18 @@ def test_learned_alpha_runs(tmp_path):
     assert summary["updates"] > 0
 
 
+def test_plot_draws_mean_and_ci_over_seeds(tmp_path):
+    for seed in (0, 1):
+        train.train(_compose([*SHORT, f"seed={seed}"]), tmp_path / "sweep" / f"seed{seed}")
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "recipes" / "plot.py"), str(tmp_path / "sweep"),
+         "--reference", "payoff of (A, A)=8", "--out", str(tmp_path / "curve.png")],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    assert "matrix_game: 2 runs, final eval/return" in out
+    assert (tmp_path / "curve.png").stat().st_size > 0
+
+
 # ---------------------------------------------------------------------- reproductions (slow)
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", range(5))
@@ -199,3 +222,4 @@ def test_mtq_reaches_the_global_optimum(seed, tmp_path):
     cfg = _compose(["+experiment=mtq", f"seed={seed}", "trainer.enable_progress_bar=false"])
     summary = json.loads(train.train(cfg, tmp_path).read_text())
     assert all(abs(u - 5.0) < 0.5 for u in summary["greedy_action"])
+

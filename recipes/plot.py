@@ -1,0 +1,114 @@
+"""Learning curves of several runs, mean and 95% CI per experiment: `python recipes/plot.py DIR ...`.
+
+Each DIR is a run directory of recipes/train.py (it holds logs/metrics.csv; finished or still
+running), or a folder searched for them (a Hydra multirun sweep). Runs are grouped by their config name; each
+group is drawn as the mean over its seeds with a Student-t 95% confidence band, on the env-frame
+axis. Reference levels (a random policy's win rate, say) are drawn as dashed lines.
+
+    python recipes/plot.py multirun/smax_3m outputs/smax_3s_vs_3z --metric eval/win_rate \
+        --reference "random policy=0" --out win_rate.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+from collections import defaultdict
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
+
+# Two-sided 95% quantiles of Student's t by degrees of freedom (df > 30: the normal 1.96).
+T_95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
+        9: 2.262, 10: 2.228, 15: 2.131, 20: 2.086, 30: 2.042}
+
+
+def t_quantile(df: int) -> float:
+    """The 95% two-sided Student-t quantile for ``df`` degrees of freedom (conservative between keys)."""
+    return next((T_95[k] for k in sorted(T_95) if k >= df), 1.96)
+
+
+def find_runs(paths: list[Path]) -> list[Path]:
+    """Run directories (with logs/metrics.csv) at or under ``paths``; finished or still running."""
+    runs = []
+    for path in paths:
+        found = [p.parent.parent for p in sorted(path.rglob("logs/metrics.csv"))]
+        if not found:
+            raise FileNotFoundError(f"no logs/metrics.csv at or under {path}: not a run of recipes/train.py")
+        runs += found
+    return runs
+
+
+def run_name(run: Path) -> str:
+    """The run's config name: from summary.json when finished, else Hydra's saved config."""
+    if (run / "summary.json").exists():
+        return json.loads((run / "summary.json").read_text())["config_name"]
+    return str(OmegaConf.load(run / ".hydra" / "config.yaml").name)
+
+
+def read_curve(run: Path, metric: str) -> tuple[list[float], list[float]]:
+    """(env_frames, value) of every logged ``metric`` of one run."""
+    frames, values = [], []
+    with open(run / "logs" / "metrics.csv") as f:
+        for row in csv.DictReader(f):
+            if row.get(metric) and row.get("env_frames"):
+                frames.append(float(row["env_frames"]))
+                values.append(float(row[metric]))
+    if not values:
+        raise ValueError(f"{run / 'logs' / 'metrics.csv'} has no {metric!r} column with values")
+    return frames, values
+
+
+def mean_and_ci(curves: list[tuple[list[float], list[float]]]) -> tuple[list, list, list]:
+    """Mean and 95% CI half-width over runs, on the frames every run reached."""
+    common = sorted(set.intersection(*(set(frames) for frames, _ in curves)))
+    table = torch.tensor([[dict(zip(f, v))[x] for x in common] for f, v in curves])  # [runs, points]
+    mean = table.mean(0)
+    half = torch.zeros_like(mean)
+    if len(curves) > 1:
+        half = t_quantile(len(curves) - 1) * table.std(0) / math.sqrt(len(curves))
+    return common, mean.tolist(), half.tolist()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("paths", nargs="+", type=Path, help="run directories or sweep folders")
+    parser.add_argument("--metric", default="eval/return", help="metrics.csv column (eval/win_rate, ...)")
+    parser.add_argument("--reference", action="append", default=[], metavar="LABEL=VALUE",
+                        help="a dashed reference level, e.g. 'random policy=0' (repeatable)")
+    parser.add_argument("--out", type=Path, default=Path("curves.png"), help="output PNG")
+    args = parser.parse_args()
+
+    groups: dict[str, list] = defaultdict(list)
+    for run in find_runs(args.paths):
+        groups[run_name(run)].append(read_curve(run, args.metric))
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for name, curves in sorted(groups.items()):
+        frames, mean, half = mean_and_ci(curves)
+        line, = ax.plot(frames, mean, label=f"{name} ({len(curves)} seed{'s' * (len(curves) > 1)})")
+        ax.fill_between(frames, [m - h for m, h in zip(mean, half)],
+                        [m + h for m, h in zip(mean, half)], color=line.get_color(), alpha=0.2)
+        print(f"{name}: {len(curves)} runs, final {args.metric} {mean[-1]:.3f} +- {half[-1]:.3f} "
+              f"(95% CI) at {frames[-1]:.0f} frames")
+    for reference in args.reference:
+        label, _, value = reference.rpartition("=")
+        ax.axhline(float(value), linestyle="--", color="grey", label=label)
+    ax.set_xlabel("env frames")
+    ax.set_ylabel(args.metric)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(args.out, dpi=120)
+    print(f"plot: {args.out}")
+
+
+if __name__ == "__main__":
+    main()
