@@ -207,6 +207,7 @@ class FOPLoss(LossModule):
         self.convert_to_functional(actor_network, "actor_network")
         # A GRU actor (fop_modules.recurrent) is unrolled once per objective over [B, T] slices.
         self._encoders = [encoder] if (encoder := find_encoder(self.actor_network)) else []
+        self._sequence: TensorDictBase | None = None  # the [B, T] batch being unrolled
         # Twins are stacked along a leading dim of their params (one module: no stacking, since
         # tensordict's stacking of a single module gives non-leaf tensors); see `_twin`.
         twin_dim = num_qvalue_nets if num_qvalue_nets > 1 else None
@@ -220,6 +221,8 @@ class FOPLoss(LossModule):
         self.convert_to_functional(
             mixers if twin_dim else mixers[0], "mixer", expand_dim=twin_dim, create_target_params=True
         )
+        # A GRU critic (the re-release's) is unrolled over the [B, T] batch at every call.
+        self._critic_encoders = [enc] if (enc := find_encoder(self.qvalue_network)) else []
         if value_network is not None:
             self.convert_to_functional(value_network, "value_network", create_target_params=True)
         else:
@@ -289,16 +292,42 @@ class FOPLoss(LossModule):
     @contextlib.contextmanager
     def _unrolled(self, tensordict: TensorDictBase, grad: bool = True):
         """Yields ``tensordict`` with a recurrent actor's embeddings for the root and ``"next"``
-        steps (one batched GRU unroll with the current parameters); unchanged without a GRU."""
-        if not self._encoders:
+        steps (one batched GRU unroll with the current parameters); unchanged without a GRU. A
+        recurrent critic reads the yielded batch to unroll itself with whichever parameters."""
+        if not self._encoders and not self._critic_encoders:
             yield tensordict
             return
-        encoder = self._encoders[0]
-        with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
-            with self.actor_network_params.to_module(self.actor_network):
-                unrolled = encoder.unroll(tensordict)
-        with encoder.precomputed():
-            yield unrolled
+        if tensordict.batch_dims != 2:
+            raise ValueError(
+                "recurrent networks need [B, T] batches of trajectory slices (time last), got batch "
+                f"{list(tensordict.batch_size)}: replay with collect.sequence_length"
+            )
+        unrolled, precomputed = tensordict, contextlib.nullcontext()
+        if self._encoders:
+            encoder = self._encoders[0]
+            with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
+                with self.actor_network_params.to_module(self.actor_network):
+                    unrolled = encoder.unroll(tensordict)
+            precomputed = encoder.precomputed()
+        outer, self._sequence = self._sequence, unrolled
+        try:
+            with precomputed:
+                yield unrolled
+        finally:
+            self._sequence = outer
+
+    def _critic_input(self, tensordict: TensorDictBase) -> str:
+        """For a GRU critic: the root or ``"next"`` half of the batch being unrolled, whole."""
+        sequence = self._sequence
+        if sequence is None:
+            raise RuntimeError(
+                "a recurrent critic is only evaluated inside FOPLoss's objectives, on [B, T] batches"
+            )
+        if tensordict is sequence:
+            return "root"
+        if tensordict is sequence.get("next"):
+            return "next"
+        raise RuntimeError("a recurrent critic was given a tensordict that is not part of the batch")
 
     def _policy(self, tensordict: TensorDictBase):
         """Discrete: (probs, log_probs) [*B, N, A], both 0 at unavailable actions. Continuous: dist."""
@@ -333,7 +362,16 @@ class FOPLoss(LossModule):
         if action is not None:
             td.set(self.tensor_keys.action, action)
         with self._twin(params, k).to_module(self.qvalue_network):
-            out = self.qvalue_network(td)
+            if self._critic_encoders:  # unroll the GRU with these parameters, then the head
+                encoder = self._critic_encoders[0]
+                half = self._critic_input(tensordict)
+                unrolled = encoder.unroll(self._sequence)
+                source = unrolled if half == "root" else unrolled.get("next")
+                td.set(encoder.embed_key, source.get(encoder.embed_key))
+                with encoder.precomputed():
+                    out = self.qvalue_network(td)
+            else:
+                out = self.qvalue_network(td)
         key = self.tensor_keys.action_value if self.discrete else self.tensor_keys.state_action_value
         return out.get(key)
 

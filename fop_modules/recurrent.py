@@ -37,7 +37,13 @@ from torchrl.data import Composite, Unbounded
 from torchrl.envs import InitTracker, Transform, TensorDictPrimer
 from torchrl.modules import MaskedCategorical, ProbabilisticActor
 
-__all__ = ["GRUEncoder", "LastAction", "recurrent_discrete_actor", "recurrent_transforms"]
+__all__ = [
+    "GRUEncoder",
+    "LastAction",
+    "recurrent_discrete_actor",
+    "recurrent_discrete_critic",
+    "recurrent_transforms",
+]
 
 OBS_KEY = ("agents", "observation")
 MASK_KEY = ("agents", "action_mask")
@@ -45,6 +51,7 @@ ACTION_KEY = ("agents", "action")
 LAST_ACTION_KEY = ("agents", "last_action")
 HIDDEN_KEY = "rnn_hidden"  # [*B, N, H], at the root: TorchRL collectors carry ("next", key)
 EMBED_KEY = ("agents", "embed")
+CRITIC_EMBED_KEY = ("agents", "critic_embed")
 IS_INIT_KEY = "is_init"
 
 
@@ -58,6 +65,9 @@ class GRUEncoder(TensorDictModuleBase):
             action in the input.
         hidden: GRU hidden size (authors: 64).
         agent_id: append the one-hot agent id to the input (authors: yes).
+        embed_key: where h_t is written (the head reads it).
+        hidden_key: the carried hidden state [*B, N, H] in collectors (a critic, never run by a
+            collector, starts every slice from zeros).
 
     Examples:
         >>> import torch
@@ -77,7 +87,15 @@ class GRUEncoder(TensorDictModuleBase):
     """
 
     def __init__(
-        self, n_agents: int, obs_dim: int, n_actions: int = 0, *, hidden: int = 64, agent_id: bool = True
+        self,
+        n_agents: int,
+        obs_dim: int,
+        n_actions: int = 0,
+        *,
+        hidden: int = 64,
+        agent_id: bool = True,
+        embed_key: tuple[str, str] = EMBED_KEY,
+        hidden_key: str = HIDDEN_KEY,
     ) -> None:
         super().__init__()
         if n_agents < 1 or obs_dim < 1 or hidden < 1 or n_actions < 0:
@@ -90,8 +108,9 @@ class GRUEncoder(TensorDictModuleBase):
         in_features = obs_dim + n_actions + (n_agents if agent_id else 0)
         self.fc = nn.Linear(in_features, hidden)
         self.gru = nn.GRU(hidden, hidden, batch_first=True)
-        self.in_keys = [OBS_KEY, HIDDEN_KEY, IS_INIT_KEY] + ([LAST_ACTION_KEY] if n_actions else [])
-        self.out_keys = [EMBED_KEY, ("next", HIDDEN_KEY)]
+        self.embed_key, self.hidden_key = embed_key, hidden_key
+        self.in_keys = [OBS_KEY, hidden_key, IS_INIT_KEY] + ([LAST_ACTION_KEY] if n_actions else [])
+        self.out_keys = [embed_key, ("next", hidden_key)]
         self._precomputed = False
 
     def _features(self, td: TensorDictBase) -> Tensor:
@@ -113,7 +132,7 @@ class GRUEncoder(TensorDictModuleBase):
     def _initial_hidden(self, td: TensorDictBase) -> Tensor:
         """The carried hidden state [*B, N, H], zero where an episode starts."""
         batch = td.batch_size
-        hidden = td.get(HIDDEN_KEY, None)
+        hidden = td.get(self.hidden_key, None)
         if hidden is None:
             hidden = torch.zeros(*batch, self.n_agents, self.hidden, device=self.fc.weight.device)
         is_init = td.get(IS_INIT_KEY, None)
@@ -132,8 +151,8 @@ class GRUEncoder(TensorDictModuleBase):
         if self._precomputed:
             return tensordict
         h = self._gru_step(self._features(tensordict), self._initial_hidden(tensordict))
-        tensordict.set(EMBED_KEY, h)
-        tensordict.set(("next", HIDDEN_KEY), h)
+        tensordict.set(self.embed_key, h)
+        tensordict.set(("next", self.hidden_key), h)
         return tensordict
 
     def unroll(self, tensordict: TensorDictBase) -> TensorDictBase:
@@ -159,8 +178,8 @@ class GRUEncoder(TensorDictModuleBase):
         next_td = tensordict.get("next")
         h_next = self._gru_step(self._features(next_td), h)  # h_{t+1} from h_t and next input
         out_td = tensordict.clone(False)
-        out_td.set(EMBED_KEY, h)
-        out_td.set(("next", *EMBED_KEY), h_next)
+        out_td.set(self.embed_key, h)
+        out_td.set(("next", *self.embed_key), h_next)
         return out_td
 
     @contextlib.contextmanager
@@ -202,6 +221,30 @@ def recurrent_discrete_actor(
         out_keys=[ACTION_KEY],
         distribution_class=MaskedCategorical,
     )
+
+
+def recurrent_discrete_critic(
+    n_agents: int, obs_dim: int, n_actions: int, *, hidden: int = 64, agent_id: bool = True
+) -> TensorDictSequential:
+    """The re-release's GRU critic: Q_i(tau_i, .) [*B, N, A] from a GRU over (observation, last
+    action, agent id). It is only run by the loss, on [B, T] slices (whole episodes: a slice that
+    starts mid-episode starts from a zero hidden state).
+
+    Examples:
+        >>> import torch
+        >>> from tensordict import TensorDict
+        >>> critic = recurrent_discrete_critic(n_agents=2, obs_dim=3, n_actions=4, hidden=8)
+        >>> td = TensorDict({("agents", "observation"): torch.randn(5, 2, 3),
+        ...                  ("agents", "last_action"): torch.zeros(5, 2, 4),
+        ...                  "is_init": torch.ones(5, 1, dtype=torch.bool)}, [5])
+        >>> critic(td)["agents", "action_value"].shape
+        torch.Size([5, 2, 4])
+    """
+    encoder = GRUEncoder(n_agents, obs_dim, n_actions, hidden=hidden, agent_id=agent_id,
+                         embed_key=CRITIC_EMBED_KEY, hidden_key="critic_rnn_hidden")
+    head = TensorDictModule(nn.Linear(hidden, n_actions), in_keys=[CRITIC_EMBED_KEY],
+                            out_keys=[("agents", "action_value")])
+    return TensorDictSequential(encoder, head)
 
 
 def find_encoder(module: nn.Module) -> GRUEncoder | None:

@@ -52,7 +52,7 @@ def make_env(env_cfg: DictConfig, algo: DictConfig, num_envs: int | None = None)
         if isinstance(error.__cause__, StarCraftNotAvailable):
             raise error.__cause__ from None
         raise
-    if not algo.recurrent:
+    if not (algo.recurrent or algo.recurrent_critic):
         return env
     action_spec = env.full_action_spec["agents", "action"]  # [*E, N], discrete
     n_agents, n_actions = action_spec.shape[-1], action_spec.space.n
@@ -68,8 +68,8 @@ def build_loss(env, algo: DictConfig) -> tuple[FOPLoss, torch.nn.Module]:
     state_dim = env.full_observation_spec["state"].shape[-1]
     discrete = action_spec.dtype in (torch.int64, torch.int32)
     net = {"hidden": list(algo.hidden), "agent_id": algo.agent_id}
-    if algo.recurrent and not discrete:
-        raise ValueError("algorithm.recurrent=true needs discrete actions (the authors' GRU agent)")
+    if (algo.recurrent or algo.recurrent_critic) and not discrete:
+        raise ValueError("algorithm.recurrent and recurrent_critic need discrete actions (the authors' GRU networks)")
     if discrete:
         n_actions = action_spec.space.n
         masked = ("agents", "action_mask") in env.full_observation_spec.keys(True)
@@ -79,7 +79,12 @@ def build_loss(env, algo: DictConfig) -> tuple[FOPLoss, torch.nn.Module]:
             )
         else:
             actor = networks.discrete_actor(n_agents, obs_dim, n_actions, masked=masked, **net)
-        critic = networks.discrete_critic(n_agents, obs_dim, n_actions, **net)
+        if algo.recurrent_critic:
+            critic = recurrent.recurrent_discrete_critic(
+                n_agents, obs_dim, n_actions, hidden=algo.rnn_hidden, agent_id=algo.agent_id
+            )
+        else:
+            critic = networks.discrete_critic(n_agents, obs_dim, n_actions, **net)
         action_dim = n_actions
     else:
         action_dim = action_spec.shape[-1]
@@ -134,10 +139,10 @@ def train(cfg: DictConfig, run_dir: Path) -> Path:
     else:
         temperature = None  # learned dual alpha (algorithm.learn_alpha=true)
 
-    if cfg.algorithm.recurrent and collect.sequence_length is None:
+    if (cfg.algorithm.recurrent or cfg.algorithm.recurrent_critic) and collect.sequence_length is None:
         raise ValueError(
-            "algorithm.recurrent=true needs collect.sequence_length (slices of up to that many "
-            "steps; the episode limit replays whole episodes)"
+            "algorithm.recurrent / recurrent_critic need collect.sequence_length (slices of up to "
+            "that many steps; the episode limit replays whole episodes)"
         )
 
     env = make_env(cfg.env, cfg.algorithm)

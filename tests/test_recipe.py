@@ -113,6 +113,12 @@ def test_smac_trains_a_few_hundred_updates_on_the_stand_in_game(tmp_path):
     assert 0 <= summary["final_eval_win_rate"] <= 1
 
 
+def test_recurrent_critic_runs_on_the_stand_in_game(tmp_path):
+    cfg = _compose(["+experiment=smac_3s_vs_3z", "algorithm.recurrent_critic=true", *_short("smac")])
+    summary = json.loads(train.train(cfg, tmp_path).read_text())
+    assert summary["updates"] > 0 and 0 <= summary["final_eval_win_rate"] <= 1
+
+
 def test_smac_without_the_game_says_what_to_install(tmp_path):
     out = subprocess.run(
         [sys.executable, str(ROOT / "recipes" / "train.py"), "+experiment=smac_mmm",

@@ -125,3 +125,53 @@ def test_transforms_give_hidden_state_episode_starts_and_last_action():
     out = env.step(td)
     assert out["next", "agents", "last_action"][0].tolist() == [[1, 0, 0], [0, 0, 1]]
     assert isinstance(env.transform[-1], LastAction)
+
+
+def _recurrent_critic_loss():
+    from fop_modules.recurrent import recurrent_discrete_critic
+
+    actor = recurrent_discrete_actor(N, OBS, A, hidden=H)
+    critic = recurrent_discrete_critic(N, OBS, A, hidden=H)
+    mixer = FOPMixer(N, state_dim=N * OBS, action_dim=A)
+    return FOPLoss(actor, critic, mixer, action_space="discrete", num_qvalue_nets=2), critic
+
+
+def test_recurrent_critic_equals_its_step_by_step_values():
+    torch.manual_seed(0)
+    loss, critic = _recurrent_critic_loss()
+    batch = _batch()  # whole episodes: is_init at t = 0
+    with loss._unrolled(batch) as unrolled:
+        q = loss._critic(unrolled, loss.qvalue_network_params, 1)
+        q_next = loss._critic(unrolled["next"], loss.target_qvalue_network_params, 0)
+        q0 = loss._critic(unrolled, loss.qvalue_network_params, 0)
+    h = torch.zeros(batch.batch_size[0], N, H)
+    for t in range(batch.batch_size[1]):  # twin 1, stepped like a collector would
+        td = batch[:, t].exclude("next").clone()
+        td["critic_rnn_hidden"] = h
+        with loss.qvalue_network_params[1].to_module(loss.qvalue_network):
+            out = loss.qvalue_network(td)
+        h = td["next", "critic_rnn_hidden"]
+        torch.testing.assert_close(out["agents", "action_value"], q[:, t])
+    torch.testing.assert_close(q_next[:, :-1], q0[:, 1:])  # targets start as copies
+    assert not torch.allclose(q0, q)  # the twins differ
+
+
+def test_recurrent_critic_gradients_stay_in_their_objective():
+    torch.manual_seed(0)
+    loss, _ = _recurrent_critic_loss()
+    batch = _batch()
+    loss_q, _ = loss.qvalue_loss(batch)
+    loss_q.backward()
+    critic_grads = [p.grad for p in loss.qvalue_network_params.values(True, True)]
+    assert all(g is not None and g.abs().sum() > 0 for g in critic_grads)  # the GRU included
+    assert all(p.grad is None or not p.grad.any() for p in loss.actor_network_params.values(True, True))
+    for p in loss.qvalue_network_params.values(True, True):
+        p.grad = None
+    loss.actor_loss(batch)[0].backward()
+    assert all(p.grad is None or not p.grad.any() for p in loss.qvalue_network_params.values(True, True))
+
+
+def test_recurrent_critic_outside_a_sequence_is_refused():
+    loss, _ = _recurrent_critic_loss()
+    with pytest.raises(ValueError, match=r"\[B, T\]"):
+        loss.qvalue_loss(_batch()[:, 0])
