@@ -175,3 +175,25 @@ def test_recurrent_critic_outside_a_sequence_is_refused():
     loss, _ = _recurrent_critic_loss()
     with pytest.raises(ValueError, match=r"\[B, T\]"):
         loss.qvalue_loss(_batch()[:, 0])
+
+
+def test_collector_carries_the_hidden_state_and_resets_it_per_episode():
+    from torchrl.collectors import Collector
+
+    from fop_modules.envs import SMACEnv
+
+    def make():
+        env = SMACEnv("3m", backend="fake", seed=0)
+        return TransformedEnv(env, Compose(*recurrent_transforms(env.n_agents, env.n_actions, H, env.batch_size)))
+
+    env = make()
+    actor = recurrent_discrete_actor(3, env.observation_spec["agents", "observation"].shape[-1],
+                                     env.n_actions, hidden=H)
+    batch = next(iter(Collector(make, actor, frames_per_batch=120, total_frames=120)))
+    h, h_next, start = batch["rnn_hidden"], batch["next", "rnn_hidden"], batch["is_init"].squeeze(-1)
+    assert start.sum() >= 2  # several episodes in the batch
+    torch.testing.assert_close(h[1:][~start[1:]], h_next[:-1][~start[1:]])  # carried step to step
+    assert not h[start].any() and h[~start].abs().sum() > 0  # zero at every episode start only
+    assert torch.equal(batch["next", "agents", "last_action"].argmax(-1), batch["agents", "action"])
+    available = batch["agents", "action_mask"].gather(-1, batch["agents", "action"].unsqueeze(-1))
+    assert available.all()  # the collector only samples available actions
