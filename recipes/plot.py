@@ -2,11 +2,11 @@
 
 Each DIR is a run directory of recipes/train.py (it holds logs/metrics.csv; finished or still
 running), or a folder searched for them (a Hydra multirun sweep). Runs are grouped by their config name; each
-group is drawn as the mean over its seeds with a Student-t 95% confidence band, on the env-frame
-axis. Reference levels (a random policy's win rate, say) are drawn as dashed lines.
+group is drawn as the mean over its seeds with a Student-t 95% confidence band (and each seed as a
+thin line), on the env-frame axis. Reference levels (a random policy's win rate, say) are drawn as dashed lines.
 
     python recipes/plot.py multirun/smax_3m outputs/smax_3s_vs_3z --metric eval/win_rate \
-        --reference "random policy=0" --out win_rate.png
+        --reference "random policy=0" --bounds 0 1 --out win_rate.png
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
@@ -66,15 +67,19 @@ def read_curve(run: Path, metric: str) -> tuple[list[float], list[float]]:
     return frames, values
 
 
-def mean_and_ci(curves: list[tuple[list[float], list[float]]]) -> tuple[list, list, list]:
-    """Mean and 95% CI half-width over runs, on the frames every run reached."""
-    common = sorted(set.intersection(*(set(frames) for frames, _ in curves)))
-    table = torch.tensor([[dict(zip(f, v))[x] for x in common] for f, v in curves])  # [runs, points]
+def mean_and_ci(curves: list[tuple[list[float], list[float]]]) -> tuple[list, list, list, list]:
+    """Frames, mean and 95% CI half-width over runs, and each run's values. Runs evaluated at
+    different frames are linearly interpolated onto every frame any of them logged, within the
+    range all of them reached."""
+    start = max(frames[0] for frames, _ in curves)
+    stop = min(frames[-1] for frames, _ in curves)
+    grid = sorted({x for frames, _ in curves for x in frames if start <= x <= stop})
+    table = torch.tensor(np.stack([np.interp(grid, f, v) for f, v in curves]))  # [runs, points]
     mean = table.mean(0)
     half = torch.zeros_like(mean)
     if len(curves) > 1:
         half = t_quantile(len(curves) - 1) * table.std(0) / math.sqrt(len(curves))
-    return common, mean.tolist(), half.tolist()
+    return grid, mean.tolist(), half.tolist(), table.tolist()
 
 
 def main() -> None:
@@ -83,6 +88,8 @@ def main() -> None:
     parser.add_argument("--metric", default="eval/return", help="metrics.csv column (eval/win_rate, ...)")
     parser.add_argument("--reference", action="append", default=[], metavar="LABEL=VALUE",
                         help="a dashed reference level, e.g. 'random policy=0' (repeatable)")
+    parser.add_argument("--bounds", nargs=2, type=float, metavar=("LOW", "HIGH"),
+                        help="the metric's range (a win rate: 0 1): the CI band is clipped to it")
     parser.add_argument("--out", type=Path, default=Path("curves.png"), help="output PNG")
     args = parser.parse_args()
 
@@ -92,10 +99,14 @@ def main() -> None:
 
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     for name, curves in sorted(groups.items()):
-        frames, mean, half = mean_and_ci(curves)
-        line, = ax.plot(frames, mean, label=f"{name} ({len(curves)} seed{'s' * (len(curves) > 1)})")
-        ax.fill_between(frames, [m - h for m, h in zip(mean, half)],
-                        [m + h for m, h in zip(mean, half)], color=line.get_color(), alpha=0.2)
+        frames, mean, half, runs = mean_and_ci(curves)
+        line, = ax.plot(frames, mean, label=f"{name}: mean of {len(curves)} seed{'s' * (len(curves) > 1)}")
+        for run in runs if len(runs) > 1 else []:  # each seed, thin
+            ax.plot(frames, run, color=line.get_color(), linewidth=0.6, alpha=0.5)
+        low, high = args.bounds or (-math.inf, math.inf)
+        ax.fill_between(frames, [max(low, m - h) for m, h in zip(mean, half)],
+                        [min(high, m + h) for m, h in zip(mean, half)], color=line.get_color(),
+                        alpha=0.15)
         print(f"{name}: {len(curves)} runs, final {args.metric} {mean[-1]:.3f} +- {half[-1]:.3f} "
               f"(95% CI) at {frames[-1]:.0f} frames")
     for reference in args.reference:
