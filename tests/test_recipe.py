@@ -119,6 +119,16 @@ def test_recurrent_critic_runs_on_the_stand_in_game(tmp_path):
     assert summary["updates"] > 0 and 0 <= summary["final_eval_win_rate"] <= 1
 
 
+def test_vmas_task_runs_through_the_recipe(tmp_path):
+    """Continuous FOP (the mtq experiment's settings) on VMAS navigation, time limits truncated."""
+    cfg = _compose(["+experiment=mtq", "env=vmas", "env.num_envs=4", "collect.total_frames=400",
+                    "collect.frames_per_batch=100", "collect.init_random_frames=0",
+                    "collect.warmup_frames=64", "collect.eval_interval=200", "collect.eval_envs=2",
+                    "collect.eval_max_steps=20", "trainer.enable_progress_bar=false"])
+    summary = json.loads(train.train(cfg, tmp_path).read_text())
+    assert summary["env_frames"] == 400 and summary["updates"] > 0
+
+
 def test_smac_without_the_game_says_what_to_install(tmp_path):
     out = subprocess.run(
         [sys.executable, str(ROOT / "recipes" / "train.py"), "+experiment=smac_mmm",

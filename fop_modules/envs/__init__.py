@@ -1,11 +1,13 @@
-"""TorchRL environments for FOP, all with the same multi-agent keys: the paper's didactic games
-StarCraft (SMAC through ``smac``, or its stand-in without the game) and JaxMARL's SMAX."""
+"""TorchRL environments for FOP, all with the same multi-agent keys: the paper's didactic games,
+StarCraft (SMAC through ``smac``, or its stand-in without the game), JaxMARL's SMAX and VMAS's
+continuous tasks."""
 
 from fop_modules.envs.differential_game import MTQ_QUADRATICS, DifferentialGameEnv
 from fop_modules.envs.matrix_game import QTRAN_PAYOFF, MatrixGameEnv
 from fop_modules.envs.smac import SMACEnv, StarCraftNotAvailable
 from fop_modules.envs.smac_fake import FakeStarCraft2Env
 from fop_modules.envs.smax import SMAXEnv  # imports jax only when built
+from fop_modules.envs.vmas import make_vmas_env
 
 __all__ = [
     "MatrixGameEnv",
@@ -16,4 +18,5 @@ __all__ = [
     "StarCraftNotAvailable",
     "FakeStarCraft2Env",
     "SMAXEnv",
+    "make_vmas_env",
 ]
