@@ -32,6 +32,7 @@ from torchrl.modules import (
 
 __all__ = [
     "AgentMLP",
+    "append_agent_id",
     "discrete_actor",
     "continuous_actor",
     "discrete_critic",
@@ -42,6 +43,14 @@ __all__ = [
 OBS_KEY = ("agents", "observation")
 MASK_KEY = ("agents", "action_mask")
 ACTION_KEY = ("agents", "action")
+
+
+def append_agent_id(x: Tensor) -> Tensor:
+    """Per-agent inputs [*B, N, F] -> [*B, N, F + N] with each agent's one-hot id appended, so
+    parameters shared across agents can still specialise (as the authors' PyMARL agents do)."""
+    n_agents = x.shape[-2]
+    ids = torch.eye(n_agents, dtype=x.dtype, device=x.device)  # [N, N]
+    return torch.cat([x, ids.expand(*x.shape[:-1], n_agents)], -1)
 
 
 class AgentMLP(nn.Module):
@@ -102,8 +111,7 @@ class AgentMLP(nn.Module):
                 f"(agents, features) once concatenated, got {list(x.shape)}"
             )
         if self.agent_id:
-            ids = torch.eye(self.n_agents, dtype=x.dtype, device=x.device)  # [N, N]
-            x = torch.cat([x, ids.expand(*x.shape[:-1], self.n_agents)], -1)
+            x = append_agent_id(x)
         return self.mlp(x)
 
 

@@ -37,6 +37,8 @@ from torchrl.data import Composite, Unbounded
 from torchrl.envs import InitTracker, Transform, TensorDictPrimer
 from torchrl.modules import MaskedCategorical, ProbabilisticActor
 
+from fop_modules.networks import ACTION_KEY, MASK_KEY, OBS_KEY, append_agent_id
+
 __all__ = [
     "GRUEncoder",
     "LastAction",
@@ -45,9 +47,6 @@ __all__ = [
     "recurrent_transforms",
 ]
 
-OBS_KEY = ("agents", "observation")
-MASK_KEY = ("agents", "action_mask")
-ACTION_KEY = ("agents", "action")
 LAST_ACTION_KEY = ("agents", "last_action")
 HIDDEN_KEY = "rnn_hidden"  # [*B, N, H], at the root: TorchRL collectors carry ("next", key)
 EMBED_KEY = ("agents", "embed")
@@ -121,13 +120,12 @@ class GRUEncoder(TensorDictModuleBase):
                 f"GRUEncoder: {OBS_KEY!r} must have shape [*B, {self.n_agents}, {self.obs_dim}], "
                 f"got {list(obs.shape)}"
             )
-        parts = [obs.to(self.fc.weight.dtype)]
+        x = obs.to(self.fc.weight.dtype)
         if self.n_actions:
-            parts.append(td.get(LAST_ACTION_KEY).to(obs.dtype))
+            x = torch.cat([x, td.get(LAST_ACTION_KEY).to(x.dtype)], -1)
         if self.agent_id:
-            ids = torch.eye(self.n_agents, dtype=obs.dtype, device=obs.device)
-            parts.append(ids.expand(*obs.shape[:-1], self.n_agents))
-        return F.relu(self.fc(torch.cat(parts, -1)))
+            x = append_agent_id(x)
+        return F.relu(self.fc(x))
 
     def _initial_hidden(self, td: TensorDictBase) -> Tensor:
         """The carried hidden state [*B, N, H], zero where an episode starts."""
@@ -264,7 +262,7 @@ class LastAction(Transform):
         self.n_actions = n_actions
 
     def _reset(self, tensordict: TensorDictBase, tensordict_reset: TensorDictBase) -> TensorDictBase:
-        shape = tensordict_reset.get(MASK_KEY).shape  # [*B, N, A]
+        shape = (*tensordict_reset.get(OBS_KEY).shape[:-1], self.n_actions)  # [*B, N, A]
         tensordict_reset.set(LAST_ACTION_KEY, torch.zeros(shape, device=tensordict_reset.device))
         return tensordict_reset
 

@@ -42,6 +42,12 @@ def typed(cls, section: DictConfig, prefix: str):
     return cls(**OmegaConf.to_container(section, resolve=True))
 
 
+def uses_gru(algo: DictConfig) -> bool:
+    """Whether the actor or the critic is recurrent (then the env needs the GRU transforms and
+    the replay needs sequences)."""
+    return bool(algo.recurrent or algo.recurrent_critic)
+
+
 def make_env(env_cfg: DictConfig, algo: DictConfig, num_envs: int | None = None):
     """The env from its config (``num_envs`` overrides its copies where it has any), with the
     transforms a recurrent actor needs (episode starts, hidden-state primer, last action)."""
@@ -52,7 +58,7 @@ def make_env(env_cfg: DictConfig, algo: DictConfig, num_envs: int | None = None)
         if isinstance(error.__cause__, StarCraftNotAvailable):
             raise error.__cause__ from None
         raise
-    if not (algo.recurrent or algo.recurrent_critic):
+    if not uses_gru(algo):
         return env
     action_spec = env.full_action_spec["agents", "action"]  # [*E, N], discrete
     n_agents, n_actions = action_spec.shape[-1], action_spec.space.n
@@ -68,7 +74,7 @@ def build_loss(env, algo: DictConfig) -> tuple[FOPLoss, torch.nn.Module]:
     state_dim = env.full_observation_spec["state"].shape[-1]
     discrete = action_spec.dtype in (torch.int64, torch.int32)
     net = {"hidden": list(algo.hidden), "agent_id": algo.agent_id}
-    if (algo.recurrent or algo.recurrent_critic) and not discrete:
+    if uses_gru(algo) and not discrete:
         raise ValueError("algorithm.recurrent and recurrent_critic need discrete actions (the authors' GRU networks)")
     if discrete:
         n_actions = action_spec.space.n
@@ -139,7 +145,7 @@ def train(cfg: DictConfig, run_dir: Path) -> Path:
     else:
         temperature = None  # learned dual alpha (algorithm.learn_alpha=true)
 
-    if (cfg.algorithm.recurrent or cfg.algorithm.recurrent_critic) and collect.sequence_length is None:
+    if uses_gru(cfg.algorithm) and collect.sequence_length is None:
         raise ValueError(
             "algorithm.recurrent / recurrent_critic need collect.sequence_length (slices of up to "
             "that many steps; the episode limit replays whole episodes)"
