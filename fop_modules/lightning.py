@@ -75,6 +75,8 @@ class CollectConfig:
     batch_size: int = 64  # transitions per update
     updates_per_batch: int = 1  # FOP updates per collected batch
     warmup_frames: int = 64  # no update before the buffer holds this many frames
+    policy_warmup_frames: int = 0  # no policy (eq. 11) or temperature update before this many
+    #   env frames: the critics first learn from the warm-up data while the policies stay put
     eval_interval: int = 1_000  # frames between greedy evaluations (0: only at the end)
     eval_envs: int = 8  # parallel envs of a greedy evaluation
     eval_max_steps: int = 1  # steps of an evaluation rollout
@@ -83,6 +85,8 @@ class CollectConfig:
     #   episodes, as the authors do); needed by recurrent actors
 
     def __post_init__(self) -> None:
+        if self.policy_warmup_frames < 0:
+            raise ValueError(f"collect.policy_warmup_frames must be >= 0, got {self.policy_warmup_frames}")
         for name in ("total_frames", "frames_per_batch", "buffer_size", "batch_size",
                      "updates_per_batch", "eval_envs", "eval_max_steps"):
             if getattr(self, name) < 1:
@@ -259,14 +263,15 @@ class FOPLightningModule(L.LightningModule):
         if "value" in optimizers:
             out["value"], _ = loss.value_loss(sample)  # eq. (10)
             self._step(optimizers["value"], out["value"], "value")
-        out["actor"], meta = loss.actor_loss(sample)  # eq. (11)
-        self._step(optimizers["actor"], out["actor"], "actor")
-        if "alpha" in optimizers:
-            out["alpha"] = loss.alpha_loss(meta["log_prob_jt"])  # dual temperature
-            self._step(optimizers["alpha"], out["alpha"], "alpha")
+        if self.env_frames >= self.collect.policy_warmup_frames:
+            out["actor"], meta = loss.actor_loss(sample)  # eq. (11)
+            self._step(optimizers["actor"], out["actor"], "actor")
+            if "alpha" in optimizers:
+                out["alpha"] = loss.alpha_loss(meta["log_prob_jt"])  # dual temperature
+                self._step(optimizers["alpha"], out["alpha"], "alpha")
+            out["entropy"] = -meta["log_prob_jt"].mean()
         self.target_updater.step()
         self.updates += 1
-        out["entropy"] = -meta["log_prob_jt"].mean()
         return {k: v.detach() for k, v in out.items()}
 
     def training_step(self, batch: TensorDictBase, batch_idx: int) -> None:

@@ -122,6 +122,7 @@ def discrete_actor(
     *,
     hidden: Sequence[int] = (64, 64),
     agent_id: bool = True,
+    activation: type[nn.Module] = nn.ReLU,
     masked: bool = True,
 ) -> ProbabilisticActor:
     """Softmax policy pi_i(u_i | o_i) over available actions, shared across agents.
@@ -135,7 +136,8 @@ def discrete_actor(
         >>> actor(td)["agents", "action"].shape
         torch.Size([5, 2])
     """
-    net = AgentMLP(obs_dim, n_actions, n_agents, hidden=hidden, agent_id=agent_id)
+    net = AgentMLP(obs_dim, n_actions, n_agents, hidden=hidden, agent_id=agent_id,
+                   activation=activation)
     module = TensorDictModule(net, in_keys=[OBS_KEY], out_keys=[("agents", "logits")])
     dist_keys = {"logits": ("agents", "logits")}
     if masked:
@@ -157,6 +159,7 @@ def continuous_actor(
     high: float,
     hidden: Sequence[int] = (64, 64),
     agent_id: bool = True,
+    activation: type[nn.Module] = nn.ReLU,
     init_scale: float | None = 0.01,
 ) -> ProbabilisticActor:
     """Tanh-Gaussian policy on [low, high], shared across agents.
@@ -180,6 +183,7 @@ def continuous_actor(
         n_agents,
         hidden=hidden,
         agent_id=agent_id,
+        activation=activation,
         last_layer_scale=init_scale,
     )
     module = TensorDictModule(
@@ -203,9 +207,11 @@ def discrete_critic(
     *,
     hidden: Sequence[int] = (64, 64),
     agent_id: bool = True,
+    activation: type[nn.Module] = nn.ReLU,
 ) -> TensorDictModule:
     """Q_i(o_i, .) for every action at once: [*B, N, A] (the authors' MLP critic)."""
-    net = AgentMLP(obs_dim, n_actions, n_agents, hidden=hidden, agent_id=agent_id)
+    net = AgentMLP(obs_dim, n_actions, n_agents, hidden=hidden, agent_id=agent_id,
+                   activation=activation)
     return TensorDictModule(net, in_keys=[OBS_KEY], out_keys=[("agents", "action_value")])
 
 
@@ -216,9 +222,11 @@ def continuous_critic(
     *,
     hidden: Sequence[int] = (64, 64),
     agent_id: bool = True,
+    activation: type[nn.Module] = nn.ReLU,
 ) -> TensorDictModule:
     """Q_i(o_i, u_i): [*B, N, 1]."""
-    net = AgentMLP(obs_dim + action_dim, 1, n_agents, hidden=hidden, agent_id=agent_id)
+    net = AgentMLP(obs_dim + action_dim, 1, n_agents, hidden=hidden, agent_id=agent_id,
+                   activation=activation)
     return TensorDictModule(
         net, in_keys=[OBS_KEY, ACTION_KEY], out_keys=[("agents", "state_action_value")]
     )
@@ -230,7 +238,9 @@ def value_network(
     *,
     hidden: Sequence[int] = (64, 64),
     agent_id: bool = True,
+    activation: type[nn.Module] = nn.ReLU,
 ) -> TensorDictModule:
     """V_i(o_i): [*B, N, 1], trained by eq. (10) in the paper's form of FOP."""
-    net = AgentMLP(obs_dim, 1, n_agents, hidden=hidden, agent_id=agent_id)
+    net = AgentMLP(obs_dim, 1, n_agents, hidden=hidden, agent_id=agent_id,
+                   activation=activation)
     return TensorDictModule(net, in_keys=[OBS_KEY], out_keys=[("agents", "state_value")])

@@ -33,6 +33,9 @@ from fop_modules.envs.smac import StarCraftNotAvailable
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
 
 
+ACTIVATIONS = {"relu": torch.nn.ReLU, "tanh": torch.nn.Tanh}  # algorithm.activation of the MLPs
+
+
 def typed(cls, section: DictConfig, prefix: str):
     """Builds a config dataclass, naming any key it does not know."""
     known = {f.name for f in fields(cls)}
@@ -73,7 +76,9 @@ def build_loss(env, algo: DictConfig) -> tuple[FOPLoss, torch.nn.Module]:
     obs_dim = env.full_observation_spec["agents", "observation"].shape[-1]
     state_dim = env.full_observation_spec["state"].shape[-1]
     discrete = action_spec.dtype in (torch.int64, torch.int32)
-    net = {"hidden": list(algo.hidden), "agent_id": algo.agent_id}
+    if algo.activation not in ACTIVATIONS:
+        raise ValueError(f"algorithm.activation must be one of {sorted(ACTIVATIONS)}, got {algo.activation!r}")
+    net = {"hidden": list(algo.hidden), "agent_id": algo.agent_id, "activation": ACTIVATIONS[algo.activation]}
     if uses_gru(algo) and not discrete:
         raise ValueError("algorithm.recurrent and recurrent_critic need discrete actions (the authors' GRU networks)")
     if discrete:
@@ -115,7 +120,7 @@ def build_loss(env, algo: DictConfig) -> tuple[FOPLoss, torch.nn.Module]:
         value_network=value_net,
         num_qvalue_nets=algo.num_qvalue_nets,
         alpha_init=algo.alpha_init,
-        learn_alpha=algo.learn_alpha,
+        learn_alpha=algo.learn_alpha and not algo.greedy,  # greedy FOP: alpha fixed at 0
         target_entropy=algo.target_entropy,
         num_actions=action_dim if discrete else None,
         individual_temperature=algo.individual_temperature,

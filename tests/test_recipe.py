@@ -30,10 +30,14 @@ SHORT = [
 # SMAC experiments run on the stand-in game here, with few, short evaluations and small batches.
 SMAC_SHORT = ["env.backend=fake", "collect.batch_size=4", "collect.eval_envs=2",
               "collect.frames_per_batch=16", "collect.updates_per_batch=1"]
+# VMAS presets (BenchMARL's 6000-frame iterations, 1000 updates of 128) scaled down the same way.
+VMAS_SHORT = ["env.num_envs=4", "collect.batch_size=32", "collect.updates_per_batch=2",
+              "collect.eval_envs=2", "collect.eval_max_steps=10"]
 
 
 def _short(experiment: str) -> list[str]:
-    return SHORT + (SMAC_SHORT if experiment.startswith("smac") else [])
+    extra = {"smac": SMAC_SHORT, "vmas": VMAS_SHORT}.get(experiment.split("_")[0], [])
+    return SHORT + extra
 
 
 def _compose(overrides: list[str]):
@@ -82,6 +86,8 @@ def test_short_run_end_to_end(experiment, tmp_path):
         assert len(summary["q_jt"]) == 3 and len(summary["greedy_joint_action"]) == 2
     elif experiment == "mtq":
         assert len(summary["greedy_action"]) == 2
+    elif experiment.startswith("vmas"):
+        assert "final_eval_win_rate" not in summary
     else:
         assert 0 <= summary["final_eval_win_rate"] <= 1
     lines = (tmp_path / "logs" / "metrics.csv").read_text().splitlines()
@@ -91,6 +97,17 @@ def test_short_run_end_to_end(experiment, tmp_path):
     eval_column = lines[0].split(",").index("eval/return")
     evaluations = [row for row in lines[1:] if row.split(",")[eval_column]]
     assert len(evaluations) == 2  # frames 128 and 256, whatever log_every_n_steps is
+
+
+def test_policy_warmup_delays_policy_updates_not_critic_updates(tmp_path):
+    cfg = _compose([*SHORT, "collect.policy_warmup_frames=160"])
+    train.train(cfg, tmp_path)
+    lines = (tmp_path / "logs" / "metrics.csv").read_text().splitlines()
+    header = lines[0].split(",")
+    rows = [dict(zip(header, line.split(","))) for line in lines[1:]]
+    critic = [float(r["env_frames"]) for r in rows if r.get("train/loss_qvalue")]
+    actor = [float(r["env_frames"]) for r in rows if r.get("train/loss_actor")]
+    assert min(critic) == 64 and min(actor) == 160  # 32-frame batches: the first at or after 160
 
 
 def test_every_evaluation_is_logged_whatever_the_logging_interval(tmp_path):
