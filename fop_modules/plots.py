@@ -11,7 +11,13 @@ matplotlib.use("Agg")  # files only, no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-__all__ = ["learning_curve", "matrix_game_tables", "differential_game_path"]
+__all__ = [
+    "learning_curve",
+    "matrix_game_tables",
+    "differential_game_path",
+    "matrix_game_panels",
+    "differential_game_panels",
+]
 
 ACTION_NAMES = "ABCDEFGHIJ"
 
@@ -69,28 +75,90 @@ def matrix_game_tables(tables: dict, payoff: torch.Tensor, path: Path) -> Path |
     return path
 
 
-def differential_game_path(env, history: Sequence[tuple], path: Path) -> Path | None:
-    """The unscaled payoff surface of a 2-agent differential game with the greedy actions' path."""
-    if env.n_agents != 2:
-        return None
+def _payoff_surface(ax, env, fig) -> None:
+    """The unscaled payoff max(f1, f2) of a 2-agent differential game, filled contours."""
     bound = float(env.action_bound)
     grid = torch.linspace(-bound, bound, 201)
     u1, u2 = torch.meshgrid(grid, grid, indexing="xy")
     surface = env.payoff(torch.stack([u1, u2], -1))  # [201, 201]
-    fig, ax = plt.subplots(figsize=(5.5, 4.5))
     contour = ax.contourf(u1, u2, surface, levels=30, cmap="viridis")
     fig.colorbar(contour, ax=ax, label="payoff max(f1, f2)")
+    ax.set_xlabel("agent 1 action $u_1$")
+    ax.set_ylabel("agent 2 action $u_2$")
+    ax.set_xlim(-bound, bound)
+    ax.set_ylim(-bound, bound)
+
+
+def differential_game_path(env, history: Sequence[tuple], path: Path) -> Path | None:
+    """The unscaled payoff surface of a 2-agent differential game with the greedy actions' path."""
+    if env.n_agents != 2:
+        return None
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    _payoff_surface(ax, env, fig)
     points = torch.tensor([h[2] for h in history]).reshape(len(history), -1)
     if len(points):
         ax.plot(points[:, 0], points[:, 1], "-o", color="white", ms=3, lw=1, label="greedy actions")
         ax.plot(*points[0], "s", color="orange", ms=8, label="start (frame 0)")
         ax.plot(*points[-1], "*", color="red", ms=14, label="final")
-    ax.set_xlabel("agent 1 action $u_1$")
-    ax.set_ylabel("agent 2 action $u_2$")
-    ax.set_xlim(-bound, bound)
-    ax.set_ylim(-bound, bound)
     ax.legend(loc="lower right", fontsize=8)
     ax.set_title("learning path over the reward surface")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def matrix_game_panels(runs: dict[str, list[dict]], payoff: torch.Tensor, path: Path) -> Path:
+    """Paper Table 1 style, several algorithms: the payoff, then per algorithm the learned Q_jt
+    averaged over its seeds, titled with how many seeds chose the optimal joint action.
+
+    Args:
+        runs: algorithm name -> the summary.json dicts of its seeds (2-agent matrix games).
+        payoff: the game's payoff table ``[n_1, n_2]``.
+        path: the PNG to write.
+    """
+    optimum = list(torch.unravel_index(payoff.argmax(), payoff.shape))
+    optimum = [int(i) for i in optimum]
+    vmin, vmax = float(payoff.min()), float(payoff.max())
+    fig, axes = plt.subplots(1, 1 + len(runs), figsize=(3.6 * (1 + len(runs)), 3.8), squeeze=False)
+    _heatmap(axes[0, 0], payoff, "payoff", vmin, vmax)
+    for ax, (name, summaries) in zip(axes[0, 1:], runs.items()):
+        q_jt = torch.tensor([s["q_jt"] for s in summaries]).mean(0)
+        hits = sum(s["greedy_joint_action"] == optimum for s in summaries)
+        _heatmap(ax, q_jt, f"{name}\noptimum in {hits}/{len(summaries)} seeds", vmin, vmax)
+    fig.suptitle("learned $Q_{jt}$, mean over seeds")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def differential_game_panels(runs: dict[str, list[dict]], env, path: Path, tolerance: float = 0.5) -> Path:
+    """Paper Figure 2 style, several algorithms: per algorithm the reward surface with every
+    seed's path of greedy actions, titled with how many seeds end within ``tolerance`` of the
+    global optimum in every coordinate.
+
+    Args:
+        runs: algorithm name -> the summary.json dicts of its seeds (with ``eval_history``).
+        env: the :class:`~fop_modules.envs.DifferentialGameEnv` (2 agents) they ran on.
+        path: the PNG to write.
+        tolerance: distance per coordinate that counts as reaching the optimum.
+    """
+    if env.n_agents != 2:
+        raise ValueError(f"differential_game_panels draws 2-agent games, got {env.n_agents} agents")
+    optimum, _ = env.global_optimum()
+    fig, axes = plt.subplots(1, len(runs), figsize=(5.0 * len(runs), 4.2), squeeze=False)
+    for ax, (name, summaries) in zip(axes[0], runs.items()):
+        _payoff_surface(ax, env, fig)
+        for summary in summaries:
+            points = torch.tensor([h[2] for h in summary["eval_history"]]).reshape(-1, 2)
+            ax.plot(points[:, 0], points[:, 1], "-", color="white", lw=0.8, alpha=0.8)
+            ax.plot(*points[-1], "*", color="red", ms=11)
+        ax.plot(*points[0], "s", color="orange", ms=7)  # every run starts near the same point
+        hits = sum(
+            all(abs(u - o) < tolerance for u, o in zip(s["greedy_action"], optimum)) for s in summaries
+        )
+        ax.set_title(f"{name}: {hits}/{len(summaries)} seeds reach the optimum")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

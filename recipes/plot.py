@@ -1,12 +1,19 @@
-"""Learning curves of several runs, mean and 95% CI per experiment: `python recipes/plot.py DIR ...`.
+"""Figures of several runs (Hydra multirun sweeps): `python recipes/plot.py DIR ... [--kind K]`.
 
 Each DIR is a run directory of recipes/train.py (it holds logs/metrics.csv; finished or still
-running), or a folder searched for them (a Hydra multirun sweep). Runs are grouped by their config name; each
-group is drawn as the mean over its seeds with a Student-t 95% confidence band (and each seed as a
-thin line), on the env-frame axis. Reference levels (a random policy's win rate, say) are drawn as dashed lines.
+running), or a folder searched for them (a Hydra multirun sweep).
+
+--kind curves (default): learning curves grouped by config name (or by algorithm with
+    --group-by algorithm), each group the mean over its seeds with a Student-t 95% confidence
+    band (and each seed as a thin line) on the env-frame axis; dashed reference levels.
+--kind qtables: matrix games, paper Table 1 style: the payoff, then one panel per algorithm with
+    its Q_jt averaged over seeds and how many seeds chose the optimal joint action.
+--kind paths: differential games, paper Figure 2 style: one panel per algorithm with every
+    seed's greedy-action path over the reward surface and how many seeds reach the optimum.
 
     python recipes/plot.py multirun/smax_3m outputs/smax_3s_vs_3z --metric eval/win_rate \
         --reference "random policy=0" --bounds 0 1 --out win_rate.png
+    python recipes/plot.py multirun/mtq --kind paths --out mtq_paths.png
 """
 
 from __future__ import annotations
@@ -24,7 +31,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from hydra.utils import instantiate  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
+
+from fop_modules import plots  # noqa: E402
 
 # Two-sided 95% quantiles of Student's t by degrees of freedom (df > 30: the normal 1.96).
 T_95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
@@ -47,11 +57,28 @@ def find_runs(paths: list[Path]) -> list[Path]:
     return runs
 
 
-def run_name(run: Path) -> str:
-    """The run's config name: from summary.json when finished, else Hydra's saved config."""
-    if (run / "summary.json").exists():
-        return json.loads((run / "summary.json").read_text())["config_name"]
-    return str(OmegaConf.load(run / ".hydra" / "config.yaml").name)
+def run_config(run: Path):
+    """The run's composed config: saved at the end of a run, or Hydra's copy of a running one."""
+    saved = run / "config.yaml"
+    return OmegaConf.load(saved if saved.exists() else run / ".hydra" / "config.yaml")
+
+
+def run_name(run: Path, group_by: str = "config") -> str:
+    """The run's config name (``group_by="config"``) or algorithm name (``"algorithm"``)."""
+    config = run_config(run)
+    return str(config.name if group_by == "config" else config.algorithm.name)
+
+
+def finished_summaries(runs: list[Path]) -> dict[str, list[dict]]:
+    """summary.json of every finished run, grouped by algorithm (sorted by name)."""
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for run in runs:
+        if (run / "summary.json").exists():
+            summary = json.loads((run / "summary.json").read_text())
+            groups[summary.get("algorithm", "fop")].append(summary)
+    if not groups:
+        raise FileNotFoundError("none of these runs has finished (no summary.json)")
+    return dict(sorted(groups.items()))
 
 
 def read_curve(run: Path, metric: str) -> tuple[list[float], list[float]]:
@@ -85,6 +112,10 @@ def mean_and_ci(curves: list[tuple[list[float], list[float]]]) -> tuple[list, li
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("paths", nargs="+", type=Path, help="run directories or sweep folders")
+    parser.add_argument("--kind", choices=("curves", "qtables", "paths"), default="curves",
+                        help="learning curves, matrix-game Q tables or differential-game paths")
+    parser.add_argument("--group-by", choices=("config", "algorithm"), default="config",
+                        help="curves: one curve per config name or per algorithm")
     parser.add_argument("--metric", default="eval/return", help="metrics.csv column (eval/win_rate, ...)")
     parser.add_argument("--reference", action="append", default=[], metavar="LABEL=VALUE",
                         help="a dashed reference level, e.g. 'random policy=0' (repeatable)")
@@ -92,10 +123,22 @@ def main() -> None:
                         help="the metric's range (a win rate: 0 1): the CI band is clipped to it")
     parser.add_argument("--out", type=Path, default=Path("curves.png"), help="output PNG")
     args = parser.parse_args()
+    runs = find_runs(args.paths)
+    if args.kind != "curves":
+        summaries = finished_summaries(runs)
+        env = instantiate(run_config(runs[0]).env)  # every run of a sweep plays the same game
+        if args.kind == "qtables":
+            plots.matrix_game_panels(summaries, env.payoff, args.out)
+        else:
+            plots.differential_game_panels(summaries, env, args.out)
+        for name, group in summaries.items():
+            print(f"{name}: {len(group)} runs")
+        print(f"plot: {args.out}")
+        return
 
     groups: dict[str, list] = defaultdict(list)
-    for run in find_runs(args.paths):
-        groups[run_name(run)].append(read_curve(run, args.metric))
+    for run in runs:
+        groups[run_name(run, args.group_by)].append(read_curve(run, args.metric))
 
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     for name, curves in sorted(groups.items()):

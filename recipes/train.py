@@ -185,6 +185,7 @@ def train(cfg: DictConfig, run_dir: Path) -> Path:
 
     summary = {
         "config_name": cfg.name,
+        "algorithm": cfg.algorithm.name,
         "seed": cfg.seed,
         "env_frames": module.env_frames,
         "updates": module.updates,
@@ -195,6 +196,8 @@ def train(cfg: DictConfig, run_dir: Path) -> Path:
     plots.learning_curve(curve, run_dir / "learning_curve.png", title=cfg.name)
     if module.eval_win_rate is not None:
         summary["final_eval_win_rate"] = module.eval_win_rate
+    # every greedy evaluation: [env frames, return, first env's greedy joint action]
+    summary["eval_history"] = [[frames, ret, action] for frames, ret, action in curve]
     if isinstance(game, MatrixGameEnv):
         tables = probes.matrix_game_tables(loss, env, policy)
         summary.update(tables)

@@ -237,6 +237,23 @@ def test_plot_draws_mean_and_ci_over_seeds(tmp_path):
     assert (tmp_path / "curve.png").stat().st_size > 0
 
 
+@pytest.mark.parametrize("experiment, kind", [("matrix_game", "qtables"), ("mtq", "paths")])
+def test_plot_draws_one_panel_per_algorithm_of_a_didactic_sweep(experiment, kind, tmp_path):
+    for algorithm in ("fop", "fop_linear"):
+        for seed in (0, 1):
+            cfg = _compose([f"+experiment={experiment}", f"algorithm={algorithm}", f"seed={seed}", *SHORT])
+            train.train(cfg, tmp_path / "sweep" / f"{algorithm}_{seed}")
+    summary = json.loads((tmp_path / "sweep" / "fop_0" / "summary.json").read_text())
+    assert summary["algorithm"] == "fop" and [h[0] for h in summary["eval_history"]] == [0, 128, 256]
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "recipes" / "plot.py"), str(tmp_path / "sweep"), "--kind", kind,
+         "--out", str(tmp_path / "panels.png")],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    assert "fop: 2 runs" in out and "fop_linear: 2 runs" in out
+    assert (tmp_path / "panels.png").stat().st_size > 0
+
+
 # ---------------------------------------------------------------------- reproductions (slow)
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", range(5))
