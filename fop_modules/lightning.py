@@ -299,8 +299,9 @@ class FOPLightningModule(L.LightningModule):
             metrics = {"eval/return": self.evaluate(), "env_frames": float(self.env_frames)}
             if self.eval_win_rate is not None:
                 metrics["eval/win_rate"] = self.eval_win_rate
-            for logger in self.loggers:  # every evaluation, not only on log_every_n_steps
+            for logger in self.loggers:  # every evaluation, not only on log_every_n_steps ...
                 logger.log_metrics(metrics, step=self.global_step)
+                logger.save()  # ... and on disk at once: a crash or a kill loses no evaluation
             while self._next_eval <= self.env_frames:
                 self._next_eval += self.collect.eval_interval or self.collect.total_frames
 
