@@ -11,7 +11,6 @@ import doctest
 import importlib.util
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -104,7 +103,7 @@ def test_docstring_rewrites():
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
-    if shutil.which("mkdocs") is None and importlib.util.find_spec("mkdocs") is None:
+    if importlib.util.find_spec("mkdocs") is None:
         pytest.skip("mkdocs is not installed: pip install -e '.[docs]'")
     out = tmp_path_factory.mktemp("site")
     result = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)],
