@@ -54,6 +54,15 @@ class QattenWeights(nn.Module):
         hypernet_embed: hidden size of the selector network (authors: 64).
         embed_dim: attention embedding size (authors: 32).
         reg_coef: weight of the logit-magnitude penalty (authors: 0.001).
+
+    Examples:
+        >>> import torch
+        >>> qatten = QattenWeights(n_agents=3, state_dim=20, unit_dim=5)  # 3 allies x 5 features first
+        >>> weights, penalty = qatten(torch.randn(8, 20))
+        >>> weights.shape, penalty.shape, bool((weights > 0).all())
+        (torch.Size([8, 3, 1]), torch.Size([8, 1]), True)
+        >>> torch.allclose(weights.sum(-2), torch.full((8, 1), 4.0), atol=1e-6)  # 4 heads, each sums to 1
+        True
     """
 
     def __init__(
@@ -292,7 +301,8 @@ class LinearMixer(_MixerBase):
         action_dim: as in :class:`FOPMixer` (only used to check the action's shape).
         discrete_actions: as in :class:`FOPMixer`.
         hidden: hidden size of the k and b networks.
-        in_keys, out_keys: as in :class:`FOPMixer`.
+        in_keys: as in :class:`FOPMixer`.
+        out_keys: as in :class:`FOPMixer`.
 
     Examples:
         >>> import torch

@@ -209,7 +209,16 @@ def discrete_critic(
     agent_id: bool = True,
     activation: type[nn.Module] = nn.ReLU,
 ) -> TensorDictModule:
-    """Q_i(o_i, .) for every action at once: [*B, N, A] (the authors' MLP critic)."""
+    """Q_i(o_i, .) for every action at once: [*B, N, A] (the authors' MLP critic).
+
+    Examples:
+        >>> import torch
+        >>> from tensordict import TensorDict
+        >>> critic = discrete_critic(n_agents=2, obs_dim=3, n_actions=4)
+        >>> critic(TensorDict({("agents", "observation"): torch.randn(5, 2, 3)}, [5]))[
+        ...     "agents", "action_value"].shape
+        torch.Size([5, 2, 4])
+    """
     net = AgentMLP(obs_dim, n_actions, n_agents, hidden=hidden, agent_id=agent_id,
                    activation=activation)
     return TensorDictModule(net, in_keys=[OBS_KEY], out_keys=[("agents", "action_value")])
@@ -224,7 +233,17 @@ def continuous_critic(
     agent_id: bool = True,
     activation: type[nn.Module] = nn.ReLU,
 ) -> TensorDictModule:
-    """Q_i(o_i, u_i): [*B, N, 1]."""
+    """Q_i(o_i, u_i): [*B, N, 1].
+
+    Examples:
+        >>> import torch
+        >>> from tensordict import TensorDict
+        >>> critic = continuous_critic(n_agents=2, obs_dim=3, action_dim=1)
+        >>> td = TensorDict({("agents", "observation"): torch.randn(5, 2, 3),
+        ...                  ("agents", "action"): torch.randn(5, 2, 1)}, [5])
+        >>> critic(td)["agents", "state_action_value"].shape
+        torch.Size([5, 2, 1])
+    """
     net = AgentMLP(obs_dim + action_dim, 1, n_agents, hidden=hidden, agent_id=agent_id,
                    activation=activation)
     return TensorDictModule(
@@ -240,7 +259,16 @@ def value_network(
     agent_id: bool = True,
     activation: type[nn.Module] = nn.ReLU,
 ) -> TensorDictModule:
-    """V_i(o_i): [*B, N, 1], trained by eq. (10) in the paper's form of FOP."""
+    """V_i(o_i): [*B, N, 1], trained by eq. (10) in the paper's form of FOP.
+
+    Examples:
+        >>> import torch
+        >>> from tensordict import TensorDict
+        >>> v = value_network(n_agents=2, obs_dim=3)
+        >>> v(TensorDict({("agents", "observation"): torch.randn(5, 2, 3)}, [5]))[
+        ...     "agents", "state_value"].shape
+        torch.Size([5, 2, 1])
+    """
     net = AgentMLP(obs_dim, 1, n_agents, hidden=hidden, agent_id=agent_id,
                    activation=activation)
     return TensorDictModule(net, in_keys=[OBS_KEY], out_keys=[("agents", "state_value")])

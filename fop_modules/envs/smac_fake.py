@@ -192,8 +192,10 @@ class _FakeProcess:
 class FakeStarCraft2Env:
     """Stand-in for ``smac.env.StarCraft2Env`` with the same arguments, methods and return types.
 
+    ``map_name``, ``step_mul``, ..., ``debug`` are ``StarCraft2Env``'s arguments (A1), in the same
+    order and with the same defaults; two more simulate game failures.
+
     Args:
-        map_name, step_mul, ..., debug: as ``StarCraft2Env`` (A1), same order and defaults.
         crash_on_step: the game process dies during this (1-based) ``step()`` call of the object;
             the step then relaunches the game and returns ``(0, True, {})`` as SMAC does.
         failed_launches: the next this many launches raise ``ConnectError`` (out of ``reset()``,

@@ -124,7 +124,7 @@ def make_vmas_env(
         seed: seed of VMAS's random stream (one stream shared by every VMAS env of the
             process, kept apart from torch's global RNG); ``None`` draws one from torch.
         device: device of the simulation and of every tensor.
-        **scenario_kwargs: passed to the scenario, e.g. ``n_agents`` (navigation: 4, balance:
+        **scenario_kwargs (Any): passed to the scenario, e.g. ``n_agents`` (navigation: 4, balance:
             3, transport: 4 by default), ``shared_rew``, ``collisions`` (navigation),
             ``package_mass`` (balance, transport), ``n_packages`` (transport).
 

@@ -1,0 +1,130 @@
+"""The docs site: tutorials run as shown, pages show all of their code, the site builds in strict
+mode and every page loads in a browser without a 404 or a console error.
+
+The build and browser checks skip, saying why, without the ``docs`` extra (``pip install -e
+".[docs]"``) or without Debian's ``chromium`` and ``chromium-driver``.
+"""
+
+from __future__ import annotations
+
+import doctest
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
+TUTORIALS = DOCS / "tutorials"
+SCRIPTS = sorted([*TUTORIALS.glob("*.py"), *TUTORIALS.glob("*.sh")])
+ENTRY_SCRIPTS = sorted(p for p in SCRIPTS if p.with_suffix(".md").is_file())  # one per page
+TUTORIAL_TIMEOUT_S = 240  # each is written to take under a minute on one core
+START = re.compile(r"--8<-- \[start:([\w-]+)\]")
+END = re.compile(r"--8<-- \[end:([\w-]+)\]")
+INCLUDE = re.compile(r'--8<-- "tutorials/([\w.]+):([\w-]+)"')
+
+
+def _sections(script: Path) -> tuple[set[str], list[str]]:
+    """The script's section names, and its code lines outside every section (after the first)."""
+    names, outside, inside, seen_first = set(), [], None, False
+    for line in script.read_text().splitlines():
+        if m := START.search(line):
+            names.add(m.group(1))
+            inside, seen_first = m.group(1), True
+        elif END.search(line):
+            inside = None
+        elif seen_first and inside is None and line.strip():
+            outside.append(line)
+    return names, outside
+
+
+def _included() -> set[tuple[str, str]]:
+    """(script name, section) pairs included by any page."""
+    return {m.groups() for page in DOCS.rglob("*.md") for m in INCLUDE.finditer(page.read_text())}
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
+def test_every_line_of_a_tutorial_script_is_on_its_page(script):
+    names, outside = _sections(script)
+    assert names, f"{script.name} has no `--8<-- [start:NAME]` section, so no page shows it"
+    assert not outside, f"{script.name}: lines after the first section but outside every section " \
+        f"run without being shown: {outside}"
+    missing = {n for n in names if (script.name, n) not in _included()}
+    assert not missing, f"{script.name}: sections {sorted(missing)} are on no page"
+
+
+def test_every_tutorial_page_has_its_script():
+    pages = {p.stem for p in TUTORIALS.glob("*.md")}
+    assert pages == {p.stem for p in ENTRY_SCRIPTS}, "each tutorial page NAME.md runs NAME.py or NAME.sh"
+
+
+@pytest.mark.parametrize("script", ENTRY_SCRIPTS, ids=lambda p: p.name)
+def test_tutorial_runs(script, tmp_path):
+    if script.stem == "starcraft" and importlib.util.find_spec("jaxmarl") is None:
+        pytest.skip("the StarCraft tutorial trains on SMAX: pip install -e '.[smax]'")
+    env = {
+        **os.environ,
+        "RUNS": str(tmp_path),  # the scripts' output folder
+        "PYTHONPATH": str(ROOT),  # this checkout's fop_modules, whatever is installed
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",  # `python` = this one
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+        "MPLBACKEND": "Agg",
+    }
+    command = ["bash", str(script)] if script.suffix == ".sh" else [sys.executable, str(script)]
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=TUTORIAL_TIMEOUT_S)
+    assert result.returncode == 0, f"{script.name} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+
+
+def test_api_pages_cover_every_module():
+    modules = {
+        ".".join(p.relative_to(ROOT).with_suffix("").parts)
+        for p in (ROOT / "fop_modules").rglob("*.py")
+        if not p.name.startswith("_")
+    }
+    shown = {m for page in (DOCS / "api").glob("*.md") for m in re.findall(r"^::: ([\w.]+)", page.read_text(), re.M)}
+    assert modules <= shown, f"modules without an API page entry (docs/api/*.md): {sorted(modules - shown)}"
+
+
+def test_docstring_rewrites():
+    """docs/griffe_rst.py's own examples (it lives outside the doctest paths)."""
+    pytest.importorskip("griffe", reason="the docs extra: pip install -e '.[docs]'")
+    sys.path.insert(0, str(DOCS))
+    try:
+        import griffe_rst
+    finally:
+        sys.path.remove(str(DOCS))
+    assert doctest.testmod(griffe_rst).failed == 0
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    if importlib.util.find_spec("mkdocs") is None:
+        pytest.skip("mkdocs is not installed: pip install -e '.[docs]'")
+    out = tmp_path_factory.mktemp("site")
+    result = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)],
+                            cwd=ROOT, capture_output=True, text=True,
+                            env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
+    assert result.returncode == 0, f"mkdocs build --strict failed:\n{result.stderr[-5000:]}"
+    return out
+
+
+def test_site_builds_strict(site):
+    assert (site / "index.html").is_file()
+    assert (site / "api" / "loss" / "index.html").is_file()
+
+
+def test_every_page_loads_in_chromium(site):
+    pytest.importorskip("selenium", reason="the docs extra: pip install -e '.[docs]'")
+    sys.path.insert(0, str(DOCS))
+    try:
+        import check_site
+    finally:
+        sys.path.remove(str(DOCS))
+    if check_site.browser_paths() is None:
+        pytest.skip("no chromium/chromedriver: apt-get install chromium chromium-driver")
+    assert check_site.check_site(site) == []
