@@ -120,14 +120,14 @@ def matrix_game_panels(runs: dict[str, list[dict]], payoff: torch.Tensor, path: 
     optimum = list(torch.unravel_index(payoff.argmax(), payoff.shape))
     optimum = [int(i) for i in optimum]
     vmin, vmax = float(payoff.min()), float(payoff.max())
-    fig, axes = plt.subplots(1, 1 + len(runs), figsize=(3.6 * (1 + len(runs)), 3.8), squeeze=False)
+    fig, axes = plt.subplots(1, 1 + len(runs), figsize=(3.6 * (1 + len(runs)), 4.2), squeeze=False,
+                             layout="constrained")
     _heatmap(axes[0, 0], payoff, "payoff", vmin, vmax)
     for ax, (name, summaries) in zip(axes[0, 1:], runs.items()):
         q_jt = torch.tensor([s["q_jt"] for s in summaries]).mean(0)
         hits = sum(s["greedy_joint_action"] == optimum for s in summaries)
         _heatmap(ax, q_jt, f"{name}\noptimum in {hits}/{len(summaries)} seeds", vmin, vmax)
     fig.suptitle("learned $Q_{jt}$, mean over seeds")
-    fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
@@ -147,7 +147,8 @@ def differential_game_panels(runs: dict[str, list[dict]], env, path: Path, toler
     if env.n_agents != 2:
         raise ValueError(f"differential_game_panels draws 2-agent games, got {env.n_agents} agents")
     optimum, _ = env.global_optimum()
-    fig, axes = plt.subplots(1, len(runs), figsize=(5.0 * len(runs), 4.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(runs), figsize=(5.0 * len(runs), 4.2), squeeze=False,
+                             layout="constrained")
     for ax, (name, summaries) in zip(axes[0], runs.items()):
         _payoff_surface(ax, env, fig)
         for summary in summaries:
@@ -159,7 +160,6 @@ def differential_game_panels(runs: dict[str, list[dict]], env, path: Path, toler
             all(abs(u - o) < tolerance for u, o in zip(s["greedy_action"], optimum)) for s in summaries
         )
         ax.set_title(f"{name}: {hits}/{len(summaries)} seeds reach the optimum")
-    fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
