@@ -203,7 +203,7 @@ def validate(cfg: DictConfig) -> Validated:
 
     check_target_keys(cfg.env, "env")
     num_envs = cfg.env.get("num_envs")
-    if num_envs is not None and collect.frames_per_batch % num_envs:
+    if isinstance(num_envs, int) and num_envs >= 1 and collect.frames_per_batch % num_envs:
         raise ConfigError(
             f"collect.frames_per_batch ({collect.frames_per_batch}) must be a multiple of "
             f"env.num_envs ({num_envs}): every collector batch holds whole steps of all envs"

@@ -51,6 +51,11 @@ def make_env(env_cfg: DictConfig, algo: DictConfig, num_envs: int | None = None)
     if not uses_gru(algo):
         return env
     action_spec = env.full_action_spec["agents", "action"]  # [*E, N], discrete
+    if action_spec.dtype not in (torch.int64, torch.int32):
+        raise ConfigError(
+            "algorithm.recurrent and recurrent_critic need discrete actions (the authors' GRU "
+            "networks); this env's actions are continuous"
+        )
     n_agents, n_actions = action_spec.shape[-1], action_spec.space.n
     transforms = recurrent.recurrent_transforms(n_agents, n_actions, algo.rnn_hidden, env.batch_size)
     return TransformedEnv(env, Compose(*transforms))
@@ -64,8 +69,6 @@ def build_loss(env, algo: DictConfig) -> tuple[FOPLoss, torch.nn.Module]:
     state_dim = env.full_observation_spec["state"].shape[-1]
     discrete = action_spec.dtype in (torch.int64, torch.int32)
     net = {"hidden": list(algo.hidden), "agent_id": algo.agent_id}
-    if uses_gru(algo) and not discrete:
-        raise ValueError("algorithm.recurrent and recurrent_critic need discrete actions (the authors' GRU networks)")
     if discrete:
         n_actions = action_spec.space.n
         masked = ("agents", "action_mask") in env.full_observation_spec.keys(True)
@@ -137,6 +140,7 @@ def train(cfg: DictConfig, run_dir: Path) -> Path:
     start = time.perf_counter()
     run_dir.mkdir(parents=True, exist_ok=True)
     typed = schema.validate(cfg)  # ranges and relations of keys: ConfigError names the key
+    logger = make_logger(cfg.logger, run_dir, cfg.name)  # a missing package fails before building
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
     env = make_env(cfg.env, cfg.algorithm)
@@ -155,7 +159,7 @@ def train(cfg: DictConfig, run_dir: Path) -> Path:
         collect=typed.collect, optim=typed.optim, temperature=typed.temperature, seed=cfg.seed,
     )
     trainer = L.Trainer(
-        max_epochs=1, logger=make_logger(cfg.logger, run_dir, cfg.name), enable_checkpointing=False,
+        max_epochs=1, logger=logger, enable_checkpointing=False,
         default_root_dir=run_dir, **OmegaConf.to_container(cfg.trainer, resolve=True),
     )
     trainer.fit(module)
