@@ -97,6 +97,12 @@ class FOPLoss(LossModule):
         loss_function: distance for eq. (9) and (10): ``"l2"`` (authors), ``"l1"``, ``"smooth_l1"``.
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
 
+    Raises:
+        KeyError: when the batch lacks a key the loss reads (named, with its expected shape).
+        ValueError: when the action, state, team reward/done/terminated of the batch, or a
+            critic's or V network's output, has the wrong shape (the key and expected shape are
+            named, e.g. ``("agents", "state_action_value")`` ``[*B, n_agents, 1]``).
+
     Examples:
         >>> import torch
         >>> from tensordict import TensorDict

@@ -31,6 +31,14 @@ from fop_modules.temperature import ConstantTemperature, TemperatureSchedule
 SCHEMA_NAME = "fop_modules_schema"  # namespaced: torchrl registers its own `env`, `loss`, ... nodes
 
 
+RECIPE_TRAINER_ARGS = {  # lightning.Trainer arguments that recipes/train.py sets itself
+    "logger": "choose it with the top-level `logger` key",
+    "max_epochs": "a run is one pass over the collector: set collect.total_frames",
+    "enable_checkpointing": "checkpoints are not configurable here yet",
+    "default_root_dir": "the run directory is hydra.run.dir",
+}
+
+
 class ConfigError(ValueError):
     """A config value the run cannot start with; the message names the dotted key."""
 
@@ -243,7 +251,7 @@ def validate(cfg: DictConfig) -> Validated:
     for key in cfg.trainer:
         if key not in trainer_args:
             raise ConfigError(f"trainer.{key}: not an argument of lightning.Trainer")
-    for key in ("logger", "enable_checkpointing", "default_root_dir", "max_epochs"):
+    for key, instead in RECIPE_TRAINER_ARGS.items():
         if key in cfg.trainer:
-            raise ConfigError(f"trainer.{key}: set by the recipe (use the top-level `logger` key)")
+            raise ConfigError(f"trainer.{key}: set by the recipe; {instead}")
     return Validated(algo, collect, typed["optim"], temperature)

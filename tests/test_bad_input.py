@@ -99,7 +99,7 @@ def test_unknown_group_choice_lists_the_available_ones(group):
         (["+temperature.stop=3"], r"temperature.stop: not an argument of fop_modules.LinearTemperature"),
         (["temperature.start=-1"], r"temperature: LinearTemperature start and end must be >= 0"),
         (["+trainer.max_step=3"], r"trainer.max_step: not an argument of lightning.Trainer"),
-        (["+trainer.max_epochs=3"], r"trainer.max_epochs: set by the recipe"),
+        (["+trainer.max_epochs=3"], r"trainer.max_epochs: set by the recipe; a run is one pass over the collector"),
     ],
 )
 def test_validate_names_the_key_and_what_is_allowed(overrides, match):

@@ -135,7 +135,8 @@ def test_smac_without_the_game_says_what_to_install(tmp_path):
     out = subprocess.run(
         [sys.executable, str(ROOT / "recipes" / "train.py"), "+experiment=smac_mmm",
          f"hydra.run.dir={tmp_path}"],
-        capture_output=True, text=True, cwd=tmp_path, env={"SC2PATH": str(tmp_path / "no_sc2"), "PATH": ""},
+        capture_output=True, text=True, cwd=tmp_path,
+        env={"SC2PATH": str(tmp_path / "no_sc2"), "PATH": "", "PYTHONPATH": str(ROOT)},
     )
     assert out.returncode == 2
     assert "Traceback" not in out.stderr
