@@ -158,10 +158,11 @@ def train(cfg: DictConfig, run_dir: Path) -> Path:
         make_eval_env=partial(make_env, cfg.env, cfg.algorithm),
         collect=typed.collect, optim=typed.optim, temperature=typed.temperature, seed=cfg.seed,
     )
-    trainer = L.Trainer(
-        max_epochs=1, logger=logger, enable_checkpointing=False,
-        default_root_dir=run_dir, **OmegaConf.to_container(cfg.trainer, resolve=True),
-    )
+    with startup_errors("trainer", cfg.trainer):  # Lightning's own checks (devices, accelerator)
+        trainer = L.Trainer(
+            max_epochs=1, logger=logger, enable_checkpointing=False,
+            default_root_dir=run_dir, **OmegaConf.to_container(cfg.trainer, resolve=True),
+        )
     trainer.fit(module)
     final_return = module.eval_history[-1][1]  # the last training step evaluates greedily
 

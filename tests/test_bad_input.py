@@ -126,6 +126,7 @@ def test_validate_accepts_the_default_config_and_types_it():
         (["env.payoff=[[1,2],[3,inf]]"], r"env.payoff: payoff contains non-finite values"),
         (["env.num_envs=0", "collect.frames_per_batch=16"], r"env.num_envs: .*num_envs"),
         (["algorithm.individual_temperature=paper"], r"algorithm: individual_temperature='paper' needs a value_network"),
+        (["trainer.devices=abc"], r"trainer.devices: `devices` selected with `CPUAccelerator` should be an int > 0"),
         (["+experiment=mtq", "algorithm.recurrent=true", "collect.sequence_length=1"],
          r"algorithm.recurrent and recurrent_critic need discrete actions"),
         (["+experiment=smac_mmm", "env.backend=fake", "episode_limit=99", "collect.frames_per_batch=99",
