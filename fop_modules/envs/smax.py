@@ -67,9 +67,10 @@ def _import_smax():
     saved = sys.stdout, sys.stderr, sys.__stdout__
     sys.stdout = sys.__stdout__ = io.StringIO()
     try:
-        jax, jnp, smax = (
+        # the package before its submodule: an already imported submodule hides a missing parent
+        jax, jnp, _, smax = (
             require(name, needed_for="SMAXEnv (env=smax)", extra="smax")
-            for name in ("jax", "jax.numpy", "jaxmarl.environments.smax")
+            for name in ("jax", "jax.numpy", "jaxmarl.environments", "jaxmarl.environments.smax")
         )
     finally:
         sys.stdout, sys.stderr, sys.__stdout__ = saved
