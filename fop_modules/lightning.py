@@ -11,7 +11,8 @@ env-step count before every batch of updates. Metrics go to the Lightning logger
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Literal
+from enum import Enum
+from typing import Callable
 
 import lightning as L
 import torch
@@ -26,16 +27,30 @@ from torchrl.objectives import HardUpdate, SoftUpdate
 from fop_modules.loss import FOPLoss
 from fop_modules.temperature import TemperatureSchedule
 
-__all__ = ["FOPLightningModule", "OptimConfig", "CollectConfig"]
+__all__ = ["FOPLightningModule", "OptimConfig", "CollectConfig", "OptimizerName", "TargetUpdate"]
 
 OBJECTIVES = ("qvalue", "value", "actor", "alpha")  # Algorithm 1 order
+
+
+class OptimizerName(str, Enum):
+    """``optim.name``. A str Enum (equal to its value) so that Hydra's structured configs check it."""
+
+    adam = "adam"
+    rmsprop = "rmsprop"
+
+
+class TargetUpdate(str, Enum):
+    """``optim.target_update``: polyak averaging or periodic copies of the target networks."""
+
+    soft = "soft"
+    hard = "hard"
 
 
 @dataclass
 class OptimConfig:
     """Optimisers, one per objective. ``lr_*`` per objective; ``grad_clip`` is a norm (None: off)."""
 
-    name: Literal["adam", "rmsprop"] = "adam"
+    name: OptimizerName = OptimizerName.adam
     lr_qvalue: float = 3e-4
     lr_mixer: float | None = None  # the mixer's own rate in the eq. (9) optimiser (None: lr_qvalue)
     lr_value: float = 3e-4
@@ -44,7 +59,7 @@ class OptimConfig:
     grad_clip: float | None = None
     rmsprop_alpha: float = 0.99  # the authors' RMSprop smoothing
     eps: float = 1e-5
-    target_update: Literal["soft", "hard"] = "soft"
+    target_update: TargetUpdate = TargetUpdate.soft
     tau: float = 0.005  # soft (polyak) target update rate
     hard_update_interval: int = 200  # updates between hard target copies
 
@@ -62,6 +77,12 @@ class OptimConfig:
             raise ValueError(f"optim.tau must be in (0, 1], got {self.tau}")
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise ValueError(f"optim.grad_clip must be > 0 or null, got {self.grad_clip}")
+        if not self.eps > 0:
+            raise ValueError(f"optim.eps must be > 0, got {self.eps}")
+        if not 0 <= self.rmsprop_alpha < 1:
+            raise ValueError(f"optim.rmsprop_alpha must be in [0, 1), got {self.rmsprop_alpha}")
+        if self.hard_update_interval < 1:
+            raise ValueError(f"optim.hard_update_interval must be >= 1, got {self.hard_update_interval}")
 
 
 @dataclass
@@ -91,6 +112,9 @@ class CollectConfig:
                      "updates_per_batch", "eval_envs", "eval_max_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"collect.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("init_random_frames", "eval_interval"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"collect.{name} must be >= 0, got {getattr(self, name)}")
         if self.sequence_length is not None and self.sequence_length < 1:
             raise ValueError(f"collect.sequence_length must be >= 1 or null, got {self.sequence_length}")
         if self.batch_size * (self.sequence_length or 1) > self.buffer_size:

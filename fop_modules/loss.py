@@ -56,6 +56,14 @@ def _twins(module: nn.Module | Sequence[nn.Module], n: int) -> list[nn.Module]:
     return modules
 
 
+def _check_shape(tensor: Tensor, key: NestedKey, pattern: str, expected: list[int], what: str) -> None:
+    """Raises ValueError naming ``key`` unless ``tensor`` has shape ``expected`` (no data read)."""
+    if list(tensor.shape) != expected:
+        raise ValueError(
+            f"FOPLoss: {key!r} ({what}) must have shape {pattern} = {expected}, got {list(tensor.shape)}"
+        )
+
+
 class FOPLoss(LossModule):
     """FOP's joint TD, V, policy and dual-temperature objectives.
 
@@ -88,6 +96,12 @@ class FOPLoss(LossModule):
             agents (paper) or ``"mean"`` (authors' code).
         loss_function: distance for eq. (9) and (10): ``"l2"`` (authors), ``"l1"``, ``"smooth_l1"``.
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
+
+    Raises:
+        KeyError: when the batch lacks a key the loss reads (named, with its expected shape).
+        ValueError: when the action, state, team reward/done/terminated of the batch, or a
+            critic's or V network's output, has the wrong shape (the key and expected shape are
+            named, e.g. ``("agents", "state_action_value")`` ``[*B, n_agents, 1]``).
 
     Examples:
         >>> import torch
@@ -288,6 +302,35 @@ class FOPLoss(LossModule):
         ratio = torch.nan_to_num(ratio, nan=1.0).clamp(*ALPHA_I_RATIO_RANGE)
         return alpha * ratio
 
+    # ------------------------------------------------------------------ input checks
+    def _check_input(self, tensordict: TensorDictBase) -> None:
+        """Names a missing key or a wrong shape of the batch before any network runs."""
+        keys, batch, n = self.tensor_keys, list(tensordict.batch_size), self.n_agents
+        if self.discrete:
+            action = ("[*B, n_agents]", [*batch, n], "action indices")
+        else:
+            action = ("[*B, n_agents, action_dim]", [*batch, n, self.mixer.action_dim], "actions")
+        state = ("[*B, state_dim]", [*batch, self.mixer.state_dim], "global state for the mixer")
+        team = ("[*B, 1]", [*batch, 1])
+        expected = {
+            keys.action: action,
+            keys.state: state,
+            ("next", keys.state): state,
+            ("next", keys.reward): (*team, "team reward, one per sample"),
+            ("next", keys.done): (*team, "team done flag"),
+            ("next", keys.terminated): (*team, "team terminated flag"),
+        }
+        for key, (pattern, shape, what) in expected.items():
+            tensor = tensordict.get(key, None)
+            if tensor is None:
+                raise KeyError(
+                    f"FOPLoss: the input has no {key!r} ({what}, shape {pattern}); rename the "
+                    f"loss's keys with loss.set_keys(...) if the data has it under another name"
+                )
+            if key == keys.action and self.discrete and list(tensor.shape) == [*shape, 1]:
+                continue  # indices with a trailing singleton, as TorchRL's specs may give them
+            _check_shape(tensor, key, pattern, shape, what)
+
     # ------------------------------------------------------------------ network calls
     @contextlib.contextmanager
     def _unrolled(self, tensordict: TensorDictBase, grad: bool = True):
@@ -373,12 +416,26 @@ class FOPLoss(LossModule):
             else:
                 out = self.qvalue_network(td)
         key = self.tensor_keys.action_value if self.discrete else self.tensor_keys.state_action_value
-        return out.get(key)
+        q = out.get(key, None)
+        if q is None:
+            raise KeyError(f"FOPLoss: the critic wrote no {key!r}; loss.set_keys(...) names its output")
+        batch, n = [*td.batch_size], self.n_agents
+        if self.discrete:  # Q_i(o_i, .) for every action
+            expected = ("[*B, n_agents, n_actions]", [*batch, n, self.mixer.action_dim], "Q_i(o_i, .)")
+        else:
+            expected = ("[*B, n_agents, 1]", [*batch, n, 1], "Q_i(o_i, u_i)")
+        _check_shape(q, key, *expected)
+        return q
 
     def _value_net(self, tensordict: TensorDictBase, params: TensorDictBase) -> Tensor:
         td = tensordict.select(*self.value_network.in_keys, strict=False)
         with params.to_module(self.value_network):
-            return self.value_network(td).get(self.tensor_keys.state_value)
+            v = self.value_network(td).get(self.tensor_keys.state_value, None)
+        if v is None:
+            raise KeyError(f"FOPLoss: the value network wrote no {self.tensor_keys.state_value!r}")
+        _check_shape(v, self.tensor_keys.state_value, "[*B, n_agents, 1]",
+                     [*td.batch_size, self.n_agents, 1], "the V_i network's output")
+        return v
 
     def _twin(self, params: TensorDictBase, k: int) -> TensorDictBase:
         """Twin k's parameters out of the (possibly stacked) critic or mixer parameters."""
@@ -478,6 +535,7 @@ class FOPLoss(LossModule):
 
     def qvalue_loss(self, tensordict: TensorDictBase) -> tuple[Tensor, dict[str, Tensor]]:
         """Eq. (9): joint soft TD error of every twin's Q_jt; trains critics and mixers only."""
+        self._check_input(tensordict)
         with self._unrolled(tensordict, grad=False) as tensordict:  # the policy is only sampled
             target = self._td_target(tensordict)
             action = tensordict.get(self.tensor_keys.action)

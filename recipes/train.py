@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import fields
 from functools import partial
 from pathlib import Path
 
@@ -18,31 +17,24 @@ import hydra
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
 from torchrl.envs import Compose, TransformedEnv
 
-from fop_modules import ConstantTemperature, FOPLoss, FOPMixer, LinearMixer, networks, plots, probes, recurrent
-from fop_modules.lightning import CollectConfig, FOPLightningModule, OptimConfig
-
+from fop_modules import FOPLoss, FOPMixer, LinearMixer, networks, plots, probes, recurrent
 from fop_modules.envs import DifferentialGameEnv, MatrixGameEnv
 from fop_modules.envs.smac import StarCraftNotAvailable
+from fop_modules.lightning import FOPLightningModule
+from fop_modules.optional import MissingDependency, require
+
+import schema  # recipes/schema.py: the config's types (ConfigStore) and ranges (validate)
+from schema import ConfigError, startup_errors
 
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
-
-
+schema.register()  # configs/config.yaml's defaults start with it: Hydra type-checks every key
+USER_ERRORS = (ConfigError, MissingDependency, StarCraftNotAvailable)  # one paragraph, exit 2
 ACTIVATIONS = {"relu": torch.nn.ReLU, "tanh": torch.nn.Tanh}  # algorithm.activation of the MLPs
-
-
-def typed(cls, section: DictConfig, prefix: str):
-    """Builds a config dataclass, naming any key it does not know."""
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(section) - known)
-    if unknown:
-        raise ValueError(f"unknown key(s) {[f'{prefix}.{k}' for k in unknown]}; known: {sorted(known)}")
-    return cls(**OmegaConf.to_container(section, resolve=True))
 
 
 def uses_gru(algo: DictConfig) -> bool:
@@ -55,15 +47,16 @@ def make_env(env_cfg: DictConfig, algo: DictConfig, num_envs: int | None = None)
     """The env from its config (``num_envs`` overrides its copies where it has any), with the
     transforms a recurrent actor needs (episode starts, hidden-state primer, last action)."""
     overrides = {"num_envs": num_envs} if num_envs is not None and "num_envs" in env_cfg else {}
-    try:
+    with startup_errors("env", env_cfg):  # the env's own checks, named as env.<key>
         env = instantiate(env_cfg, **overrides)
-    except InstantiationException as error:  # Hydra wraps the env's own errors: unwrap ours
-        if isinstance(error.__cause__, StarCraftNotAvailable):
-            raise error.__cause__ from None
-        raise
     if not uses_gru(algo):
         return env
     action_spec = env.full_action_spec["agents", "action"]  # [*E, N], discrete
+    if action_spec.dtype not in (torch.int64, torch.int32):
+        raise ConfigError(
+            "algorithm.recurrent and recurrent_critic need discrete actions (the authors' GRU "
+            "networks); this env's actions are continuous"
+        )
     n_agents, n_actions = action_spec.shape[-1], action_spec.space.n
     transforms = recurrent.recurrent_transforms(n_agents, n_actions, algo.rnn_hidden, env.batch_size)
     return TransformedEnv(env, Compose(*transforms))
@@ -76,11 +69,7 @@ def build_loss(env, algo: DictConfig) -> tuple[FOPLoss, torch.nn.Module]:
     obs_dim = env.full_observation_spec["agents", "observation"].shape[-1]
     state_dim = env.full_observation_spec["state"].shape[-1]
     discrete = action_spec.dtype in (torch.int64, torch.int32)
-    if algo.activation not in ACTIVATIONS:
-        raise ValueError(f"algorithm.activation must be one of {sorted(ACTIVATIONS)}, got {algo.activation!r}")
     net = {"hidden": list(algo.hidden), "agent_id": algo.agent_id, "activation": ACTIVATIONS[algo.activation]}
-    if uses_gru(algo) and not discrete:
-        raise ValueError("algorithm.recurrent and recurrent_critic need discrete actions (the authors' GRU networks)")
     if discrete:
         n_actions = action_spec.space.n
         masked = ("agents", "action_mask") in env.full_observation_spec.keys(True)
@@ -136,50 +125,45 @@ def build_loss(env, algo: DictConfig) -> tuple[FOPLoss, torch.nn.Module]:
     return loss, actor
 
 
+def make_logger(name: str, run_dir: Path, run_name: str):
+    """Lightning's CSV, TensorBoard or W&B logger writing under ``run_dir``."""
+    if name == "csv":
+        return CSVLogger(run_dir, name="logs", version="")
+    if name == "tensorboard":
+        require("tensorboard", needed_for="logger=tensorboard", extra="tensorboard")
+        return TensorBoardLogger(run_dir, name="logs", version="")
+    require("wandb", needed_for="logger=wandb", extra="wandb")
+    return WandbLogger(name=run_name, save_dir=run_dir, project="fop_modules")
+
+
 def train(cfg: DictConfig, run_dir: Path) -> Path:
     """Runs one training job; returns the path of its summary.json."""
     start = time.perf_counter()
     run_dir.mkdir(parents=True, exist_ok=True)
+    typed = schema.validate(cfg)  # ranges and relations of keys: ConfigError names the key
+    logger = make_logger(cfg.logger, run_dir, cfg.name)  # a missing package fails before building
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    collect = typed(CollectConfig, cfg.collect, "collect")
-    optim = typed(OptimConfig, cfg.optim, "optim")
-    if cfg.algorithm.greedy:
-        temperature = ConstantTemperature(0.0)  # greedy FOP (Fig. 3): no entropy at all
-    elif cfg.get("temperature") is not None:
-        temperature = instantiate(cfg.temperature)
-    else:
-        temperature = None  # learned dual alpha (algorithm.learn_alpha=true)
-
-    if uses_gru(cfg.algorithm) and collect.sequence_length is None:
-        raise ValueError(
-            "algorithm.recurrent / recurrent_critic need collect.sequence_length (slices of up to "
-            "that many steps; the episode limit replays whole episodes)"
-        )
 
     env = make_env(cfg.env, cfg.algorithm)
     game = env.base_env if isinstance(env, TransformedEnv) else env
-    if cfg.get("episode_limit") is not None and cfg.episode_limit != game.episode_limit:
-        raise ValueError(
+    if cfg.episode_limit is not None and cfg.episode_limit != game.episode_limit:
+        raise ConfigError(
             f"episode_limit is {cfg.episode_limit} in the config but {game.episode_limit} for "
             f"this env: set episode_limit={game.episode_limit}"
         )
-    loss, policy = build_loss(env, cfg.algorithm)
+    with startup_errors("algorithm"):  # the networks' and FOPLoss's own checks
+        loss, policy = build_loss(env, typed.algorithm)
     module = FOPLightningModule(
         loss, policy,
         make_env=partial(make_env, cfg.env, cfg.algorithm),
         make_eval_env=partial(make_env, cfg.env, cfg.algorithm),
-        collect=collect, optim=optim, temperature=temperature, seed=cfg.seed,
+        collect=typed.collect, optim=typed.optim, temperature=typed.temperature, seed=cfg.seed,
     )
-    if cfg.logger == "csv":
-        logger = CSVLogger(run_dir, name="logs", version="")
-    elif cfg.logger == "tensorboard":
-        logger = TensorBoardLogger(run_dir, name="logs", version="")
-    else:
-        raise ValueError(f"logger must be 'csv' or 'tensorboard', got {cfg.logger!r}")
-    trainer = L.Trainer(
-        max_epochs=1, logger=logger, enable_checkpointing=False, default_root_dir=run_dir,
-        **OmegaConf.to_container(cfg.trainer, resolve=True),
-    )
+    with startup_errors("trainer", cfg.trainer):  # Lightning's own checks (devices, accelerator)
+        trainer = L.Trainer(
+            max_epochs=1, logger=logger, enable_checkpointing=False,
+            default_root_dir=run_dir, **OmegaConf.to_container(cfg.trainer, resolve=True),
+        )
     trainer.fit(module)
     final_return = module.eval_history[-1][1]  # the last training step evaluates greedily
 
@@ -217,7 +201,7 @@ def train(cfg: DictConfig, run_dir: Path) -> Path:
 def main(cfg: DictConfig) -> None:
     try:
         path = train(cfg, Path(HydraConfig.get().runtime.output_dir))
-    except StarCraftNotAvailable as error:  # what to install, not a traceback
+    except USER_ERRORS as error:  # what to change or install, not a traceback
         print(f"error: {error}", file=sys.stderr, flush=True)
         sys.exit(2)
     print(f"summary: {path}", flush=True)

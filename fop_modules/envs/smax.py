@@ -41,10 +41,11 @@ from tensordict import TensorDict, TensorDictBase
 from torchrl.data import Binary, Bounded, Categorical, Composite, Unbounded
 from torchrl.envs import EnvBase
 
+from fop_modules.optional import require
+
 GROUP = "agents"
 ACTION_KEY = (GROUP, "action")
 INFO_KEY = "info"
-INSTALL_HINT = 'pip install "fop_modules[smax]"  (pins: jaxmarl==0.2.0 "jax[cpu]==0.10.2")'
 STOP_ACTION = 4  # the only action of a dead unit
 # Scenarios JaxMARL 0.2.0 does not register: name -> (unit types, allies first, n_allies,
 # n_enemies). Unit types: 0 marine, 1 marauder, 2 stalker, 3 zealot, 4 zergling, 5 hydralisk.
@@ -66,11 +67,11 @@ def _import_smax():
     saved = sys.stdout, sys.stderr, sys.__stdout__
     sys.stdout = sys.__stdout__ = io.StringIO()
     try:
-        import jax
-        import jax.numpy as jnp
-        from jaxmarl.environments import smax
-    except ImportError as err:
-        raise ImportError(f"SMAXEnv needs JaxMARL and JAX: {INSTALL_HINT}") from err
+        # the package before its submodule: an already imported submodule hides a missing parent
+        jax, jnp, _, smax = (
+            require(name, needed_for="SMAXEnv (env=smax)", extra="smax")
+            for name in ("jax", "jax.numpy", "jaxmarl.environments", "jaxmarl.environments.smax")
+        )
     finally:
         sys.stdout, sys.stderr, sys.__stdout__ = saved
     return jax, jnp, smax
@@ -178,7 +179,7 @@ class SMAXEnv(EnvBase):
             heuristic enemy, ``attack_mode`` (``"closest"``/``"random"``) or ``enemy_shoots``.
 
     Raises:
-        ImportError: if JaxMARL/JAX are missing (the message names the install command).
+        MissingDependency: if JaxMARL/JAX are missing (the message names the install command).
         ValueError: on an unknown scenario, ``num_envs < 1`` or a non-discrete ``action_type``.
 
     Examples:

@@ -38,6 +38,8 @@ from torchrl.envs import Compose, FlattenObservation, StepCounter, Transform, Tr
 from torchrl.envs.libs.vmas import VmasEnv
 from torchrl.envs.utils import MarlGroupMapType
 
+from fop_modules.optional import require
+
 GROUP = "agents"
 OBSERVATION_KEY = (GROUP, "observation")
 AGENT_REWARD_KEY = (GROUP, "reward")
@@ -132,6 +134,7 @@ def make_vmas_env(
         The transformed env.
 
     Raises:
+        MissingDependency: if the ``vmas`` package is not installed (names the install command).
         ValueError: for an unknown scenario, ``num_envs < 1``, ``max_steps < 1``, or agents of
             different observation or action sizes.
 
@@ -145,6 +148,7 @@ def make_vmas_env(
         >>> td["next", "step_count"].squeeze(-1).tolist()
         [[1, 2], [1, 2]]
     """
+    require("vmas", needed_for="make_vmas_env (env=vmas)", extra="vmas")  # else no scenarios
     available = VmasEnv.available_envs
     if scenario not in available:
         close = difflib.get_close_matches(scenario, available, n=3)

@@ -1,0 +1,262 @@
+"""The recipe's config schema: types in Hydra's ConfigStore, ranges and relations in `validate`.
+
+configs/config.yaml starts its defaults list with ``fop_modules_schema`` (:class:`RunConfig`,
+registered by :func:`register`), so Hydra merges every YAML file and command-line override into
+typed dataclasses while composing: an unknown key, a value of the wrong type or a choice outside
+an Enum stops the run before anything is built, with Hydra's message naming the full key, e.g.
+``Key 'lr' not in 'OptimConfig' ... full_key: optim.lr``. :func:`validate` then checks ranges
+and the relations between keys, and raises :class:`ConfigError` naming the dotted key and what is
+allowed. The recipe prints a ConfigError as one paragraph and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import re
+from dataclasses import dataclass, fields
+from enum import Enum
+from typing import Any, Dict, List, Optional
+
+import lightning as L
+from hydra.core.config_store import ConfigStore
+from hydra.errors import InstantiationException
+from hydra.utils import get_object, instantiate
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from fop_modules.lightning import CollectConfig, OptimConfig
+from fop_modules.temperature import ConstantTemperature, TemperatureSchedule
+
+SCHEMA_NAME = "fop_modules_schema"  # namespaced: torchrl registers its own `env`, `loss`, ... nodes
+
+
+RECIPE_TRAINER_ARGS = {  # lightning.Trainer arguments that recipes/train.py sets itself
+    "logger": "choose it with the top-level `logger` key",
+    "max_epochs": "a run is one pass over the collector: set collect.total_frames",
+    "enable_checkpointing": "checkpoints are not configurable here yet",
+    "default_root_dir": "the run directory is hydra.run.dir",
+}
+
+
+class ConfigError(ValueError):
+    """A config value the run cannot start with; the message names the dotted key."""
+
+
+class Decomposition(str, Enum):
+    fop = "fop"  # FOPMixer: sum_i lambda_i (Q_i - V_i) + V_jt (eq. 7)
+    linear = "linear"  # LinearMixer: DOP's sum_i k_i(s) Q_i + b(s)
+
+
+class AdvantageForm(str, Enum):
+    stopgrad = "stopgrad"  # the authors' code
+    paper = "paper"  # eq. (7)
+
+
+class IndividualTemperature(str, Enum):
+    shared = "shared"  # alpha_i = alpha (authors)
+    paper = "paper"  # the paper's alpha_i formula
+
+
+class EntropyReduction(str, Enum):
+    sum = "sum"
+    mean = "mean"
+
+
+class LossFunction(str, Enum):
+    l2 = "l2"
+    l1 = "l1"
+    smooth_l1 = "smooth_l1"
+
+
+class Activation(str, Enum):
+    relu = "relu"
+    tanh = "tanh"
+
+
+class LoggerName(str, Enum):
+    csv = "csv"
+    tensorboard = "tensorboard"  # needs `pip install -e ".[tensorboard]"`
+    wandb = "wandb"  # needs `pip install -e ".[wandb]"`
+
+
+@dataclass
+class AlgorithmConfig:
+    """Types of configs/algorithm/*.yaml (the comments there say what each key does)."""
+
+    name: str = MISSING
+    decomposition: Decomposition = MISSING
+    advantage_form: AdvantageForm = MISSING
+    n_heads: int = MISSING
+    v_hidden: int = MISSING
+    hidden: List[int] = MISSING
+    activation: Activation = MISSING
+    agent_id: bool = MISSING
+    recurrent: bool = MISSING
+    rnn_hidden: int = MISSING
+    recurrent_critic: bool = MISSING
+    value_network: bool = MISSING
+    num_qvalue_nets: int = MISSING
+    greedy: bool = MISSING
+    learn_alpha: bool = MISSING
+    alpha_init: float = MISSING
+    target_entropy: Any = MISSING  # a number or "auto" (Any: OmegaConf 2.3 fails on a Union here)
+    individual_temperature: IndividualTemperature = MISSING
+    entropy_reduction: EntropyReduction = MISSING
+    loss_function: LossFunction = MISSING
+    gamma: float = MISSING
+    td_lambda: Optional[float] = MISSING
+
+    def __post_init__(self) -> None:
+        for name in ("n_heads", "v_hidden", "rnn_hidden"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"algorithm.{name} must be >= 1, got {getattr(self, name)}")
+        if not self.hidden or min(self.hidden) < 1:
+            raise ConfigError(f"algorithm.hidden must be a non-empty list of sizes >= 1, got {self.hidden}")
+        if self.num_qvalue_nets not in (1, 2):
+            raise ConfigError(f"algorithm.num_qvalue_nets must be 1 or 2, got {self.num_qvalue_nets}")
+        if not 0 <= self.gamma <= 1:
+            raise ConfigError(f"algorithm.gamma must be in [0, 1], got {self.gamma}")
+        if self.td_lambda is not None and not 0 <= self.td_lambda <= 1:
+            raise ConfigError(f"algorithm.td_lambda must be in [0, 1] or null, got {self.td_lambda}")
+        if not self.alpha_init >= 0 or (self.learn_alpha and self.alpha_init == 0):
+            raise ConfigError(
+                f"algorithm.alpha_init must be >= 0 (> 0 with learn_alpha: alpha is learned in log "
+                f"space), got {self.alpha_init}"
+            )
+        entropy = self.target_entropy
+        if entropy != "auto" and (isinstance(entropy, bool) or not isinstance(entropy, (int, float))):
+            raise ConfigError(
+                f"algorithm.target_entropy must be a number or 'auto', got {self.target_entropy!r}"
+            )
+
+
+@dataclass
+class RunConfig:
+    """Types of configs/config.yaml. ``env`` and ``temperature`` are ``_target_`` nodes whose keys
+    :func:`validate` checks against the signature of their target."""
+
+    name: str = MISSING
+    seed: int = MISSING
+    env: Any = MISSING
+    temperature: Any = None  # null (`~temperature`): alpha is learned
+    algorithm: AlgorithmConfig = MISSING
+    collect: CollectConfig = MISSING
+    optim: OptimConfig = MISSING
+    trainer: Dict[str, Any] = MISSING  # lightning.Trainer arguments
+    logger: LoggerName = MISSING
+    episode_limit: Optional[int] = None  # the env's time limit, checked against the env
+
+
+@dataclass
+class Validated:
+    """The typed sections of a validated run config."""
+
+    algorithm: AlgorithmConfig
+    collect: CollectConfig
+    optim: OptimConfig
+    temperature: TemperatureSchedule | None
+
+
+def register() -> None:
+    """Registers :class:`RunConfig` as ``fop_modules_schema`` (idempotent)."""
+    ConfigStore.instance().store(name=SCHEMA_NAME, node=RunConfig)
+
+
+@contextlib.contextmanager
+def startup_errors(section: str, node: DictConfig | None = None):
+    """Turns the ValueError/TypeError of something built from ``section`` into a ConfigError,
+    named ``section.key`` when the message names one key of ``node``."""
+    try:
+        yield
+    except ConfigError:
+        raise
+    except (InstantiationException, ValueError, TypeError, OmegaConfBaseException) as error:
+        if isinstance(error, InstantiationException):  # Hydra wraps the target's own error
+            if not isinstance(error.__cause__, (ValueError, TypeError)):
+                raise (error.__cause__ or error) from None  # e.g. a missing dependency
+            error = error.__cause__
+        if str(error).startswith(f"{section}."):  # the message names its key already
+            raise ConfigError(str(error)) from None
+        named = [str(key) for key in (node or {}) if re.search(rf"\b{key}\b", str(error))]
+        where = f"{section}.{named[0]}" if len(named) == 1 else section
+        raise ConfigError(f"{where}: {error}") from None
+
+
+def check_target_keys(node: DictConfig, section: str) -> None:
+    """Each key of a ``_target_`` node must be an argument of its target (unless it takes **kwargs)."""
+    target = node.get("_target_")
+    try:
+        target_object = get_object(target)  # a class's own __init__ (EnvBase's metaclass hides it)
+        init = target_object.__init__ if inspect.isclass(target_object) else target_object
+        params = inspect.signature(init).parameters
+    except Exception as error:  # noqa: BLE001 - an import or attribute error, reported as config
+        raise ConfigError(f"{section}._target_: cannot import {target!r} ({error})") from None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    allowed = sorted(name for name in params if name != "self")
+    for key in node:
+        if not str(key).startswith("_") and key not in params:
+            raise ConfigError(f"{section}.{key}: not an argument of {target}; allowed: {allowed}")
+
+
+def validate(cfg: DictConfig) -> Validated:
+    """Range and cross-key checks of a composed config; returns its typed sections.
+
+    Raises:
+        ConfigError: naming the first bad key (dotted path) and what is allowed.
+    """
+    typed = {}
+    for section, cls in (("algorithm", AlgorithmConfig), ("collect", CollectConfig), ("optim", OptimConfig)):
+        known = [f.name for f in fields(cls)]
+        for key in cfg[section]:  # `+section.key=...` appends past Hydra's struct check
+            if key not in known:
+                raise ConfigError(f"{section}.{key}: unknown key; known: {known}")
+        with startup_errors(section):  # __post_init__ checks the ranges of its own section
+            typed[section] = OmegaConf.to_object(cfg[section])
+    algo, collect = typed["algorithm"], typed["collect"]
+
+    check_target_keys(cfg.env, "env")
+    num_envs = cfg.env.get("num_envs")
+    if isinstance(num_envs, int) and num_envs >= 1 and collect.frames_per_batch % num_envs:
+        raise ConfigError(
+            f"collect.frames_per_batch ({collect.frames_per_batch}) must be a multiple of "
+            f"env.num_envs ({num_envs}): every collector batch holds whole steps of all envs"
+        )
+    if (algo.recurrent or algo.recurrent_critic) and collect.sequence_length is None:
+        raise ConfigError(
+            "algorithm.recurrent / recurrent_critic need collect.sequence_length (slices of up to "
+            "that many steps; the episode limit replays whole episodes)"
+        )
+    if algo.td_lambda is not None and collect.sequence_length is None:
+        raise ConfigError(
+            "algorithm.td_lambda needs collect.sequence_length: TD(lambda) runs along the time of "
+            "replayed trajectory slices (null td_lambda: one-step TD on transitions)"
+        )
+
+    if algo.greedy:  # alpha = 0 whatever the temperature group or learn_alpha (build_loss drops it)
+        temperature = ConstantTemperature(0.0)  # greedy FOP (Fig. 3): no entropy at all
+    elif cfg.temperature is not None:
+        check_target_keys(cfg.temperature, "temperature")
+        with startup_errors("temperature"):
+            temperature = instantiate(cfg.temperature)
+        if algo.learn_alpha:
+            raise ConfigError(
+                "algorithm.learn_alpha=true learns alpha, so temperature must be null: add `~temperature`"
+            )
+    elif not algo.learn_alpha:
+        raise ConfigError(
+            "temperature is null but algorithm.learn_alpha is false: pick a schedule "
+            "(temperature=linear) or learn alpha (`~temperature algorithm.learn_alpha=true`)"
+        )
+    else:
+        temperature = None  # learned dual alpha
+
+    trainer_args = inspect.signature(L.Trainer).parameters
+    for key in cfg.trainer:
+        if key not in trainer_args:
+            raise ConfigError(f"trainer.{key}: not an argument of lightning.Trainer")
+    for key, instead in RECIPE_TRAINER_ARGS.items():
+        if key in cfg.trainer:
+            raise ConfigError(f"trainer.{key}: set by the recipe; {instead}")
+    return Validated(algo, collect, typed["optim"], temperature)

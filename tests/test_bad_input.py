@@ -1,0 +1,320 @@
+"""Bad input fails early and says what is wrong: config keys, tensor shapes, missing packages.
+
+Config cases go through the recipe's own composition (Hydra's compose API with the schema of
+recipes/schema.py); two run the command line to check what a user sees (one paragraph, exit 2).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException, MissingConfigException
+from omegaconf.errors import OmegaConfBaseException
+from tensordict import TensorDict
+from tensordict.nn import TensorDictModule
+from torch import nn
+
+from fop_modules import FOPLoss, FOPMixer, networks
+from fop_modules.envs.smac import SMACEnv, StarCraftNotAvailable
+from fop_modules.optional import MissingDependency
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "recipes"))
+import schema  # noqa: E402  (the recipe's config schema)
+import train  # noqa: E402  (the recipe module; registers the schema)
+
+SHORT = ["collect.total_frames=64", "collect.frames_per_batch=16", "collect.eval_interval=0",
+         "trainer.enable_progress_bar=false"]
+
+
+def _compose(overrides: list[str]):
+    with initialize_config_dir(config_dir=train.CONFIG_DIR, version_base="1.3"):
+        return compose("config", overrides=[*SHORT, *overrides])
+
+
+# ============================================================================ config: composing
+# Hydra merges every override into the typed schema: wrong types, unknown keys (without `+`) and
+# unknown choices fail before the recipe runs, with a message that names the full key.
+
+
+@pytest.mark.parametrize(
+    ("override", "match"),
+    [
+        ("collect.frames=3", r"(?s)Key 'frames' not in 'CollectConfig'.*full_key: collect.frames"),
+        ("collect.batch_size=abc", r"(?s)'abc'.*could not be converted to Integer.*full_key: collect.batch_size"),
+        ("algorithm.hidden=3", r"(?s)not a ListConfig.*full_key: algorithm.hidden"),
+        ("algorithm.gamma=high", r"(?s)could not be converted to Float.*full_key: algorithm.gamma"),
+        ("optim.name=sgd", r"(?s)expected one of \[adam, rmsprop\].*full_key: optim.name"),
+        ("algorithm.decomposition=qmix", r"(?s)expected one of \[fop, linear\].*full_key: algorithm.decomposition"),
+        ("logger=mlflow", r"(?s)expected one of \[csv, tensorboard, wandb\].*full_key: logger"),
+    ],
+)
+def test_composition_rejects_wrong_types_unknown_keys_and_choices(override, match):
+    with pytest.raises((ConfigCompositionException, OmegaConfBaseException)) as error:
+        _compose([override])
+    text = f"{error.value}\n{error.value.__cause__ or ''}"  # Hydra prints both
+    assert __import__("re").search(match, text), text
+
+
+@pytest.mark.parametrize("group", ["env", "temperature", "algorithm"])
+def test_unknown_group_choice_lists_the_available_ones(group):
+    with pytest.raises(MissingConfigException, match=rf"(?s)Could not find '{group}/nope'.*Available options in '{group}'"):
+        _compose([f"{group}=nope"])
+
+
+# ============================================================================ config: validate
+# Keys appended with `+`, ranges, and relations between keys: schema.validate raises ConfigError.
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        (["+collect.frames=3"], r"collect.frames: unknown key; known: \['total_frames'"),
+        (["+optim.learning_rate=3"], r"optim.learning_rate: unknown key"),
+        (["+algorithm.mixer=qmix"], r"algorithm.mixer: unknown key"),
+        (["optim.lr_actor=-0.1"], r"optim.lr_actor must be > 0, got -0.1"),
+        (["optim.eps=0"], r"optim.eps must be > 0"),
+        (["optim.tau=2"], r"optim.tau must be in \(0, 1\], got 2"),
+        (["algorithm.gamma=1.5"], r"algorithm.gamma must be in \[0, 1\], got 1.5"),
+        (["algorithm.gamma=-0.1"], r"algorithm.gamma must be in \[0, 1\]"),
+        (["algorithm.td_lambda=2", "collect.sequence_length=1"], r"algorithm.td_lambda must be in \[0, 1\] or null"),
+        (["algorithm.num_qvalue_nets=3"], r"algorithm.num_qvalue_nets must be 1 or 2, got 3"),
+        (["algorithm.hidden=[64,0]"], r"algorithm.hidden must be a non-empty list of sizes >= 1"),
+        (["algorithm.target_entropy=high"], r"algorithm.target_entropy must be a number or 'auto'"),
+        (["collect.batch_size=100000"], r"collect.batch_size \(100000\) .* larger than collect.buffer_size \(10000\)"),
+        (["collect.warmup_frames=8"], r"collect.warmup_frames \(8\) must be >= collect.batch_size \(64\)"),
+        (["collect.eval_envs=0"], r"collect.eval_envs must be >= 1, got 0"),
+        (["collect.frames_per_batch=20"], r"collect.frames_per_batch \(20\) must be a multiple of env.num_envs \(16\)"),
+        (["algorithm.recurrent=true"], r"algorithm.recurrent / recurrent_critic need collect.sequence_length"),
+        (["algorithm.td_lambda=0.8"], r"algorithm.td_lambda needs collect.sequence_length"),
+        (["algorithm.learn_alpha=true"], r"algorithm.learn_alpha=true learns alpha, so temperature must be null"),
+        (["~temperature"], r"temperature is null but algorithm.learn_alpha is false"),
+        (["+env.n_agents=3"], r"env.n_agents: not an argument of fop_modules.envs.MatrixGameEnv; allowed: \['device', 'num_envs', 'payoff'\]"),
+        (["+temperature.stop=3"], r"temperature.stop: not an argument of fop_modules.LinearTemperature"),
+        (["temperature.start=-1"], r"temperature: LinearTemperature start and end must be >= 0"),
+        (["+trainer.max_step=3"], r"trainer.max_step: not an argument of lightning.Trainer"),
+        (["+trainer.max_epochs=3"], r"trainer.max_epochs: set by the recipe; a run is one pass over the collector"),
+    ],
+)
+def test_validate_names_the_key_and_what_is_allowed(overrides, match):
+    cfg = _compose(overrides)
+    with pytest.raises(schema.ConfigError, match=match):
+        schema.validate(cfg)
+
+
+def test_validate_accepts_the_default_config_and_types_it():
+    typed = schema.validate(_compose([]))
+    assert typed.optim.name == "adam" and typed.collect.batch_size == 64
+    assert typed.algorithm.gamma == 0.99 and typed.temperature(0) == 1.0
+
+
+# ============================================================================ config: building
+# What only the built env or networks can check, still before any training step.
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        (["env.payoff=[[1,2],[3]]"], r"env.payoff: payoff is ragged \(not rectangular\)"),
+        (["env.payoff=5"], r"env.payoff: payoff must have one dimension per agent, got a scalar"),
+        (["env.payoff=[[1,2],[3,inf]]"], r"env.payoff: payoff contains non-finite values"),
+        (["env.num_envs=0", "collect.frames_per_batch=16"], r"env.num_envs: .*num_envs"),
+        (["algorithm.individual_temperature=paper"], r"algorithm: individual_temperature='paper' needs a value_network"),
+        (["trainer.devices=abc"], r"trainer.devices: `devices` selected with `CPUAccelerator` should be an int > 0"),
+        (["+experiment=mtq", "algorithm.recurrent=true", "collect.sequence_length=1"],
+         r"algorithm.recurrent and recurrent_critic need discrete actions"),
+        (["+experiment=smac_mmm", "env.backend=fake", "episode_limit=99", "collect.frames_per_batch=99",
+          "collect.sequence_length=99", "collect.eval_max_steps=99"], r"episode_limit=150"),
+    ],
+)
+def test_env_and_networks_reject_their_config_at_start_up(overrides, match, tmp_path):
+    with pytest.raises(schema.ConfigError, match=match):
+        train.train(_compose(overrides), tmp_path)
+    assert not (tmp_path / "logs" / "metrics.csv").exists()  # nothing trained
+
+
+# ============================================================================ the command line
+
+
+def _run(*overrides: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "recipes" / "train.py"), *SHORT, *overrides, f"hydra.run.dir={cwd}"],
+        capture_output=True, text=True, cwd=cwd, env={"PATH": "", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"},
+    )
+
+
+def test_command_line_prints_one_paragraph_and_exits_2(tmp_path):
+    out = _run("algorithm.gamma=1.5", cwd=tmp_path)
+    assert out.returncode == 2
+    assert out.stderr.strip() == "error: algorithm.gamma must be in [0, 1], got 1.5"
+
+
+def test_command_line_shows_hydras_message_for_a_composition_error(tmp_path):
+    out = _run("optim.nme=adam", cwd=tmp_path)
+    assert out.returncode == 1  # Hydra's own exit code for errors while composing
+    assert "Traceback" not in out.stderr and "full_key: optim.nme" in out.stderr
+    assert len(out.stderr.strip().splitlines()) < 10
+
+
+# ============================================================================ tensors: FOPMixer
+
+MIXER_KEYS = {
+    ("agents", "chosen_action_value"): (5, 2, 1),
+    ("agents", "state_value"): (5, 2, 1),
+    "state": (5, 3),
+}
+
+
+def _mixer_td(**shapes):
+    data = {key: torch.randn(*shapes.get(str(key), shape)) for key, shape in MIXER_KEYS.items()}
+    data[("agents", "action")] = torch.randint(4, shapes.get("action", (5, 2)))
+    return TensorDict(data, batch_size=[5])
+
+
+def test_mixer_names_a_missing_key():
+    td = _mixer_td().exclude(("agents", "state_value"))
+    with pytest.raises(KeyError, match=r"FOPMixer: the input tensordict has no \('agents', 'state_value'\)"):
+        FOPMixer(n_agents=2, state_dim=3, action_dim=4)(td)
+
+
+@pytest.mark.parametrize(
+    ("shapes", "match"),
+    [
+        ({"('agents', 'chosen_action_value')": (5, 3, 1)}, r"\('agents', 'chosen_action_value'\) must have shape \[\*B, 2, 1\], got \(5, 3, 1\)"),
+        ({"('agents', 'state_value')": (5, 2)}, r"\('agents', 'state_value'\) must have shape \[5, 2, 1\], got \[5, 2\]"),
+        ({"state": (5, 7)}, r"'state' must have shape \[5, 3\], got \[5, 7\]"),
+        ({"action": (5, 3)}, r"\('agents', 'action'\) must hold action indices of shape \[5, 2\], got \[5, 3\]"),
+    ],
+)
+def test_mixer_names_the_key_and_expected_shape(shapes, match):
+    with pytest.raises(ValueError, match=match):
+        FOPMixer(n_agents=2, state_dim=3, action_dim=4)(_mixer_td(**shapes))
+
+
+# ============================================================================ tensors: FOPLoss
+N, OBS, A, S, B = 2, 3, 3, 4, 6
+
+
+def _loss(action_space="discrete", critic=None):
+    if action_space == "discrete":
+        return FOPLoss(networks.discrete_actor(N, OBS, A, hidden=(8,)),
+                       critic or networks.discrete_critic(N, OBS, A, hidden=(8,)),
+                       FOPMixer(N, S, A), action_space="discrete", num_qvalue_nets=1)
+    return FOPLoss(networks.continuous_actor(N, OBS, 1, low=-1.0, high=1.0, hidden=(8,)),
+                   critic or networks.continuous_critic(N, OBS, 1, hidden=(8,)),
+                   FOPMixer(N, S, 1, discrete_actions=False), action_space="continuous",
+                   value_network=networks.value_network(N, OBS, hidden=(8,)), num_qvalue_nets=1)
+
+
+def _batch(action_space="discrete", reward_shape=(B, 1), state_dim=S, action_shape=None):
+    def step():
+        data = {("agents", "observation"): torch.randn(B, N, OBS), "state": torch.randn(B, state_dim)}
+        if action_space == "discrete":
+            data[("agents", "action_mask")] = torch.ones(B, N, A, dtype=torch.bool)
+        return data
+    flag = torch.zeros(B, 1, dtype=torch.bool)
+    if action_space == "discrete":
+        action = torch.randint(A, action_shape or (B, N))
+    else:
+        action = torch.rand(*(action_shape or (B, N, 1))) * 2 - 1
+    nxt = {**step(), "reward": torch.randn(*reward_shape), "done": flag, "terminated": flag.clone()}
+    return TensorDict({**step(), ("agents", "action"): action, "next": nxt}, batch_size=[B])
+
+
+def test_loss_names_a_missing_key_and_its_shape():
+    td = _batch().exclude(("next", "terminated"))
+    with pytest.raises(KeyError, match=r"no \('next', 'terminated'\) \(team terminated flag, shape \[\*B, 1\]\)"):
+        _loss()(td)
+
+
+@pytest.mark.parametrize(
+    ("batch", "match"),
+    [
+        (dict(reward_shape=(B, N, 1)), r"\('next', 'reward'\) \(team reward, one per sample\) must have shape \[\*B, 1\] = \[6, 1\], got \[6, 2, 1\]"),
+        (dict(state_dim=S + 1), r"'state' \(global state for the mixer\) must have shape \[\*B, state_dim\] = \[6, 4\], got \[6, 5\]"),
+        (dict(action_shape=(B, N + 1)), r"\('agents', 'action'\) \(action indices\) must have shape \[\*B, n_agents\] = \[6, 2\], got \[6, 3\]"),
+        (dict(action_space="continuous", action_shape=(B, N)), r"\('agents', 'action'\) \(actions\) must have shape \[\*B, n_agents, action_dim\] = \[6, 2, 1\], got \[6, 2\]"),
+    ],
+)
+def test_loss_names_the_key_and_expected_shape_of_its_input(batch, match):
+    with pytest.raises(ValueError, match=match):
+        _loss(batch.get("action_space", "discrete"))(_batch(**batch))
+
+
+class _FlatCritic(nn.Module):
+    """A continuous critic that forgets the trailing 1: Q_i of shape [*B, N]."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(OBS + 1, 1)
+
+    def forward(self, observation, action):
+        return self.linear(torch.cat([observation, action], -1)).squeeze(-1)
+
+
+def test_loss_names_a_critic_output_of_the_wrong_shape():
+    critic = TensorDictModule(_FlatCritic(), in_keys=[("agents", "observation"), ("agents", "action")],
+                              out_keys=[("agents", "state_action_value")])
+    match = r"\('agents', 'state_action_value'\) \(Q_i\(o_i, u_i\)\) must have shape \[\*B, n_agents, 1\] = \[6, 2, 1\], got \[6, 2\]"
+    with pytest.raises(ValueError, match=match):
+        _loss("continuous", critic)(_batch("continuous"))
+
+
+def test_loss_names_a_discrete_critic_with_the_wrong_number_of_actions():
+    critic = networks.discrete_critic(N, OBS, A + 1, hidden=(8,))
+    with pytest.raises(ValueError, match=r"\('agents', 'action_value'\) .* \[\*B, n_agents, n_actions\] = \[6, 2, 3\], got \[6, 2, 4\]"):
+        _loss(critic=critic)(_batch())
+
+
+# ============================================================================ optional packages
+
+
+def _hide(monkeypatch, *names: str) -> None:
+    """Makes `import name` (and its submodules) fail as if the package were not installed."""
+    for name in names:
+        for loaded in [m for m in sys.modules if m == name or m.startswith(f"{name}.")]:
+            monkeypatch.setitem(sys.modules, loaded, None)
+        monkeypatch.setitem(sys.modules, name, None)
+
+
+def test_smax_without_jaxmarl_names_the_extra(monkeypatch):
+    from fop_modules.envs.smax import SMAXEnv
+
+    _hide(monkeypatch, "jaxmarl")
+    with pytest.raises(MissingDependency, match=r'SMAXEnv \(env=smax\) needs .*`jaxmarl.*pip install -e "\.\[smax\]"'):
+        SMAXEnv("3m", num_envs=1)
+
+
+def test_smax_through_the_recipe_says_what_to_install(monkeypatch, tmp_path):
+    _hide(monkeypatch, "jax", "jaxmarl")
+    cfg = _compose(["+experiment=smax_3m", "collect.frames_per_batch=16", "env.num_envs=8",
+                    "collect.sequence_length=4", "collect.batch_size=4", "collect.warmup_frames=16"])
+    with pytest.raises(MissingDependency, match=r'`jax`, which is not installed: pip install -e "\.\[smax\]"'):
+        train.train(cfg, tmp_path)
+
+
+def test_real_starcraft_without_smac_names_the_install_command(monkeypatch, tmp_path):
+    _hide(monkeypatch, "smac")
+    monkeypatch.setenv("SC2PATH", str(tmp_path))
+    with pytest.raises(StarCraftNotAvailable, match=r"pip install git\+https://github.com/oxwhirl/smac.git"):
+        SMACEnv(map_name="3m", backend="sc2")
+
+
+def test_vmas_missing_names_the_install_command(monkeypatch):
+    from fop_modules.envs.vmas import make_vmas_env
+
+    _hide(monkeypatch, "vmas")
+    with pytest.raises(MissingDependency, match=r'env=vmas\) needs the Python package `vmas`.*pip install "vmas>=1.5"'):
+        make_vmas_env("navigation", num_envs=1)
+
+
+@pytest.mark.parametrize("logger", ["tensorboard", "wandb"])
+def test_logger_without_its_package_names_the_extra(logger, monkeypatch, tmp_path):
+    _hide(monkeypatch, logger)
+    with pytest.raises(MissingDependency, match=rf'logger={logger} needs .*pip install -e "\.\[{logger}\]"'):
+        train.train(_compose([f"logger={logger}"]), tmp_path)
