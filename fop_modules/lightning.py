@@ -17,18 +17,21 @@ import lightning as L
 import torch
 from tensordict import TensorDictBase
 from torch import nn
-from torchrl.collectors import Collector
+from torchrl.collectors import BaseCollector
 from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
 from torchrl.data.replay_buffers.samplers import SliceSampler
 from torchrl.envs import EnvBase, ExplorationType, set_exploration_type
 from torchrl.objectives import HardUpdate, SoftUpdate
 
+from fop_modules.collectors import KINDS as COLLECTOR_KINDS
+from fop_modules.collectors import CollectorKind, make_collector, needs_weight_sync
 from fop_modules.loss import FOPLoss
 from fop_modules.temperature import TemperatureSchedule
 
 __all__ = ["FOPLightningModule", "OptimConfig", "CollectConfig"]
 
 OBJECTIVES = ("qvalue", "value", "actor", "alpha")  # Algorithm 1 order
+SEED_STRIDE = 1_000  # DDP rank r seeds its collector with seed + r * SEED_STRIDE
 
 
 @dataclass
@@ -81,12 +84,19 @@ class CollectConfig:
     sequence_length: int | None = None  # None: replay transitions; L: replay slices of up to L
     #   steps within one episode, batch_size of them per update (L >= the episode limit: whole
     #   episodes, as the authors do); needed by recurrent actors
+    collector: CollectorKind = "single"  # fop_modules.collectors: single | multi_sync | multi_async | distributed
+    num_workers: int = 1  # env processes of the multi_* and distributed collectors
+    launcher: Literal["mp", "submitit"] = "mp"  # distributed: local processes | SLURM jobs
 
     def __post_init__(self) -> None:
         for name in ("total_frames", "frames_per_batch", "buffer_size", "batch_size",
-                     "updates_per_batch", "eval_envs", "eval_max_steps"):
+                     "updates_per_batch", "eval_envs", "eval_max_steps", "num_workers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"collect.{name} must be >= 1, got {getattr(self, name)}")
+        if self.collector not in COLLECTOR_KINDS:
+            raise ValueError(f"collect.collector must be one of {COLLECTOR_KINDS}, got {self.collector!r}")
+        if self.launcher not in ("mp", "submitit"):
+            raise ValueError(f"collect.launcher must be 'mp' or 'submitit', got {self.launcher!r}")
         if self.sequence_length is not None and self.sequence_length < 1:
             raise ValueError(f"collect.sequence_length must be >= 1 or null, got {self.sequence_length}")
         if self.batch_size * (self.sequence_length or 1) > self.buffer_size:
@@ -190,23 +200,43 @@ class FOPLightningModule(L.LightningModule):
             sample = sample.reshape(self.collect.batch_size, self.collect.sequence_length)
         return sample
 
-    def train_dataloader(self) -> Collector:
-        collector = Collector(
+    def train_dataloader(self) -> BaseCollector:
+        # Under DDP every rank collects its own data: rank r seeds its envs, and its torch/numpy
+        # generators, with seed + r * SEED_STRIDE (one rank: the recipe's seeding stands). A
+        # resumed run seeds its envs past the frames already seen (their in-flight episodes
+        # restart anyway), and RNGCheckpoint then restores the generators saved with the run.
+        rank_seed = self.seed + SEED_STRIDE * self.global_rank
+        if self.trainer.world_size > 1:
+            L.seed_everything(rank_seed, verbose=False)
+        self.collector = make_collector(
+            self.collect.collector,
             self.make_env,
             self.policy,
             frames_per_batch=self.collect.frames_per_batch,
             total_frames=self.collect.total_frames,
             init_random_frames=self.collect.init_random_frames,
+            num_workers=self.collect.num_workers,
+            launcher=self.collect.launcher,
+            seed=rank_seed + self.env_frames,
         )
-        collector.set_seed(self.seed)
-        collector.reset()  # start from a reset of the seeded envs (SMAC re-creates its game on seeding)
-        return collector
+        return self.collector
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        if needs_weight_sync(self.collector, self.policy):  # workers act with copies: refresh them
+            self.collector.update_policy_weights_()
+
+    def teardown(self, stage: str) -> None:
+        collector = getattr(self, "collector", None)
+        if collector is not None:  # stop worker processes (a no-op for the in-process collector)
+            collector.shutdown()
+            self.collector = None
 
     def transfer_batch_to_device(self, batch, device, dataloader_idx):
         return batch.to(device)
 
     def on_train_start(self) -> None:
-        self.evaluate()  # frame 0: the learning curve and path start at the initial policy
+        if not self.eval_history:  # not when resuming: the history came with the checkpoint
+            self.evaluate()  # frame 0: the learning curve and path start at the initial policy
 
     # ------------------------------------------------------------------ optimisation
     def objective_parameters(self, objective: str) -> list[nn.Parameter]:
@@ -298,6 +328,32 @@ class FOPLightningModule(L.LightningModule):
                 logger.log_metrics(metrics, step=self.global_step)
             while self._next_eval <= self.env_frames:
                 self._next_eval += self.collect.eval_interval or self.collect.total_frames
+
+    # ------------------------------------------------------------------ checkpoints
+    checkpoint_replay: bool = True  # keep the replay buffer in checkpoints (recipe: checkpoint.replay_buffer)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Adds the run state Lightning does not hold: counters, evaluations, the replay buffer
+        (unless ``checkpoint_replay`` is False) and the hard target update's counter."""
+        checkpoint["fop_run"] = {
+            "env_frames": self.env_frames,
+            "updates": self.updates,
+            "next_eval": self._next_eval,
+            "eval_history": self.eval_history,
+            "eval_win_rate": self.eval_win_rate,
+            "target_update_counter": getattr(self.target_updater, "counter", None),
+            "replay": self.buffer.state_dict() if self.checkpoint_replay else None,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        run = checkpoint["fop_run"]
+        self.env_frames, self.updates, self._next_eval = run["env_frames"], run["updates"], run["next_eval"]
+        self.eval_history = [tuple(entry) for entry in run["eval_history"]]
+        self.eval_win_rate = run["eval_win_rate"]
+        if run["target_update_counter"] is not None:
+            self.target_updater.counter = run["target_update_counter"]
+        if run["replay"] is not None:
+            self.buffer.load_state_dict(run["replay"])
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()

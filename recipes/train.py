@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from torchrl.envs import Compose, TransformedEnv
 
 from fop_modules import ConstantTemperature, FOPLoss, FOPMixer, LinearMixer, networks, plots, probes, recurrent
+from fop_modules.checkpointing import AtomicCheckpointIO, EnvFrameCheckpoint, RNGCheckpoint
 from fop_modules.lightning import CollectConfig, FOPLightningModule, OptimConfig
 
 from fop_modules.envs import DifferentialGameEnv, MatrixGameEnv
@@ -135,6 +136,14 @@ def train(cfg: DictConfig, run_dir: Path) -> Path:
     """Runs one training job; returns the path of its summary.json."""
     start = time.perf_counter()
     run_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_dir = run_dir / "checkpoints"
+    resuming = cfg.resume is not None
+    if resuming and not (ckpt_dir / "last.ckpt").is_file():
+        raise FileNotFoundError(
+            f"resume={cfg.resume}: no checkpoint {ckpt_dir / 'last.ckpt'} (the run stopped before "
+            "its first one, after checkpoint.every_frames env frames): start it again without resume"
+        )
+    OmegaConf.save(cfg, run_dir / "config.yaml")  # first: resume=<run dir> reads it back
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     collect = typed(CollectConfig, cfg.collect, "collect")
     optim = typed(OptimConfig, cfg.optim, "optim")
@@ -165,17 +174,22 @@ def train(cfg: DictConfig, run_dir: Path) -> Path:
         make_eval_env=partial(make_env, cfg.env, cfg.algorithm),
         collect=collect, optim=optim, temperature=temperature, seed=cfg.seed,
     )
+    module.checkpoint_replay = cfg.checkpoint.replay_buffer
     if cfg.logger == "csv":
+        if resuming:  # CSVLogger deletes an existing metrics.csv: keep the killed part's rows aside
+            keep_before_resume(run_dir / "logs" / "metrics.csv")
         logger = CSVLogger(run_dir, name="logs", version="")
     elif cfg.logger == "tensorboard":
         logger = TensorBoardLogger(run_dir, name="logs", version="")
     else:
         raise ValueError(f"logger must be 'csv' or 'tensorboard', got {cfg.logger!r}")
     trainer = L.Trainer(
-        max_epochs=1, logger=logger, enable_checkpointing=False, default_root_dir=run_dir,
+        max_epochs=1, logger=logger, default_root_dir=run_dir,
+        callbacks=[EnvFrameCheckpoint(ckpt_dir, cfg.checkpoint.every_frames), RNGCheckpoint()],
+        plugins=[AtomicCheckpointIO()],
         **OmegaConf.to_container(cfg.trainer, resolve=True),
     )
-    trainer.fit(module)
+    trainer.fit(module, ckpt_path=ckpt_dir / "last.ckpt" if resuming else None)
     final_return = module.eval_history[-1][1]  # the last training step evaluates greedily
 
     summary = {
@@ -199,16 +213,42 @@ def train(cfg: DictConfig, run_dir: Path) -> Path:
         summary.update(probes.differential_game_result(policy, env))
         plots.differential_game_path(env, curve, run_dir / "learning_path.png")
         print(f"greedy actions {summary['greedy_action']}, payoff {summary['greedy_payoff']:.3f}", flush=True)
-    OmegaConf.save(cfg, run_dir / "config.yaml")
     path = run_dir / "summary.json"
     path.write_text(json.dumps(summary, indent=2))
     return path
 
 
+def keep_before_resume(metrics: Path) -> None:
+    """Renames ``metrics.csv`` to ``metrics.before_resume_<k>.csv`` (k = 1, 2, ... per resume)."""
+    if metrics.is_file():
+        k = 1 + len(list(metrics.parent.glob("metrics.before_resume_*.csv")))
+        metrics.rename(metrics.with_name(f"metrics.before_resume_{k}.csv"))
+
+
+def resumed_config(cfg: DictConfig, task_overrides: list[str]) -> DictConfig:
+    """``resume=<run dir>``: that run's saved config.yaml, the same run. Other overrides are
+    refused, since a changed config would not continue the same run."""
+    saved = Path(cfg.resume) / "config.yaml"
+    if not saved.is_file():
+        raise FileNotFoundError(f"resume={cfg.resume}: no {saved}; give the directory of a run made by this recipe")
+    others = [o for o in task_overrides if not o.split("=", 1)[0].lstrip("+~").startswith(("resume", "hydra."))]
+    if others:
+        raise ValueError(
+            f"resume={cfg.resume} continues that run with its saved config; drop the other "
+            f"overrides {others} (or start a new run with them)"
+        )
+    resumed = OmegaConf.load(saved)
+    resumed.resume = cfg.resume
+    return resumed
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def main(cfg: DictConfig) -> None:
+    hydra_cfg = HydraConfig.get()
     try:
-        path = train(cfg, Path(HydraConfig.get().runtime.output_dir))
+        if cfg.resume is not None:
+            cfg = resumed_config(cfg, list(hydra_cfg.overrides.task))
+        path = train(cfg, Path(hydra_cfg.runtime.output_dir))
     except StarCraftNotAvailable as error:  # what to install, not a traceback
         print(f"error: {error}", file=sys.stderr, flush=True)
         sys.exit(2)

@@ -1,0 +1,130 @@
+"""Which TorchRL collector feeds the learner: in-process, env worker processes, or remote nodes.
+
+:func:`make_collector` builds one of TorchRL's collectors from ``collect.collector``:
+
+============== ============================================ ===================================
+kind           TorchRL class                                envs run in
+============== ============================================ ===================================
+single         :class:`~torchrl.collectors.Collector`        the learner's process
+multi_sync     :class:`~torchrl.collectors.MultiSyncCollector`   ``num_workers`` local processes;
+                                                            each batch holds every worker's share
+multi_async    :class:`~torchrl.collectors.MultiAsyncCollector`  ``num_workers`` local processes;
+                                                            each batch is one worker's (the first ready)
+distributed    :class:`~torchrl.collectors.distributed.DistributedSyncCollector`
+                                                            ``num_workers`` processes joined by
+                                                            torch.distributed (gloo): on this
+                                                            machine (``launcher="mp"``) or on
+                                                            SLURM nodes (``launcher="submitit"``)
+============== ============================================ ===================================
+
+Every kind runs the policy on the envs' device (CPU): when the learner runs elsewhere (GPU), or in
+another process, the collector holds its own copy of the policy, which
+:meth:`~torchrl.collectors.BaseCollector.update_policy_weights_` refreshes after every batch
+(:func:`needs_weight_sync`). With ``single`` on the learner's device the collector runs the
+learner's policy itself, so it needs no refresh.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Literal
+
+import torch
+from torch import nn
+from torchrl.collectors import BaseCollector, Collector, MultiAsyncCollector, MultiSyncCollector
+from torchrl.envs import EnvBase
+
+__all__ = ["CollectorKind", "make_collector", "needs_weight_sync"]
+
+CollectorKind = Literal["single", "multi_sync", "multi_async", "distributed"]
+KINDS = ("single", "multi_sync", "multi_async", "distributed")
+
+
+def make_collector(
+    kind: CollectorKind,
+    make_env: Callable[[], EnvBase],
+    policy: nn.Module,
+    *,
+    frames_per_batch: int,
+    total_frames: int,
+    init_random_frames: int = 0,
+    num_workers: int = 1,
+    launcher: Literal["mp", "submitit"] = "mp",
+    seed: int = 0,
+) -> BaseCollector:
+    """Builds, seeds and resets the collector named by ``kind``.
+
+    Args:
+        kind: ``single``, ``multi_sync``, ``multi_async`` or ``distributed`` (table above).
+        make_env: picklable callable returning a fresh env (each worker calls it once).
+        policy: the stochastic actor (stays where it is; workers hold copies).
+        frames_per_batch: env frames per yielded batch, over all workers (``multi_async``:
+            per worker, since each batch is one worker's).
+        total_frames: env frames of the whole run.
+        init_random_frames: frames collected with a uniform random policy first.
+        num_workers: env processes of the ``multi_*`` and ``distributed`` kinds (ignored by
+            ``single``).
+        launcher: how ``distributed`` starts its workers: ``mp`` (local processes) or
+            ``submitit`` (SLURM jobs; ``pip install submitit``).
+        seed: seeds worker ``k``'s envs and torch/numpy generators with ``seed + k`` (TorchRL's
+            own increments).
+
+    Raises:
+        ValueError: an unknown kind, ``num_workers < 1``, or frame counts the workers cannot share.
+
+    Examples:
+        >>> from functools import partial
+        >>> from fop_modules import networks
+        >>> from fop_modules.envs import MatrixGameEnv
+        >>> actor = networks.discrete_actor(2, 1, 3, masked=True, hidden=[8], agent_id=True)
+        >>> collector = make_collector("single", partial(MatrixGameEnv, num_envs=4), actor,
+        ...                            frames_per_batch=8, total_frames=16)
+        >>> [batch.numel() for batch in collector], len(collector)
+        ([8, 8], 2)
+        >>> collector.shutdown()
+    """
+    if kind not in KINDS:
+        raise ValueError(f"collect.collector must be one of {KINDS}, got {kind!r}")
+    if num_workers < 1:
+        raise ValueError(f"collect.num_workers must be >= 1, got {num_workers}")
+    common = dict(frames_per_batch=frames_per_batch, total_frames=total_frames,
+                  init_random_frames=init_random_frames, env_device="cpu", policy_device="cpu")
+    if kind == "single":
+        collector = Collector(make_env, policy, **common)
+    elif kind in ("multi_sync", "multi_async"):
+        cls = MultiSyncCollector if kind == "multi_sync" else MultiAsyncCollector
+        collector = cls([make_env] * num_workers, policy, **common)
+    else:
+        from torchrl.collectors.distributed import DistributedSyncCollector
+
+        for name, frames in (("frames_per_batch", frames_per_batch), ("total_frames", total_frames)):
+            if frames % num_workers:
+                raise ValueError(
+                    f"collect.{name} ({frames}) must be a multiple of collect.num_workers "
+                    f"({num_workers}) for the distributed collector"
+                )
+        collector = DistributedSyncCollector(
+            [make_env] * num_workers, policy, launcher=launcher, **common
+        )
+    if kind != "distributed":  # DistributedSyncCollector seeds nothing: its workers build envs anew
+        collector.set_seed(seed)
+        collector.reset()  # start from a reset of the seeded envs (SMAC re-creates its game on seeding)
+    return collector
+
+
+def needs_weight_sync(collector: BaseCollector, policy: nn.Module) -> bool:
+    """Whether ``collector`` acts with its own copy of ``policy`` (another process or device),
+    which :meth:`~torchrl.collectors.BaseCollector.update_policy_weights_` must refresh.
+
+    Examples:
+        >>> from functools import partial
+        >>> from fop_modules import networks
+        >>> from fop_modules.envs import MatrixGameEnv
+        >>> actor = networks.discrete_actor(2, 1, 3, masked=True, hidden=[8], agent_id=True)
+        >>> collector = make_collector("single", partial(MatrixGameEnv, num_envs=4), actor,
+        ...                            frames_per_batch=8, total_frames=16)
+        >>> needs_weight_sync(collector, actor)
+        False
+    """
+    if not isinstance(collector, Collector):
+        return True
+    return next(policy.parameters()).device != torch.device("cpu")
