@@ -116,6 +116,12 @@ class EnvFrameCheckpoint(ModelCheckpoint):
             return
         self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        # ModelCheckpoint's own end-of-epoch save writes last.ckpt only beside a top-k one (none
+        # here): save it directly, unless this step is saved already
+        if not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
 
 def get_rng_states() -> dict[str, Any]:
     """The python, numpy and torch generator states (CUDA ones where CUDA is up), as values

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Callable, Literal
 
 import lightning as L
+from lightning.pytorch.utilities import rank_zero_warn
 import torch
 from tensordict import TensorDictBase
 from torch import nn
@@ -50,6 +51,7 @@ class OptimConfig:
     target_update: Literal["soft", "hard"] = "soft"
     tau: float = 0.005  # soft (polyak) target update rate
     hard_update_interval: int = 200  # updates between hard target copies
+    on_nonfinite: Literal["raise", "skip"] = "raise"  # a nan/inf loss stops the run | skips that step
 
     def __post_init__(self) -> None:
         for name in ("lr_qvalue", "lr_value", "lr_actor", "lr_alpha"):
@@ -63,6 +65,8 @@ class OptimConfig:
             raise ValueError(f"optim.target_update must be 'soft' or 'hard', got {self.target_update!r}")
         if not 0 < self.tau <= 1:
             raise ValueError(f"optim.tau must be in (0, 1], got {self.tau}")
+        if self.on_nonfinite not in ("raise", "skip"):
+            raise ValueError(f"optim.on_nonfinite must be 'raise' or 'skip', got {self.on_nonfinite!r}")
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise ValueError(f"optim.grad_clip must be > 0 or null, got {self.grad_clip}")
 
@@ -222,6 +226,8 @@ class FOPLightningModule(L.LightningModule):
         return self.collector
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        if self.optim.on_nonfinite == "skip":
+            self.log("train/nonfinite_skips", float(self.nonfinite_skips), batch_size=1)
         if needs_weight_sync(self.collector, self.policy):  # workers act with copies: refresh them
             self.collector.update_policy_weights_()
 
@@ -267,12 +273,23 @@ class FOPLightningModule(L.LightningModule):
                 optimizers.append(torch.optim.RMSprop(groups, alpha=o.rmsprop_alpha, eps=o.eps))
         return optimizers
 
+    nonfinite_skips: int = 0  # optimiser steps skipped for a nan/inf loss (optim.on_nonfinite=skip)
+
     def _step(self, optimizer, loss: torch.Tensor, objective: str) -> None:
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"loss_{objective} is {loss.item()} at env frame {self.env_frames} "
-                f"(update {self.updates}): stopping instead of training on it"
-            )
+        # every rank takes the same decision (DDP: a rank that skipped a backward would hang the others)
+        finite = self.trainer.strategy.reduce_boolean_decision(bool(torch.isfinite(loss)), all=True)
+        if not finite:
+            where = (f"loss_{objective} is {loss.item()} (on this rank or another) at env frame "
+                     f"{self.env_frames} (update {self.updates})")
+            if self.optim.on_nonfinite == "raise":
+                raise FloatingPointError(
+                    f"{where}: stopping instead of training on it (optim.on_nonfinite=skip skips such steps)"
+                )
+            self.nonfinite_skips += 1
+            if self.nonfinite_skips == 1:
+                rank_zero_warn(f"{where}: skipped this optimiser step (optim.on_nonfinite=skip); "
+                               "further skips are counted in train/nonfinite_skips")
+            return
         optimizer.zero_grad()
         self.manual_backward(loss)
         if self.optim.grad_clip is not None:
@@ -342,6 +359,7 @@ class FOPLightningModule(L.LightningModule):
             "eval_history": self.eval_history,
             "eval_win_rate": self.eval_win_rate,
             "target_update_counter": getattr(self.target_updater, "counter", None),
+            "nonfinite_skips": self.nonfinite_skips,
             "replay": self.buffer.state_dict() if self.checkpoint_replay else None,
         }
 
@@ -350,6 +368,7 @@ class FOPLightningModule(L.LightningModule):
         self.env_frames, self.updates, self._next_eval = run["env_frames"], run["updates"], run["next_eval"]
         self.eval_history = [tuple(entry) for entry in run["eval_history"]]
         self.eval_win_rate = run["eval_win_rate"]
+        self.nonfinite_skips = run["nonfinite_skips"]
         if run["target_update_counter"] is not None:
             self.target_updater.counter = run["target_update_counter"]
         if run["replay"] is not None:
