@@ -360,8 +360,17 @@ class FOPLightningModule(L.LightningModule):
             "eval_win_rate": self.eval_win_rate,
             "target_update_counter": getattr(self.target_updater, "counter", None),
             "nonfinite_skips": self.nonfinite_skips,
-            "replay": self.buffer.state_dict() if self.checkpoint_replay else None,
+            "replay": self._gather_ranks(self.buffer.state_dict()) if self.checkpoint_replay else None,
         }
+
+    def _gather_ranks(self, state: dict) -> list[dict]:
+        """[state of rank 0, rank 1, ...]: under DDP every rank has its own replay buffer, and
+        only rank 0 writes the checkpoint."""
+        if self.trainer.world_size == 1:
+            return [state]
+        gathered: list = [None] * self.trainer.world_size
+        torch.distributed.all_gather_object(gathered, state)
+        return gathered
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         run = checkpoint["fop_run"]
@@ -372,7 +381,12 @@ class FOPLightningModule(L.LightningModule):
         if run["target_update_counter"] is not None:
             self.target_updater.counter = run["target_update_counter"]
         if run["replay"] is not None:
-            self.buffer.load_state_dict(run["replay"])
+            if len(run["replay"]) != self.trainer.world_size:
+                raise ValueError(
+                    f"the checkpoint holds the replay buffers of {len(run['replay'])} rank(s) but this "
+                    f"run has {self.trainer.world_size}: resume with the same trainer.devices and num_nodes"
+                )
+            self.buffer.load_state_dict(run["replay"][self.global_rank])
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()

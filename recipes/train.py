@@ -26,6 +26,7 @@ from torchrl.envs import Compose, TransformedEnv
 
 from fop_modules import ConstantTemperature, FOPLoss, FOPMixer, LinearMixer, networks, plots, probes, recurrent
 from fop_modules.checkpointing import AtomicCheckpointIO, EnvFrameCheckpoint, RNGCheckpoint
+from fop_modules.distributed import RankConsistency
 from fop_modules.lightning import CollectConfig, FOPLightningModule, OptimConfig
 
 from fop_modules.envs import DifferentialGameEnv, MatrixGameEnv
@@ -132,8 +133,8 @@ def build_loss(env, algo: DictConfig) -> tuple[FOPLoss, torch.nn.Module]:
     return loss, actor
 
 
-def train(cfg: DictConfig, run_dir: Path) -> Path:
-    """Runs one training job; returns the path of its summary.json."""
+def train(cfg: DictConfig, run_dir: Path) -> Path | None:
+    """Runs one training job; returns the path of its summary.json (None on DDP ranks > 0)."""
     start = time.perf_counter()
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_dir = run_dir / "checkpoints"
@@ -183,14 +184,17 @@ def train(cfg: DictConfig, run_dir: Path) -> Path:
         logger = TensorBoardLogger(run_dir, name="logs", version="")
     else:
         raise ValueError(f"logger must be 'csv' or 'tensorboard', got {cfg.logger!r}")
+    ranks = RankConsistency()  # DDP: the ranks' parameters must end identical
     trainer = L.Trainer(
         max_epochs=1, logger=logger, default_root_dir=run_dir,
-        callbacks=[EnvFrameCheckpoint(ckpt_dir, cfg.checkpoint.every_frames), RNGCheckpoint()],
+        callbacks=[EnvFrameCheckpoint(ckpt_dir, cfg.checkpoint.every_frames), RNGCheckpoint(), ranks],
         plugins=[AtomicCheckpointIO()],
         **OmegaConf.to_container(cfg.trainer, resolve=True),
     )
     trainer.fit(module, ckpt_path=ckpt_dir / "last.ckpt" if resuming else None)
     final_return = module.eval_history[-1][1]  # the last training step evaluates greedily
+    if not trainer.is_global_zero:  # DDP: rank 0 writes the run's outputs
+        return None
 
     summary = {
         "config_name": cfg.name,
@@ -200,6 +204,9 @@ def train(cfg: DictConfig, run_dir: Path) -> Path:
         "final_eval_return": final_return,
         "wall_time_s": round(time.perf_counter() - start, 2),
     }
+    if trainer.world_size > 1:
+        summary.update(world_size=trainer.world_size, rank_parameter_difference=ranks.parameter_difference,
+                       rank_replays_differ=ranks.replays_differ)
     curve = module.eval_history
     plots.learning_curve(curve, run_dir / "learning_curve.png", title=cfg.name)
     if module.eval_win_rate is not None:
@@ -252,7 +259,8 @@ def main(cfg: DictConfig) -> None:
     except StarCraftNotAvailable as error:  # what to install, not a traceback
         print(f"error: {error}", file=sys.stderr, flush=True)
         sys.exit(2)
-    print(f"summary: {path}", flush=True)
+    if path is not None:
+        print(f"summary: {path}", flush=True)
 
 
 if __name__ == "__main__":

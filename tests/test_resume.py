@@ -112,7 +112,7 @@ def test_sigkill_then_resume_matches_the_uninterrupted_run(tmp_path):
     assert a["fop_run"]["env_frames"] == b["fop_run"]["env_frames"] == 3008
     assert _same(a["state_dict"], b["state_dict"]) == []
     assert _same(a["optimizer_states"], b["optimizer_states"]) == []
-    replay_a, replay_b = a["fop_run"].pop("replay"), b["fop_run"].pop("replay")
+    (replay_a,), (replay_b,) = a["fop_run"].pop("replay"), b["fop_run"].pop("replay")  # one rank
     assert _same(a["fop_run"], b["fop_run"]) == []
     filled = replay_a["_writer"]["_cursor"]
     assert filled == replay_b["_writer"]["_cursor"] == 3008
@@ -145,7 +145,7 @@ def test_checkpoints_hold_the_run_state_and_can_leave_out_the_replay(tmp_path):
     with_replay = torch.load(tmp_path / "with" / "checkpoints" / "last.ckpt")
     without = torch.load(tmp_path / "without" / "checkpoints" / "last.ckpt")
     assert with_replay["fop_run"]["env_frames"] == 256 and with_replay["fop_run"]["updates"] > 0
-    assert with_replay["fop_run"]["replay"]["_writer"]["_cursor"] == 256  # every frame collected
+    assert with_replay["fop_run"]["replay"][0]["_writer"]["_cursor"] == 256  # every frame collected
     assert without["fop_run"]["replay"] is None
     assert len(with_replay["rng_states"]) == 1 and "torch" in with_replay["rng_states"][0]
     assert with_replay["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]["frames"] == 256  # collector
