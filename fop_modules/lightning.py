@@ -16,12 +16,12 @@ from typing import Callable, Literal
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_warn
 import torch
-from tensordict import TensorDictBase
+from tensordict import TensorDict, TensorDictBase
 from torch import nn
 from torchrl.collectors import BaseCollector
 from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
 from torchrl.data.replay_buffers.samplers import SliceSampler
-from torchrl.envs import EnvBase, ExplorationType, set_exploration_type
+from torchrl.envs import DeviceCastTransform, EnvBase, ExplorationType, TransformedEnv, set_exploration_type
 from torchrl.objectives import HardUpdate, SoftUpdate
 
 from fop_modules.collectors import KINDS as COLLECTOR_KINDS
@@ -240,6 +240,10 @@ class FOPLightningModule(L.LightningModule):
     def transfer_batch_to_device(self, batch, device, dataloader_idx):
         return batch.to(device)
 
+    def on_fit_start(self) -> None:
+        if self.device.type != "cpu":  # replay in host memory, updates on the learner's device
+            self.buffer.append_transform(DeviceCastTransform(self.device))
+
     def on_train_start(self) -> None:
         if not self.eval_history:  # not when resuming: the history came with the checkpoint
             self.evaluate()  # frame 0: the learning curve and path start at the initial policy
@@ -360,8 +364,27 @@ class FOPLightningModule(L.LightningModule):
             "eval_win_rate": self.eval_win_rate,
             "target_update_counter": getattr(self.target_updater, "counter", None),
             "nonfinite_skips": self.nonfinite_skips,
-            "replay": self._gather_ranks(self.buffer.state_dict()) if self.checkpoint_replay else None,
+            "replay": self._gather_ranks(self._replay_state()) if self.checkpoint_replay else None,
         }
+
+    def _replay_state(self) -> dict:
+        """The filled part of the replay storage with the writer's and sampler's state (the
+        buffer's own ``state_dict`` would also save the unfilled, preallocated capacity)."""
+        filled = len(self.buffer)
+        return {
+            # clone: torch.save of a view would write the whole preallocated storage behind it
+            "data": self.buffer.storage[:filled].clone().state_dict() if filled else None,
+            "writer": self.buffer.writer.state_dict(),
+            "sampler": self.buffer.sampler.state_dict(),
+        }
+
+    def _load_replay_state(self, state: dict) -> None:
+        if state["data"] is not None:  # same slots as before: sampling draws the same indices
+            data = TensorDict()
+            data.load_state_dict(state["data"], strict=False)
+            self.buffer.storage.set(torch.arange(data.shape[0]), data)
+        self.buffer.writer.load_state_dict(state["writer"])
+        self.buffer.sampler.load_state_dict(state["sampler"])
 
     def _gather_ranks(self, state: dict) -> list[dict]:
         """[state of rank 0, rank 1, ...]: under DDP every rank has its own replay buffer, and
@@ -386,7 +409,7 @@ class FOPLightningModule(L.LightningModule):
                     f"the checkpoint holds the replay buffers of {len(run['replay'])} rank(s) but this "
                     f"run has {self.trainer.world_size}: resume with the same trainer.devices and num_nodes"
                 )
-            self.buffer.load_state_dict(run["replay"][self.global_rank])
+            self._load_replay_state(run["replay"][self.global_rank])
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
@@ -399,6 +422,8 @@ class FOPLightningModule(L.LightningModule):
         """
         env = self.make_eval_env(self.collect.eval_envs)
         env.set_seed(self.seed + 10_000 + self.env_frames)
+        if env.device != self.device:  # envs on CPU, a learner on GPU: cast on the way in and out
+            env = TransformedEnv(env, DeviceCastTransform(self.device, env.device))
         with set_exploration_type(ExplorationType.DETERMINISTIC):
             if env.batch_size:
                 rollouts = [env.rollout(self.collect.eval_max_steps, self.policy,

@@ -114,15 +114,14 @@ def test_sigkill_then_resume_matches_the_uninterrupted_run(tmp_path):
     assert _same(a["optimizer_states"], b["optimizer_states"]) == []
     (replay_a,), (replay_b,) = a["fop_run"].pop("replay"), b["fop_run"].pop("replay")  # one rank
     assert _same(a["fop_run"], b["fop_run"]) == []
-    filled = replay_a["_writer"]["_cursor"]
-    assert filled == replay_b["_writer"]["_cursor"] == 3008
-    data_a, data_b = (dict(_flat(r["_storage"]["_storage"])) for r in (replay_a, replay_b))
-    ids = "collector.traj_ids."
-    assert _same({k: v[:filled] for k, v in data_a.items() if k != ids},
-                 {k: v[:filled] for k, v in data_b.items() if k != ids}) == []
+    data_a, data_b = (dict(_flat(dict(r["data"]))) for r in (replay_a, replay_b))
+    assert len(data_a["state."]) == len(data_b["state."]) == 3008
+    assert _same(replay_a["writer"], replay_b["writer"]) == []
+    ids = "collector.traj_ids."  # state_dict keys are dotted paths
+    assert _same({k: v for k, v in data_a.items() if k != ids}, {k: v for k, v in data_b.items() if k != ids}) == []
     # trajectory ids are labels: the resumed collector starts its 16 envs on new trajectories,
     # so every id from the resume point on is 16 (num_envs) larger; the data they label is equal
-    offset = data_b[ids][:filled] - data_a[ids][:filled]
+    offset = data_b[ids] - data_a[ids]
     assert set(offset[:saved_frames].tolist()) == {0} and set(offset[saved_frames:].tolist()) == {16}
     summaries = [json.loads((d / "summary.json").read_text()) for d in (whole, killed)]
     for s in summaries:
@@ -145,7 +144,7 @@ def test_checkpoints_hold_the_run_state_and_can_leave_out_the_replay(tmp_path):
     with_replay = torch.load(tmp_path / "with" / "checkpoints" / "last.ckpt")
     without = torch.load(tmp_path / "without" / "checkpoints" / "last.ckpt")
     assert with_replay["fop_run"]["env_frames"] == 256 and with_replay["fop_run"]["updates"] > 0
-    assert with_replay["fop_run"]["replay"][0]["_writer"]["_cursor"] == 256  # every frame collected
+    assert len(with_replay["fop_run"]["replay"][0]["data"]["state"]) == 256  # every frame collected, no more
     assert without["fop_run"]["replay"] is None
     assert len(with_replay["rng_states"]) == 1 and "torch" in with_replay["rng_states"][0]
     assert with_replay["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]["frames"] == 256  # collector
