@@ -33,6 +33,8 @@ from fop_modules.envs import DifferentialGameEnv, MatrixGameEnv
 from fop_modules.envs.smac import StarCraftNotAvailable
 
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
+# `hydra.run.dir: ${if_null:${resume},<new dir>}`: a resumed run writes into the run it continues
+OmegaConf.register_new_resolver("if_null", lambda value, default: default if value is None else value, replace=True)
 
 
 def typed(cls, section: DictConfig, prefix: str):
