@@ -5,7 +5,8 @@ networks, ``log_alpha``, the scheduled ``alpha``), the optimisers, the loop coun
 the TorchRL :class:`~torchrl.collectors.Collector` is a stateful dataloader, the collector's frame
 and trajectory counters. :class:`~fop_modules.FOPLightningModule` adds its own state (env-frame
 and update counters, evaluation history, replay buffer) in ``on_save_checkpoint``. This module
-adds the rest:
+adds the rest, and the helpers the module's hooks use (:func:`replay_state`,
+:func:`load_replay_state`, :func:`gather_ranks`):
 
 - :class:`EnvFrameCheckpoint`: a :class:`~lightning.pytorch.callbacks.ModelCheckpoint` that saves
   ``last.ckpt`` every ``every_frames`` env frames (Lightning's ``every_n_train_steps`` counts
@@ -33,8 +34,13 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from tensordict import TensorDict
+from torchrl.data import ReplayBuffer
 
-__all__ = ["AtomicCheckpointIO", "EnvFrameCheckpoint", "RNGCheckpoint", "get_rng_states", "set_rng_states"]
+__all__ = [
+    "AtomicCheckpointIO", "EnvFrameCheckpoint", "RNGCheckpoint", "gather_ranks", "get_rng_states",
+    "load_replay_state", "replay_state", "set_rng_states",
+]
 
 RNG_KEY = "rng_states"  # checkpoint entry of RNGCheckpoint
 
@@ -166,13 +172,7 @@ class RNGCheckpoint(Callback):
         self._pending: dict[str, Any] | None = None
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module, checkpoint: dict[str, Any]) -> None:
-        states = get_rng_states()
-        if trainer.world_size > 1:  # dump_checkpoint runs on every rank: gather, rank 0 writes
-            gathered: list[Any] = [None] * trainer.world_size
-            torch.distributed.all_gather_object(gathered, states)
-            checkpoint[RNG_KEY] = gathered
-        else:
-            checkpoint[RNG_KEY] = [states]
+        checkpoint[RNG_KEY] = gather_ranks(trainer, get_rng_states())
 
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module, checkpoint: dict[str, Any]) -> None:
         saved = checkpoint.get(RNG_KEY)
@@ -193,3 +193,47 @@ class RNGCheckpoint(Callback):
         if self._pending is not None:
             set_rng_states(self._pending)
             self._pending = None
+
+
+def replay_state(buffer: ReplayBuffer) -> dict[str, Any]:
+    """The filled part of a replay buffer's storage, with its writer's and sampler's state, as
+    plain tensors (``torch.load(weights_only=True)`` reads them). The buffer's own ``state_dict``
+    would also save the unfilled, preallocated capacity.
+
+    Examples:
+        >>> from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
+        >>> buffer = TensorDictReplayBuffer(storage=LazyTensorStorage(100), batch_size=2)
+        >>> _ = buffer.extend(TensorDict({"x": torch.arange(5.0)}, [5]))
+        >>> copy = TensorDictReplayBuffer(storage=LazyTensorStorage(100), batch_size=2)
+        >>> load_replay_state(copy, replay_state(buffer))
+        >>> len(copy), copy[:5]["x"].tolist()
+        (5, [0.0, 1.0, 2.0, 3.0, 4.0])
+    """
+    filled = len(buffer)
+    return {
+        # clone: torch.save of a view writes the whole preallocated storage behind it
+        "data": buffer.storage[:filled].clone().state_dict() if filled else None,
+        "writer": buffer.writer.state_dict(),
+        "sampler": buffer.sampler.state_dict(),
+    }
+
+
+def load_replay_state(buffer: ReplayBuffer, state: dict[str, Any]) -> None:
+    """Puts what :func:`replay_state` returned back into ``buffer``, in the same slots (sampling
+    then draws the same indices as it would have)."""
+    if state["data"] is not None:
+        data = TensorDict()
+        data.load_state_dict(state["data"], strict=False)
+        buffer.storage.set(torch.arange(data.shape[0]), data)
+    buffer.writer.load_state_dict(state["writer"])
+    buffer.sampler.load_state_dict(state["sampler"])
+
+
+def gather_ranks(trainer: L.Trainer, state: Any) -> list[Any]:
+    """``[state of rank 0, rank 1, ...]`` (``[state]`` with one process). Checkpoint hooks run on
+    every rank but only rank 0 writes the file, so per-rank state must be gathered to it."""
+    if trainer.world_size == 1:
+        return [state]
+    gathered: list[Any] = [None] * trainer.world_size
+    torch.distributed.all_gather_object(gathered, state)
+    return gathered

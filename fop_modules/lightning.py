@@ -16,7 +16,7 @@ from typing import Callable, Literal
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_warn
 import torch
-from tensordict import TensorDict, TensorDictBase
+from tensordict import TensorDictBase
 from torch import nn
 from torchrl.collectors import BaseCollector
 from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
@@ -24,6 +24,7 @@ from torchrl.data.replay_buffers.samplers import SliceSampler
 from torchrl.envs import DeviceCastTransform, EnvBase, ExplorationType, TransformedEnv, set_exploration_type
 from torchrl.objectives import HardUpdate, SoftUpdate
 
+from fop_modules.checkpointing import gather_ranks, load_replay_state, replay_state
 from fop_modules.collectors import KINDS as COLLECTOR_KINDS
 from fop_modules.collectors import CollectorKind, make_collector, needs_weight_sync
 from fop_modules.loss import FOPLoss
@@ -364,36 +365,8 @@ class FOPLightningModule(L.LightningModule):
             "eval_win_rate": self.eval_win_rate,
             "target_update_counter": getattr(self.target_updater, "counter", None),
             "nonfinite_skips": self.nonfinite_skips,
-            "replay": self._gather_ranks(self._replay_state()) if self.checkpoint_replay else None,
+            "replay": gather_ranks(self.trainer, replay_state(self.buffer)) if self.checkpoint_replay else None,
         }
-
-    def _replay_state(self) -> dict:
-        """The filled part of the replay storage with the writer's and sampler's state (the
-        buffer's own ``state_dict`` would also save the unfilled, preallocated capacity)."""
-        filled = len(self.buffer)
-        return {
-            # clone: torch.save of a view would write the whole preallocated storage behind it
-            "data": self.buffer.storage[:filled].clone().state_dict() if filled else None,
-            "writer": self.buffer.writer.state_dict(),
-            "sampler": self.buffer.sampler.state_dict(),
-        }
-
-    def _load_replay_state(self, state: dict) -> None:
-        if state["data"] is not None:  # same slots as before: sampling draws the same indices
-            data = TensorDict()
-            data.load_state_dict(state["data"], strict=False)
-            self.buffer.storage.set(torch.arange(data.shape[0]), data)
-        self.buffer.writer.load_state_dict(state["writer"])
-        self.buffer.sampler.load_state_dict(state["sampler"])
-
-    def _gather_ranks(self, state: dict) -> list[dict]:
-        """[state of rank 0, rank 1, ...]: under DDP every rank has its own replay buffer, and
-        only rank 0 writes the checkpoint."""
-        if self.trainer.world_size == 1:
-            return [state]
-        gathered: list = [None] * self.trainer.world_size
-        torch.distributed.all_gather_object(gathered, state)
-        return gathered
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         run = checkpoint["fop_run"]
@@ -409,7 +382,7 @@ class FOPLightningModule(L.LightningModule):
                     f"the checkpoint holds the replay buffers of {len(run['replay'])} rank(s) but this "
                     f"run has {self.trainer.world_size}: resume with the same trainer.devices and num_nodes"
                 )
-            self._load_replay_state(run["replay"][self.global_rank])
+            load_replay_state(self.buffer, run["replay"][self.global_rank])
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
@@ -422,7 +395,7 @@ class FOPLightningModule(L.LightningModule):
         """
         env = self.make_eval_env(self.collect.eval_envs)
         env.set_seed(self.seed + 10_000 + self.env_frames)
-        if env.device != self.device:  # envs on CPU, a learner on GPU: cast on the way in and out
+        if self.device.type != "cpu":  # envs on CPU, a learner on GPU: cast on the way in and out
             env = TransformedEnv(env, DeviceCastTransform(self.device, env.device))
         with set_exploration_type(ExplorationType.DETERMINISTIC):
             if env.batch_size:
