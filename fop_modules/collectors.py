@@ -2,26 +2,21 @@
 
 :func:`make_collector` builds one of TorchRL's collectors from ``collect.collector``:
 
-============== ============================================ ===================================
-kind           TorchRL class                                envs run in
-============== ============================================ ===================================
-single         :class:`~torchrl.collectors.Collector`        the learner's process
-multi_sync     :class:`~torchrl.collectors.MultiSyncCollector`   ``num_workers`` local processes;
-                                                            each batch holds every worker's share
-multi_async    :class:`~torchrl.collectors.MultiAsyncCollector`  ``num_workers`` local processes;
-                                                            each batch is one worker's (the first ready)
-distributed    :class:`~torchrl.collectors.distributed.DistributedCollector` (sync)
-                                                            ``num_workers`` processes joined by
-                                                            torch.distributed (gloo): on this
-                                                            machine (``launcher="mp"``) or on
-                                                            SLURM nodes (``launcher="submitit"``)
-============== ============================================ ===================================
+- ``single``: :class:`~torchrl.collectors.Collector`, envs in the learner's process.
+- ``multi_sync``: :class:`~torchrl.collectors.MultiSyncCollector`, ``num_workers`` local env
+  processes; each batch stacks every worker's share.
+- ``multi_async``: :class:`~torchrl.collectors.MultiAsyncCollector`, ``num_workers`` local env
+  processes; each batch is the first ready worker's (possibly drawn with weights one update old).
+- ``distributed``: :class:`~torchrl.collectors.distributed.DistributedCollector` (sync),
+  ``num_workers`` collector processes joined by torch.distributed (gloo), on this machine
+  (``launcher="mp"``) or as SLURM jobs (``launcher="submitit"``), behind :class:`FrameBudget`.
 
-Every kind runs the policy on the envs' device (CPU): when the learner runs elsewhere (GPU), or in
-another process, the collector holds its own copy of the policy, which
-:meth:`~torchrl.collectors.BaseCollector.update_policy_weights_` refreshes after every batch
-(:func:`needs_weight_sync`). With ``single`` on the learner's device the collector runs the
-learner's policy itself, so it needs no refresh.
+Every kind runs the policy on CPU, where the envs are. When the learner is elsewhere (a GPU, or
+the policy lives in another process) the collector acts with its own copy of the policy:
+the module refreshes it with
+:meth:`~torchrl.collectors.BaseCollector.update_policy_weights_` after every batch where
+:func:`needs_weight_sync` says so; the distributed collector sends weights itself before each
+batch. ``single`` with a CPU learner acts with the learner's policy itself.
 """
 
 from __future__ import annotations

@@ -57,6 +57,7 @@ def test_workers_act_with_the_learners_latest_weights(kind):
         assert (actions == i % 3).all(), (i, actions)
 
 
+@pytest.mark.slow  # the multi_sync case above covers the same weight refresh in the default suite
 def test_async_workers_receive_new_weights():
     actor = _actor()
     collector = make_collector("multi_async", partial(MatrixGameEnv, num_envs=4), actor, frames_per_batch=8,
