@@ -15,21 +15,26 @@ from enum import Enum
 from typing import Callable
 
 import lightning as L
+from lightning.pytorch.utilities import rank_zero_warn
 import torch
 from tensordict import TensorDictBase
 from torch import nn
-from torchrl.collectors import Collector
+from torchrl.collectors import BaseCollector
 from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
 from torchrl.data.replay_buffers.samplers import SliceSampler
-from torchrl.envs import EnvBase, ExplorationType, set_exploration_type
+from torchrl.envs import DeviceCastTransform, EnvBase, ExplorationType, TransformedEnv, set_exploration_type
 from torchrl.objectives import HardUpdate, SoftUpdate
 
+from fop_modules.checkpointing import gather_ranks, load_replay_state, replay_state
+from fop_modules.collectors import KINDS as COLLECTOR_KINDS
+from fop_modules.collectors import make_collector, needs_weight_sync
 from fop_modules.loss import FOPLoss
 from fop_modules.temperature import TemperatureSchedule
 
 __all__ = ["FOPLightningModule", "OptimConfig", "CollectConfig", "OptimizerName", "TargetUpdate"]
 
 OBJECTIVES = ("qvalue", "value", "actor", "alpha")  # Algorithm 1 order
+SEED_STRIDE = 1_000  # DDP rank r seeds its collector with seed + r * SEED_STRIDE
 
 
 class OptimizerName(str, Enum):
@@ -62,6 +67,7 @@ class OptimConfig:
     target_update: TargetUpdate = TargetUpdate.soft
     tau: float = 0.005  # soft (polyak) target update rate
     hard_update_interval: int = 200  # updates between hard target copies
+    on_nonfinite: str = "raise"  # a nan/inf loss stops the run | skips that step
 
     def __post_init__(self) -> None:
         for name in ("lr_qvalue", "lr_value", "lr_actor", "lr_alpha"):
@@ -75,6 +81,8 @@ class OptimConfig:
             raise ValueError(f"optim.target_update must be 'soft' or 'hard', got {self.target_update!r}")
         if not 0 < self.tau <= 1:
             raise ValueError(f"optim.tau must be in (0, 1], got {self.tau}")
+        if self.on_nonfinite not in ("raise", "skip"):
+            raise ValueError(f"optim.on_nonfinite must be 'raise' or 'skip', got {self.on_nonfinite!r}")
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise ValueError(f"optim.grad_clip must be > 0 or null, got {self.grad_clip}")
         if not self.eps > 0:
@@ -104,17 +112,24 @@ class CollectConfig:
     sequence_length: int | None = None  # None: replay transitions; L: replay slices of up to L
     #   steps within one episode, batch_size of them per update (L >= the episode limit: whole
     #   episodes, as the authors do); needed by recurrent actors
+    collector: str = "single"  # fop_modules.collectors: single | multi_sync | multi_async | distributed
+    num_workers: int = 1  # env processes of the multi_* and distributed collectors
+    launcher: str = "mp"  # distributed: local processes | SLURM jobs
 
     def __post_init__(self) -> None:
         if self.policy_warmup_frames < 0:
             raise ValueError(f"collect.policy_warmup_frames must be >= 0, got {self.policy_warmup_frames}")
         for name in ("total_frames", "frames_per_batch", "buffer_size", "batch_size",
-                     "updates_per_batch", "eval_envs", "eval_max_steps"):
+                     "updates_per_batch", "eval_envs", "eval_max_steps", "num_workers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"collect.{name} must be >= 1, got {getattr(self, name)}")
         for name in ("init_random_frames", "eval_interval"):
             if getattr(self, name) < 0:
                 raise ValueError(f"collect.{name} must be >= 0, got {getattr(self, name)}")
+        if self.collector not in COLLECTOR_KINDS:
+            raise ValueError(f"collect.collector must be one of {COLLECTOR_KINDS}, got {self.collector!r}")
+        if self.launcher not in ("mp", "submitit"):
+            raise ValueError(f"collect.launcher must be 'mp' or 'submitit', got {self.launcher!r}")
         if self.sequence_length is not None and self.sequence_length < 1:
             raise ValueError(f"collect.sequence_length must be >= 1 or null, got {self.sequence_length}")
         if self.batch_size * (self.sequence_length or 1) > self.buffer_size:
@@ -218,23 +233,49 @@ class FOPLightningModule(L.LightningModule):
             sample = sample.reshape(self.collect.batch_size, self.collect.sequence_length)
         return sample
 
-    def train_dataloader(self) -> Collector:
-        collector = Collector(
+    def train_dataloader(self) -> BaseCollector:
+        # Under DDP every rank collects its own data: rank r seeds its envs, and its torch/numpy
+        # generators, with seed + r * SEED_STRIDE (one rank: the recipe's seeding stands). A
+        # resumed run seeds its envs past the frames already seen (their in-flight episodes
+        # restart anyway), and RNGCheckpoint then restores the generators saved with the run.
+        rank_seed = self.seed + SEED_STRIDE * self.global_rank
+        if self.trainer.world_size > 1:
+            L.seed_everything(rank_seed, verbose=False)
+        self.collector = make_collector(
+            self.collect.collector,
             self.make_env,
             self.policy,
             frames_per_batch=self.collect.frames_per_batch,
             total_frames=self.collect.total_frames,
             init_random_frames=self.collect.init_random_frames,
+            num_workers=self.collect.num_workers,
+            launcher=self.collect.launcher,
+            seed=rank_seed + self.env_frames,
         )
-        collector.set_seed(self.seed)
-        collector.reset()  # start from a reset of the seeded envs (SMAC re-creates its game on seeding)
-        return collector
+        return self.collector
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        if self.optim.on_nonfinite == "skip":
+            self.log("train/nonfinite_skips", float(self.nonfinite_skips), batch_size=1)
+        if needs_weight_sync(self.collector, self.policy):  # workers act with copies: refresh them
+            self.collector.update_policy_weights_()
+
+    def teardown(self, stage: str) -> None:
+        collector = getattr(self, "collector", None)
+        if collector is not None:  # stop worker processes (a no-op for the in-process collector)
+            collector.shutdown()
+            self.collector = None
 
     def transfer_batch_to_device(self, batch, device, dataloader_idx):
         return batch.to(device)
 
+    def on_fit_start(self) -> None:
+        if self.device.type != "cpu":  # replay in host memory, updates on the learner's device
+            self.buffer.append_transform(DeviceCastTransform(self.device))
+
     def on_train_start(self) -> None:
-        self.evaluate()  # frame 0: the learning curve and path start at the initial policy
+        if not self.eval_history:  # not when resuming: the history came with the checkpoint
+            self.evaluate()  # frame 0: the learning curve and path start at the initial policy
 
     # ------------------------------------------------------------------ optimisation
     def objective_parameters(self, objective: str) -> list[nn.Parameter]:
@@ -265,12 +306,23 @@ class FOPLightningModule(L.LightningModule):
                 optimizers.append(torch.optim.RMSprop(groups, alpha=o.rmsprop_alpha, eps=o.eps))
         return optimizers
 
+    nonfinite_skips: int = 0  # optimiser steps skipped for a nan/inf loss (optim.on_nonfinite=skip)
+
     def _step(self, optimizer, loss: torch.Tensor, objective: str) -> None:
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"loss_{objective} is {loss.item()} at env frame {self.env_frames} "
-                f"(update {self.updates}): stopping instead of training on it"
-            )
+        # every rank takes the same decision (DDP: a rank that skipped a backward would hang the others)
+        finite = self.trainer.strategy.reduce_boolean_decision(bool(torch.isfinite(loss)), all=True)
+        if not finite:
+            where = (f"loss_{objective} is {loss.item()} (on this rank or another) at env frame "
+                     f"{self.env_frames} (update {self.updates})")
+            if self.optim.on_nonfinite == "raise":
+                raise FloatingPointError(
+                    f"{where}: stopping instead of training on it (optim.on_nonfinite=skip skips such steps)"
+                )
+            self.nonfinite_skips += 1
+            if self.nonfinite_skips == 1:
+                rank_zero_warn(f"{where}: skipped this optimiser step (optim.on_nonfinite=skip); "
+                               "further skips are counted in train/nonfinite_skips")
+            return
         optimizer.zero_grad()
         self.manual_backward(loss)
         if self.optim.grad_clip is not None:
@@ -329,6 +381,39 @@ class FOPLightningModule(L.LightningModule):
             while self._next_eval <= self.env_frames:
                 self._next_eval += self.collect.eval_interval or self.collect.total_frames
 
+    # ------------------------------------------------------------------ checkpoints
+    checkpoint_replay: bool = True  # keep the replay buffer in checkpoints (recipe: checkpoint.replay_buffer)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Adds the run state Lightning does not hold: counters, evaluations, the replay buffer
+        (unless ``checkpoint_replay`` is False) and the hard target update's counter."""
+        checkpoint["fop_run"] = {
+            "env_frames": self.env_frames,
+            "updates": self.updates,
+            "next_eval": self._next_eval,
+            "eval_history": self.eval_history,
+            "eval_win_rate": self.eval_win_rate,
+            "target_update_counter": getattr(self.target_updater, "counter", None),
+            "nonfinite_skips": self.nonfinite_skips,
+            "replay": gather_ranks(self.trainer, replay_state(self.buffer)) if self.checkpoint_replay else None,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        run = checkpoint["fop_run"]
+        self.env_frames, self.updates, self._next_eval = run["env_frames"], run["updates"], run["next_eval"]
+        self.eval_history = [tuple(entry) for entry in run["eval_history"]]
+        self.eval_win_rate = run["eval_win_rate"]
+        self.nonfinite_skips = run["nonfinite_skips"]
+        if run["target_update_counter"] is not None:
+            self.target_updater.counter = run["target_update_counter"]
+        if run["replay"] is not None:
+            if len(run["replay"]) != self.trainer.world_size:
+                raise ValueError(
+                    f"the checkpoint holds the replay buffers of {len(run['replay'])} rank(s) but this "
+                    f"run has {self.trainer.world_size}: resume with the same trainer.devices and num_nodes"
+                )
+            load_replay_state(self.buffer, run["replay"][self.global_rank])
+
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
     def evaluate(self) -> float:
@@ -340,6 +425,8 @@ class FOPLightningModule(L.LightningModule):
         """
         env = self.make_eval_env(self.collect.eval_envs)
         env.set_seed(self.seed + 10_000 + self.env_frames)
+        if self.device.type != "cpu":  # envs on CPU, a learner on GPU: cast on the way in and out
+            env = TransformedEnv(env, DeviceCastTransform(self.device, env.device))
         with set_exploration_type(ExplorationType.DETERMINISTIC):
             if env.batch_size:
                 rollouts = [env.rollout(self.collect.eval_max_steps, self.policy,

@@ -140,7 +140,7 @@ def differential_game_panels(runs: dict[str, list[dict]], env, path: Path, toler
 
     Args:
         runs: algorithm name -> the summary.json dicts of its seeds (with ``eval_history``).
-        env: the :class:`~fop_modules.envs.DifferentialGameEnv` (2 agents) they ran on.
+        env (DifferentialGameEnv): the 2-agent game they ran on.
         path: the PNG to write.
         tolerance: distance per coordinate that counts as reaching the optimum.
     """

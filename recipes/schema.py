@@ -34,7 +34,9 @@ SCHEMA_NAME = "fop_modules_schema"  # namespaced: torchrl registers its own `env
 RECIPE_TRAINER_ARGS = {  # lightning.Trainer arguments that recipes/train.py sets itself
     "logger": "choose it with the top-level `logger` key",
     "max_epochs": "a run is one pass over the collector: set collect.total_frames",
-    "enable_checkpointing": "checkpoints are not configurable here yet",
+    "enable_checkpointing": "checkpoints are set by the checkpoint.* keys",
+    "callbacks": "the recipe adds its checkpoint callbacks itself",
+    "plugins": "the recipe writes checkpoints atomically with its own CheckpointIO",
     "default_root_dir": "the run directory is hydra.run.dir",
 }
 
@@ -132,6 +134,18 @@ class AlgorithmConfig:
 
 
 @dataclass
+class CheckpointConfig:
+    """Types of configs/config.yaml's ``checkpoint`` section."""
+
+    every_frames: int = MISSING
+    replay_buffer: bool = MISSING
+
+    def __post_init__(self) -> None:
+        if self.every_frames < 0:
+            raise ConfigError(f"checkpoint.every_frames must be >= 0, got {self.every_frames}")
+
+
+@dataclass
 class RunConfig:
     """Types of configs/config.yaml. ``env`` and ``temperature`` are ``_target_`` nodes whose keys
     :func:`validate` checks against the signature of their target."""
@@ -145,6 +159,8 @@ class RunConfig:
     optim: OptimConfig = MISSING
     trainer: Dict[str, Any] = MISSING  # lightning.Trainer arguments
     logger: LoggerName = MISSING
+    checkpoint: CheckpointConfig = MISSING
+    resume: Optional[str] = None  # a run directory to continue
     episode_limit: Optional[int] = None  # the env's time limit, checked against the env
 
 
@@ -213,7 +229,9 @@ def validate(cfg: DictConfig) -> Validated:
             if key not in known:
                 raise ConfigError(f"{section}.{key}: unknown key; known: {known}")
         with startup_errors(section):  # __post_init__ checks the ranges of its own section
-            typed[section] = OmegaConf.to_object(cfg[section])
+            # merged onto the schema: a config read back from a run's config.yaml is untyped
+            values = OmegaConf.to_container(cfg[section], resolve=True)
+            typed[section] = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(cls), values))
     algo, collect = typed["algorithm"], typed["collect"]
 
     check_target_keys(cfg.env, "env")

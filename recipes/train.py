@@ -23,6 +23,8 @@ from omegaconf import DictConfig, OmegaConf
 from torchrl.envs import Compose, TransformedEnv
 
 from fop_modules import FOPLoss, FOPMixer, LinearMixer, networks, plots, probes, recurrent
+from fop_modules.checkpointing import AtomicCheckpointIO, EnvFrameCheckpoint, RNGCheckpoint
+from fop_modules.distributed import RankConsistency
 from fop_modules.envs import DifferentialGameEnv, MatrixGameEnv
 from fop_modules.envs.smac import StarCraftNotAvailable
 from fop_modules.lightning import FOPLightningModule
@@ -35,6 +37,8 @@ CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
 schema.register()  # configs/config.yaml's defaults start with it: Hydra type-checks every key
 USER_ERRORS = (ConfigError, MissingDependency, StarCraftNotAvailable)  # one paragraph, exit 2
 ACTIVATIONS = {"relu": torch.nn.ReLU, "tanh": torch.nn.Tanh}  # algorithm.activation of the MLPs
+# `hydra.run.dir: ${if_null:${resume},<new dir>}`: a resumed run writes into the run it continues
+OmegaConf.register_new_resolver("if_null", lambda value, default: default if value is None else value, replace=True)
 
 
 def uses_gru(algo: DictConfig) -> bool:
@@ -136,12 +140,22 @@ def make_logger(name: str, run_dir: Path, run_name: str):
     return WandbLogger(name=run_name, save_dir=run_dir, project="fop_modules")
 
 
-def train(cfg: DictConfig, run_dir: Path) -> Path:
-    """Runs one training job; returns the path of its summary.json."""
+def train(cfg: DictConfig, run_dir: Path) -> Path | None:
+    """Runs one training job; returns the path of its summary.json (None on DDP ranks > 0)."""
     start = time.perf_counter()
     run_dir.mkdir(parents=True, exist_ok=True)
     typed = schema.validate(cfg)  # ranges and relations of keys: ConfigError names the key
+    ckpt_dir = run_dir / "checkpoints"
+    resuming = cfg.resume is not None
+    if resuming and not (ckpt_dir / "last.ckpt").is_file():
+        raise ConfigError(
+            f"resume={cfg.resume}: no checkpoint {ckpt_dir / 'last.ckpt'} (the run stopped before "
+            "its first one, after checkpoint.every_frames env frames): start it again without resume"
+        )
+    if resuming and cfg.logger == "csv":  # CSVLogger deletes an existing metrics.csv: keep the killed part's rows aside
+        keep_before_resume(run_dir / "logs" / "metrics.csv")
     logger = make_logger(cfg.logger, run_dir, cfg.name)  # a missing package fails before building
+    OmegaConf.save(cfg, run_dir / "config.yaml")  # first: resume=<run dir> reads it back
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
     env = make_env(cfg.env, cfg.algorithm)
@@ -159,13 +173,19 @@ def train(cfg: DictConfig, run_dir: Path) -> Path:
         make_eval_env=partial(make_env, cfg.env, cfg.algorithm),
         collect=typed.collect, optim=typed.optim, temperature=typed.temperature, seed=cfg.seed,
     )
+    module.checkpoint_replay = cfg.checkpoint.replay_buffer
+    ranks = RankConsistency()  # DDP: the ranks' parameters must end identical
     with startup_errors("trainer", cfg.trainer):  # Lightning's own checks (devices, accelerator)
         trainer = L.Trainer(
-            max_epochs=1, logger=logger, enable_checkpointing=False,
-            default_root_dir=run_dir, **OmegaConf.to_container(cfg.trainer, resolve=True),
+            max_epochs=1, logger=logger, default_root_dir=run_dir,
+            callbacks=[EnvFrameCheckpoint(ckpt_dir, cfg.checkpoint.every_frames), RNGCheckpoint(), ranks],
+            plugins=[AtomicCheckpointIO()],
+            **OmegaConf.to_container(cfg.trainer, resolve=True),
         )
-    trainer.fit(module)
+    trainer.fit(module, ckpt_path=ckpt_dir / "last.ckpt" if resuming else None)
     final_return = module.eval_history[-1][1]  # the last training step evaluates greedily
+    if not trainer.is_global_zero:  # DDP: rank 0 writes the run's outputs
+        return None
 
     summary = {
         "config_name": cfg.name,
@@ -176,6 +196,9 @@ def train(cfg: DictConfig, run_dir: Path) -> Path:
         "final_eval_return": final_return,
         "wall_time_s": round(time.perf_counter() - start, 2),
     }
+    if trainer.world_size > 1:
+        summary.update(world_size=trainer.world_size, rank_parameter_difference=ranks.parameter_difference,
+                       rank_replays_differ=ranks.replays_differ)
     curve = module.eval_history
     plots.learning_curve(curve, run_dir / "learning_curve.png", title=cfg.name)
     if module.eval_win_rate is not None:
@@ -191,20 +214,47 @@ def train(cfg: DictConfig, run_dir: Path) -> Path:
         summary.update(probes.differential_game_result(policy, env))
         plots.differential_game_path(env, curve, run_dir / "learning_path.png")
         print(f"greedy actions {summary['greedy_action']}, payoff {summary['greedy_payoff']:.3f}", flush=True)
-    OmegaConf.save(cfg, run_dir / "config.yaml")
     path = run_dir / "summary.json"
     path.write_text(json.dumps(summary, indent=2))
     return path
 
 
+def keep_before_resume(metrics: Path) -> None:
+    """Renames ``metrics.csv`` to ``metrics.before_resume_<k>.csv`` (k = 1, 2, ... per resume)."""
+    if metrics.is_file():
+        k = 1 + len(list(metrics.parent.glob("metrics.before_resume_*.csv")))
+        metrics.rename(metrics.with_name(f"metrics.before_resume_{k}.csv"))
+
+
+def resumed_config(cfg: DictConfig, task_overrides: list[str]) -> DictConfig:
+    """``resume=<run dir>``: that run's saved config.yaml, the same run. Other overrides are
+    refused, since a changed config would not continue the same run."""
+    saved = Path(cfg.resume) / "config.yaml"
+    if not saved.is_file():
+        raise ConfigError(f"resume={cfg.resume}: no {saved}; give the directory of a run made by this recipe")
+    others = [o for o in task_overrides if not o.split("=", 1)[0].lstrip("+~").startswith(("resume", "hydra."))]
+    if others:
+        raise ConfigError(
+            f"resume={cfg.resume} continues that run with its saved config; drop the other "
+            f"overrides {others} (or start a new run with them)"
+        )
+    resumed = OmegaConf.load(saved)
+    resumed.resume = cfg.resume
+    return resumed
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def main(cfg: DictConfig) -> None:
+    hydra_cfg = HydraConfig.get()
     try:
-        path = train(cfg, Path(HydraConfig.get().runtime.output_dir))
+        if cfg.resume is not None:
+            cfg = resumed_config(cfg, list(hydra_cfg.overrides.task))
+        path = train(cfg, Path(hydra_cfg.runtime.output_dir))
     except USER_ERRORS as error:  # what to change or install, not a traceback
         print(f"error: {error}", file=sys.stderr, flush=True)
         sys.exit(2)
-    print(f"summary: {path}", flush=True)
+    if path is not None:
+        print(f"summary: {path}", flush=True)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,204 @@
+"""Crash and resume: a run killed with SIGKILL and resumed equals the uninterrupted run; a
+checkpoint is never half-written; a nan/inf loss stops the run or skips the step.
+
+What is bit-identical after a resume on CPU, and why (the kill test below checks all of it on the
+matrix game): every logged loss, alpha, entropy and reward after the checkpoint, the final
+parameters (networks, targets, mixer), optimiser states, replay buffer and summary.json. The
+checkpoint holds every piece of state the next batch reads: the module and optimisers
+(Lightning), the collector's frame counters (Lightning saves stateful dataloaders), the env-frame
+and update counters, evaluations and replay buffer (``FOPLightningModule.on_save_checkpoint``),
+and the generator states (``RNGCheckpoint``). The one-step games hold no state between batches
+(every env is reset after each step), so the collector's next batch is drawn exactly as it would
+have been.
+
+Not bit-identical: the frames collected after the last checkpoint and before the kill (they are
+collected again, identically here); CSV rows logged then (kept in metrics.before_resume_1.csv);
+wall times. On multi-step envs the episodes in flight at the checkpoint restart from a reset
+(the collector's carried env state and a recurrent actor's hidden state are not saved; envs are
+re-seeded with seed + env_frames), so the resumed run is a valid continuation but not the same
+numbers. Multi-process collectors keep their workers' generators in the workers (not saved).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from fop_modules.checkpointing import AtomicCheckpointIO
+from fop_modules.loss import FOPLoss
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "recipes"))
+import train  # noqa: E402  (the recipe module)
+
+# ~3k frames of the matrix game: a checkpoint every 480, logged every step
+RUN = ["collect.total_frames=3008", "checkpoint.every_frames=480", "trainer.log_every_n_steps=1",
+       "trainer.enable_progress_bar=false", "collect.eval_interval=1000"]
+LOSSES = ("train/loss_qvalue", "train/loss_actor", "train/entropy", "train/alpha", "train/episode_reward")
+
+
+def _recipe(*args: str, **kwargs) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, str(ROOT / "recipes" / "train.py"), *args], cwd=ROOT,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
+
+
+def _rows(path: Path) -> dict[tuple[str, str], dict[str, str]]:
+    """Training rows of a metrics.csv by (step, env_frames)."""
+    with path.open() as f:
+        return {(r["step"], r["env_frames"]): {k: r[k] for k in LOSSES}
+                for r in csv.DictReader(f) if r["train/loss_qvalue"]}
+
+
+def _flat(tree, prefix=""):
+    """Tensors and plain values of a nested checkpoint entry, by dotted path."""
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            yield from _flat(value, f"{prefix}{key}.")
+    elif isinstance(tree, (list, tuple)):
+        for i, value in enumerate(tree):
+            yield from _flat(value, f"{prefix}{i}.")
+    else:
+        yield prefix, tree
+
+
+def _same(a, b) -> list[str]:
+    """Paths where two checkpoint entries differ (tensors compared bit for bit)."""
+    fa, fb = dict(_flat(a)), dict(_flat(b))
+    assert fa.keys() == fb.keys()
+    return [k for k in fa if not (torch.equal(fa[k], fb[k]) if isinstance(fa[k], torch.Tensor) else fa[k] == fb[k])]
+
+
+def test_sigkill_then_resume_matches_the_uninterrupted_run(tmp_path):
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    reference = _recipe(*RUN, f"hydra.run.dir={whole}")
+    run = _recipe(*RUN, f"hydra.run.dir={killed}")
+    deadline = time.monotonic() + 120
+    while not (killed / "checkpoints" / "last.ckpt").exists():  # the first checkpoint, 480 frames in
+        assert run.poll() is None and time.monotonic() < deadline, run.stdout.read()
+        time.sleep(0.02)
+    time.sleep(random.uniform(0.0, 0.5))  # an arbitrary later step (well before the run ends)
+    run.send_signal(signal.SIGKILL)
+    assert run.wait() == -signal.SIGKILL, "the run ended before the kill: lengthen RUN"
+    saved_frames = torch.load(killed / "checkpoints" / "last.ckpt")["fop_run"]["env_frames"]
+    assert 0 < saved_frames < 3008
+
+    resumed = _recipe(f"resume={killed}")
+    out, ref_out = resumed.communicate(timeout=300)[0], reference.communicate(timeout=300)[0]
+    assert resumed.returncode == 0, out
+    assert reference.returncode == 0, ref_out
+
+    # every training row of the resumed part equals the uninterrupted run's row, bit for bit
+    after, ref = _rows(killed / "logs" / "metrics.csv"), _rows(whole / "logs" / "metrics.csv")
+    assert min(int(float(f)) for _, f in after) == saved_frames + 16  # from the batch after the checkpoint
+    assert len(after) >= (3008 - saved_frames) // 16 - 1
+    assert {k: v for k, v in after.items()} == {k: ref[k] for k in after}
+    assert (killed / "logs" / "metrics.before_resume_1.csv").is_file()
+
+    # the end-of-training checkpoints: parameters, targets, optimisers, counters, replay
+    a, b = (torch.load(d / "checkpoints" / "last.ckpt") for d in (whole, killed))
+    assert a["fop_run"]["env_frames"] == b["fop_run"]["env_frames"] == 3008
+    assert _same(a["state_dict"], b["state_dict"]) == []
+    assert _same(a["optimizer_states"], b["optimizer_states"]) == []
+    (replay_a,), (replay_b,) = a["fop_run"].pop("replay"), b["fop_run"].pop("replay")  # one rank
+    assert _same(a["fop_run"], b["fop_run"]) == []
+    data_a, data_b = (dict(_flat(dict(r["data"]))) for r in (replay_a, replay_b))
+    assert len(data_a["state."]) == len(data_b["state."]) == 3008
+    assert _same(replay_a["writer"], replay_b["writer"]) == []
+    ids = "collector.traj_ids."  # state_dict keys are dotted paths
+    assert _same({k: v for k, v in data_a.items() if k != ids}, {k: v for k, v in data_b.items() if k != ids}) == []
+    # trajectory ids are labels: the resumed collector starts its 16 envs on new trajectories,
+    # so every id from the resume point on is 16 (num_envs) larger; the data they label is equal
+    offset = data_b[ids] - data_a[ids]
+    assert set(offset[:saved_frames].tolist()) == {0} and set(offset[saved_frames:].tolist()) == {16}
+    summaries = [json.loads((d / "summary.json").read_text()) for d in (whole, killed)]
+    for s in summaries:
+        s.pop("wall_time_s")
+    assert summaries[0] == summaries[1]
+
+
+def _compose(overrides: list[str]):
+    with initialize_config_dir(config_dir=train.CONFIG_DIR, version_base="1.3"):
+        return compose("config", overrides=overrides)
+
+
+SHORT = ["collect.total_frames=256", "collect.frames_per_batch=32", "collect.eval_interval=128",
+         "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1", "checkpoint.every_frames=128"]
+
+
+def test_checkpoints_hold_the_run_state_and_can_leave_out_the_replay(tmp_path):
+    train.train(_compose(SHORT), tmp_path / "with")
+    train.train(_compose([*SHORT, "checkpoint.replay_buffer=false"]), tmp_path / "without")
+    with_replay = torch.load(tmp_path / "with" / "checkpoints" / "last.ckpt")
+    without = torch.load(tmp_path / "without" / "checkpoints" / "last.ckpt")
+    assert with_replay["fop_run"]["env_frames"] == 256 and with_replay["fop_run"]["updates"] > 0
+    assert len(with_replay["fop_run"]["replay"][0]["data"]["state"]) == 256  # every frame collected, no more
+    assert without["fop_run"]["replay"] is None
+    assert len(with_replay["rng_states"]) == 1 and "torch" in with_replay["rng_states"][0]
+    assert with_replay["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]["frames"] == 256  # collector
+    assert sorted(p.name for p in (tmp_path / "with" / "checkpoints").iterdir()) == ["last.ckpt"]
+
+
+def test_resume_refuses_other_overrides_and_needs_a_checkpoint(tmp_path):
+    cfg = _compose([*SHORT, "checkpoint.every_frames=0", f"resume={tmp_path}"])
+    with pytest.raises(ValueError, match="no checkpoint"):
+        train.train(cfg, tmp_path)
+    OmegaConf.save(cfg, tmp_path / "config.yaml")
+    with pytest.raises(ValueError, match=r"drop the other overrides \['seed=3'\]"):
+        train.resumed_config(cfg, [f"resume={tmp_path}", "seed=3", "hydra.run.dir=x"])
+
+
+def test_a_write_killed_midway_leaves_the_previous_checkpoint_whole(tmp_path, monkeypatch):
+    io, path = AtomicCheckpointIO(), tmp_path / "last.ckpt"
+    io.save_checkpoint({"step": torch.tensor(1)}, path)
+
+    def dies_midway(obj, f):
+        f.write(b"half a checkpoint")
+        raise KeyboardInterrupt  # what a kill looks like from inside the write
+
+    monkeypatch.setattr(torch, "save", dies_midway)
+    with pytest.raises(KeyboardInterrupt):
+        io.save_checkpoint({"step": torch.tensor(2)}, path)
+    monkeypatch.undo()
+    assert int(io.load_checkpoint(path)["step"]) == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temporary file left
+
+
+def _nan_qvalue_loss_from(call: int, monkeypatch):
+    """FOPLoss.qvalue_loss returns nan from its ``call``-th call on."""
+    original, calls = FOPLoss.qvalue_loss, [0]
+
+    def patched(self, td):
+        loss, meta = original(self, td)
+        calls[0] += 1
+        return (loss * float("nan") if calls[0] >= call else loss), meta
+
+    monkeypatch.setattr(FOPLoss, "qvalue_loss", patched)
+
+
+def test_a_nan_loss_stops_the_run_naming_the_objective_and_the_step(tmp_path, monkeypatch):
+    _nan_qvalue_loss_from(5, monkeypatch)
+    with pytest.raises(FloatingPointError, match=r"loss_qvalue is nan .* at env frame \d+ \(update 4\)"):
+        train.train(_compose(SHORT), tmp_path)
+
+
+def test_a_nan_loss_skips_the_step_when_asked(tmp_path, monkeypatch):
+    _nan_qvalue_loss_from(5, monkeypatch)
+    with pytest.warns(UserWarning, match="loss_qvalue is nan .* skipped this optimiser step"):
+        train.train(_compose([*SHORT, "optim.on_nonfinite=skip"]), tmp_path)
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt")
+    updates = ckpt["fop_run"]["updates"]
+    assert ckpt["fop_run"]["nonfinite_skips"] == updates - 4  # every critic step from the 5th on
+    assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point())
