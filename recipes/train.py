@@ -1,8 +1,9 @@
-"""Train FOP with Hydra: `python recipes/train.py [+experiment=NAME] [key=value ...]`.
+"""Train FOP or a baseline with Hydra: `python recipes/train.py [+experiment=NAME] [algorithm=NAME] [key=value ...]`.
 
-Reads top to bottom: seed -> environment -> networks from the env's specs -> FOPLoss -> the
-Lightning module and trainer -> fit -> summary.json and plots in the run directory. The last
-line printed is `summary: <path to summary.json>`.
+Reads top to bottom: seed -> environment -> networks from the env's specs -> the loss (FOPLoss,
+or a TorchRL baseline from fop_modules.baselines: masac, maddpg, qmix, vdn) -> the Lightning
+module and trainer -> fit -> summary.json and plots in the run directory. The last line printed
+is `summary: <path to summary.json>`.
 """
 
 from __future__ import annotations
@@ -24,13 +25,14 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 from torchrl.envs import Compose, TransformedEnv
 
-from fop_modules import ConstantTemperature, FOPLoss, FOPMixer, LinearMixer, networks, plots, probes, recurrent
-from fop_modules.lightning import CollectConfig, FOPLightningModule, OptimConfig
+from fop_modules import ConstantTemperature, FOPLoss, FOPMixer, LinearMixer, baselines, networks, plots, probes, recurrent
+from fop_modules.lightning import CollectConfig, FOPLightningModule, MARLLightningModule, OptimConfig
 
 from fop_modules.envs import DifferentialGameEnv, MatrixGameEnv
 from fop_modules.envs.smac import StarCraftNotAvailable
 
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
+FOP_KEYS = set(OmegaConf.load(Path(CONFIG_DIR) / "algorithm" / "fop.yaml"))  # FOP's algorithm keys
 
 
 def typed(cls, section: DictConfig, prefix: str):
@@ -43,9 +45,31 @@ def typed(cls, section: DictConfig, prefix: str):
 
 
 def uses_gru(algo: DictConfig) -> bool:
-    """Whether the actor or the critic is recurrent (then the env needs the GRU transforms and
-    the replay needs sequences)."""
-    return bool(algo.recurrent or algo.recurrent_critic)
+    """Whether FOP's actor or critic is recurrent (then the env needs the GRU transforms and
+    the replay needs sequences); the baselines have MLP agents."""
+    return algo.name == "fop" and bool(algo.recurrent or algo.recurrent_critic)
+
+
+def baseline_config(algo: DictConfig, collect: CollectConfig):
+    """The typed config of a baseline (fop_modules.baselines.ALGORITHMS) from its section.
+
+    Experiments hold FOP's settings (e.g. smax_authors: a GRU actor, TD(lambda)); a baseline
+    keeps its own keys, ignores FOP's other keys (and says so) and rejects unknown ones.
+    """
+    if algo.name not in baselines.ALGORITHMS:
+        raise ValueError(f"algorithm.name must be 'fop' or one of {sorted(baselines.ALGORITHMS)}, got {algo.name!r}")
+    if collect.sequence_length is not None:
+        raise ValueError(
+            f"algorithm={algo.name} replays transitions (MLP agents), but collect.sequence_length is "
+            f"{collect.sequence_length}: add collect.sequence_length=null"
+        )
+    cls = baselines.ALGORITHMS[algo.name]
+    known = {f.name for f in fields(cls)}
+    ignored = sorted((set(algo) - known - {"name"}) & FOP_KEYS)
+    if ignored:
+        print(f"note: algorithm={algo.name} has MLP agents and ignores FOP's keys {ignored}", flush=True)
+    own = OmegaConf.masked_copy(algo, sorted(set(algo) - set(ignored) - {"name"}))
+    return typed(cls, own, "algorithm")
 
 
 def make_env(env_cfg: DictConfig, algo: DictConfig, num_envs: int | None = None):
@@ -138,7 +162,11 @@ def train(cfg: DictConfig, run_dir: Path) -> Path:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     collect = typed(CollectConfig, cfg.collect, "collect")
     optim = typed(OptimConfig, cfg.optim, "optim")
-    if cfg.algorithm.greedy:
+    fop = cfg.algorithm.name == "fop"
+    baseline_cfg = None if fop else baseline_config(cfg.algorithm, collect)
+    if not fop:
+        temperature = None  # the baselines' own (SAC: learned alpha); the group is FOP's
+    elif cfg.algorithm.greedy:
         temperature = ConstantTemperature(0.0)  # greedy FOP (Fig. 3): no entropy at all
     elif cfg.get("temperature") is not None:
         temperature = instantiate(cfg.temperature)
@@ -158,13 +186,21 @@ def train(cfg: DictConfig, run_dir: Path) -> Path:
             f"episode_limit is {cfg.episode_limit} in the config but {game.episode_limit} for "
             f"this env: set episode_limit={game.episode_limit}"
         )
-    loss, policy = build_loss(env, cfg.algorithm)
-    module = FOPLightningModule(
-        loss, policy,
-        make_env=partial(make_env, cfg.env, cfg.algorithm),
-        make_eval_env=partial(make_env, cfg.env, cfg.algorithm),
-        collect=collect, optim=optim, temperature=temperature, seed=cfg.seed,
-    )
+    envs = {"make_env": partial(make_env, cfg.env, cfg.algorithm),
+            "make_eval_env": partial(make_env, cfg.env, cfg.algorithm)}
+    if fop:
+        loss, policy = build_loss(env, cfg.algorithm)
+        joint_q = loss.joint_q
+        module = FOPLightningModule(
+            loss, policy, **envs, collect=collect, optim=optim, temperature=temperature, seed=cfg.seed
+        )
+    else:
+        baseline = baselines.build_baseline(cfg.algorithm.name, env, baseline_cfg, collect.total_frames)
+        policy, joint_q = baseline.policy, baseline.joint_q
+        module = MARLLightningModule(
+            baseline.loss, policy, baseline.objectives, **envs, collect=collect, optim=optim,
+            seed=cfg.seed, process_batch=baseline.process_batch, exploration=baseline.exploration,
+        )
     if cfg.logger == "csv":
         logger = CSVLogger(run_dir, name="logs", version="")
     elif cfg.logger == "tensorboard":
@@ -191,7 +227,7 @@ def train(cfg: DictConfig, run_dir: Path) -> Path:
     if module.eval_win_rate is not None:
         summary["final_eval_win_rate"] = module.eval_win_rate
     if isinstance(game, MatrixGameEnv):
-        tables = probes.matrix_game_tables(loss, env, policy)
+        tables = probes.matrix_game_tables(joint_q, env, policy)
         summary.update(tables)
         plots.matrix_game_tables(tables, env.payoff, run_dir / "q_tables.png")
         print(probes.format_matrix_game_tables(tables), flush=True)
@@ -209,7 +245,7 @@ def train(cfg: DictConfig, run_dir: Path) -> Path:
 def main(cfg: DictConfig) -> None:
     try:
         path = train(cfg, Path(HydraConfig.get().runtime.output_dir))
-    except StarCraftNotAvailable as error:  # what to install, not a traceback
+    except (StarCraftNotAvailable, baselines.WrongActionSpace) as error:  # what to do, not a traceback
         print(f"error: {error}", file=sys.stderr, flush=True)
         sys.exit(2)
     print(f"summary: {path}", flush=True)
