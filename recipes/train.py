@@ -216,6 +216,7 @@ def train(cfg: DictConfig, run_dir: Path) -> Path:
 
     summary = {
         "config_name": cfg.name,
+        "algorithm": cfg.algorithm.name,
         "seed": cfg.seed,
         "env_frames": module.env_frames,
         "updates": module.updates,

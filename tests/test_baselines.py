@@ -45,7 +45,7 @@ def _metrics_header(run_dir: Path) -> list[str]:
 def test_discrete_baselines_run_on_the_matrix_game(algorithm, tmp_path):
     cfg = _compose(["+experiment=matrix_game", f"algorithm={algorithm}", *SHORT])
     summary = json.loads(train.train(cfg, tmp_path).read_text())
-    assert summary["env_frames"] == 256 and summary["updates"] > 0
+    assert summary["env_frames"] == 256 and summary["updates"] > 0 and summary["algorithm"] == algorithm
     assert len(summary["q_i"]) == 2 and len(summary["greedy_joint_action"]) == 2
     header = _metrics_header(tmp_path)
     if algorithm == "masac":  # no joint action value: Q_i only, no Q table figure
