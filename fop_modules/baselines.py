@@ -19,7 +19,6 @@ masac and maddpg. Per-agent critics (MASAC, MADDPG) learn the team reward, copie
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -40,7 +39,7 @@ from torchrl.modules import (
 from torchrl.objectives import DDPGLoss, DiscreteSACLoss, LossModule, QMixerLoss, SACLoss, ValueEstimators
 
 from fop_modules import networks
-from fop_modules.lightning import Objective
+from fop_modules.lightning import Objective, trainable
 
 __all__ = [
     "Baseline",
@@ -166,10 +165,6 @@ def _sizes(env: EnvBase) -> tuple[int, int, int, bool]:
     return obs.shape[-2], obs.shape[-1], env.full_observation_spec["state"].shape[-1], discrete
 
 
-def _params(*groups: TensorDictBase) -> list[nn.Parameter]:
-    return [p for g in groups for p in g.values(True, True) if p.requires_grad]
-
-
 def _centralised(n_in: int, n_out: int, n_agents: int, hidden: list[int]) -> MultiAgentMLP:
     """A critic that reads every agent's inputs and writes one output per agent (shared)."""
     return MultiAgentMLP(
@@ -225,8 +220,8 @@ def masac(env: EnvBase, cfg: MASACConfig) -> Baseline:
         _per_agent_keys(loss, state_action_value=("agents", "state_action_value"), action=ACTION_KEY)
     loss.make_value_estimator(ValueEstimators.TD0, gamma=cfg.gamma)
     objectives = {
-        "actor": Objective("loss_actor", [{"params": _params(loss.actor_network_params), "lr": cfg.lr_actor}]),
-        "qvalue": Objective("loss_qvalue", [{"params": _params(loss.qvalue_network_params), "lr": cfg.lr_qvalue}]),
+        "actor": Objective("loss_actor", [{"params": trainable(loss.actor_network_params), "lr": cfg.lr_actor}]),
+        "qvalue": Objective("loss_qvalue", [{"params": trainable(loss.qvalue_network_params), "lr": cfg.lr_qvalue}]),
     }
     if not cfg.fixed_alpha:
         objectives["alpha"] = Objective("loss_alpha", [{"params": [loss.log_alpha], "lr": cfg.lr_alpha}])
@@ -263,8 +258,8 @@ def maddpg(env: EnvBase, cfg: MADDPGConfig, total_frames: int) -> Baseline:
     _per_agent_keys(loss, state_action_value=("agents", "state_action_value"))
     loss.make_value_estimator(ValueEstimators.TD0, gamma=cfg.gamma)
     objectives = {
-        "actor": Objective("loss_actor", [{"params": _params(loss.actor_network_params), "lr": cfg.lr_actor}]),
-        "qvalue": Objective("loss_value", [{"params": _params(loss.value_network_params), "lr": cfg.lr_qvalue}]),
+        "actor": Objective("loss_actor", [{"params": trainable(loss.actor_network_params), "lr": cfg.lr_actor}]),
+        "qvalue": Objective("loss_value", [{"params": trainable(loss.value_network_params), "lr": cfg.lr_qvalue}]),
     }
     return Baseline(loss, TensorDictSequential(actor, noise), objectives,
                     process_batch=team_reward_per_agent, exploration=noise)
@@ -306,7 +301,7 @@ def value_decomposition(
         annealing_num_steps=cfg.anneal_frames or int(total_frames * ANNEAL_SHARE),
         action_key=ACTION_KEY, action_mask_key=mask_key,
     )
-    params = _params(loss.local_value_network_params, loss.mixer_network_params)
+    params = trainable(loss.local_value_network_params, loss.mixer_network_params)
     objectives = {"qvalue": Objective("loss", [{"params": params, "lr": cfg.lr}])}
 
     def joint_q(batch: TensorDictBase) -> dict[str, torch.Tensor]:

@@ -34,7 +34,7 @@ from torchrl.objectives import HardUpdate, LossModule, SoftUpdate
 from fop_modules.loss import FOPLoss
 from fop_modules.temperature import TemperatureSchedule
 
-__all__ = ["MARLLightningModule", "FOPLightningModule", "Objective", "OptimConfig", "CollectConfig"]
+__all__ = ["MARLLightningModule", "FOPLightningModule", "Objective", "trainable", "OptimConfig", "CollectConfig"]
 
 
 
@@ -135,6 +135,12 @@ class Objective:
                 raise ValueError(f"objective {self.loss_key!r} needs lr > 0, got {group['lr']}")
 
 
+def trainable(*groups: TensorDictBase) -> list[nn.Parameter]:
+    """The parameters of a loss's functional parameter groups (``loss.actor_network_params``,
+    ...) that require gradients, in order: what one objective's optimiser steps."""
+    return [p for g in groups for p in g.values(True, True) if p.requires_grad]
+
+
 class MARLLightningModule(L.LightningModule):
     """Trains a TorchRL loss off-policy with manual optimisation, one optimiser per objective.
 
@@ -143,7 +149,10 @@ class MARLLightningModule(L.LightningModule):
             (it holds every network; SoftUpdate/HardUpdate are built from it).
         policy: the policy used for collection, exploration included (its deterministic mode
             is the greedy evaluation policy).
-        objectives: ``name -> Objective``, stepped in this order after one call of the loss.
+        objectives: ``name -> Objective``, stepped in this order after one call of the loss
+            (each backward runs after the earlier steps: put an objective whose graph holds
+            another's weights first, e.g. the actor before the critic, as TorchRL's losses
+            detach those weights but share their storage).
         make_env: a picklable callable returning a fresh environment.
         make_eval_env: callable ``(num_envs) -> env`` for greedy evaluation.
         collect: :class:`CollectConfig`.
@@ -396,11 +405,8 @@ class FOPLightningModule(MARLLightningModule):
     def fop_objectives(loss: FOPLoss, optim: OptimConfig) -> dict[str, Objective]:
         """FOP's optimisers in Algorithm 1 order, rates from ``optim`` (the mixer in a group of
         its own when ``optim.lr_mixer`` is set)."""
-        def params(*groups) -> list[nn.Parameter]:
-            return [p for g in groups for p in g.values(True, True) if p.requires_grad]
-
-        mixer = params(loss.mixer_params)
-        critics = params(loss.qvalue_network_params)
+        mixer = trainable(loss.mixer_params)
+        critics = trainable(loss.qvalue_network_params)
         qvalue = (
             [{"params": critics, "lr": optim.lr_qvalue}, {"params": mixer, "lr": optim.lr_mixer}]
             if optim.lr_mixer is not None
@@ -409,10 +415,10 @@ class FOPLightningModule(MARLLightningModule):
         objectives = {"qvalue": Objective("loss_qvalue", qvalue)}
         if loss.value_network is not None:
             objectives["value"] = Objective(
-                "loss_value", [{"params": params(loss.value_network_params), "lr": optim.lr_value}]
+                "loss_value", [{"params": trainable(loss.value_network_params), "lr": optim.lr_value}]
             )
         objectives["actor"] = Objective(
-            "loss_actor", [{"params": params(loss.actor_network_params), "lr": optim.lr_actor}]
+            "loss_actor", [{"params": trainable(loss.actor_network_params), "lr": optim.lr_actor}]
         )
         if loss.learn_alpha:
             objectives["alpha"] = Objective("loss_alpha", [{"params": [loss.log_alpha], "lr": optim.lr_alpha}])
