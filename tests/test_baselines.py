@@ -223,3 +223,27 @@ def test_exploration_anneals_and_is_off_when_greedy():
     assert 0.5 < (noisy - greedy).std() < 1.5  # sigma_init = 1
     baseline.exploration.step(100)
     assert float(baseline.exploration.sigma) == pytest.approx(0.1)
+
+
+EXPERIMENTS = sorted(p.stem for p in (ROOT / "configs" / "experiment").glob("*.yaml"))
+ONE_PER_ENV = {"matrix_game", "mtq", "smac_mmm", "smax_3m"}  # building every map adds nothing
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+@pytest.mark.parametrize("algorithm", BASELINES)
+def test_every_baseline_composes_with_every_experiment_and_builds_or_says_why_not(algorithm, experiment):
+    sequences = experiment.startswith(("smac", "smax"))  # GRU presets: the baselines replay transitions
+    cfg = _compose([f"+experiment={experiment}", f"algorithm={algorithm}",
+                    *(["env.backend=fake"] * experiment.startswith("smac")),
+                    *(["collect.sequence_length=null"] * sequences)])
+    config = train.baseline_config(cfg.algorithm, train.typed(train.CollectConfig, cfg.collect, "collect"))
+    if experiment not in ONE_PER_ENV:
+        return
+    env = train.make_env(cfg.env, cfg.algorithm)
+    continuous = experiment == "mtq"
+    if (algorithm == "maddpg") != continuous and algorithm != "masac":
+        with pytest.raises(WrongActionSpace, match=algorithm):
+            baselines.build_baseline(algorithm, env, config, cfg.collect.total_frames)
+    else:
+        baseline = baselines.build_baseline(algorithm, env, config, cfg.collect.total_frames)
+        assert set(baseline.objectives) >= {"qvalue"}
