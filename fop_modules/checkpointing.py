@@ -3,7 +3,7 @@
 Lightning's checkpoint already holds the module's parameters and buffers (networks, target
 networks, ``log_alpha``, the scheduled ``alpha``), the optimisers, the loop counters and, since
 the TorchRL :class:`~torchrl.collectors.Collector` is a stateful dataloader, the collector's frame
-and trajectory counters. :class:`~fop_modules.FOPLightningModule` adds its own state (env-frame
+and trajectory counters. :class:`~fop_modules.lightning.FOPLightningModule` adds its own state (env-frame
 and update counters, evaluation history, replay buffer) in ``on_save_checkpoint``. This module
 adds the rest, and the helpers the module's hooks use (:func:`replay_state`,
 :func:`load_replay_state`, :func:`gather_ranks`):

@@ -1,18 +1,26 @@
-"""FOPLightningModule: TorchRL collector -> replay buffer -> FOPLoss -> optimisers -> targets.
+"""Lightning modules: TorchRL collector -> replay buffer -> loss -> optimisers -> targets.
 
-Each ``training_step`` receives one batch of env frames from a TorchRL :class:`Collector` (the
-train dataloader), stores it in a replay buffer and runs ``updates_per_batch`` FOP updates in
-Algorithm 1 order: joint TD (eq. 9) -> V_i (eq. 10, paper form) -> policies (eq. 11) -> the dual
-temperature -> target networks. A temperature schedule, when given, is evaluated at the current
-env-step count before every batch of updates. Metrics go to the Lightning loggers as
-``train/*`` and ``eval/*`` with ``env_frames`` (the x axis of every curve).
+:class:`MARLLightningModule` trains any TorchRL ``LossModule`` off-policy: each ``training_step``
+receives one batch of env frames from a TorchRL :class:`Collector` (the train dataloader), stores
+it in a replay buffer and runs ``updates_per_batch`` updates. An update calls the loss once and
+steps one optimiser per :class:`Objective` (the loss output it minimises and the parameters it
+trains), in the given order, then the target networks (TorchRL's convention, as BenchMARL
+does). The baselines of :mod:`fop_modules.baselines` train this way.
+
+:class:`FOPLightningModule` is the same loop with FOP's update in Algorithm 1 order: joint TD
+(eq. 9) -> V_i (eq. 10, paper form) -> policies (eq. 11) -> the dual temperature -> target
+networks, each objective computed after the previous one has stepped. A temperature schedule,
+when given, is evaluated at the current env-step count before every batch of updates.
+
+Metrics go to the Lightning loggers as ``train/*`` and ``eval/*`` with ``env_frames`` (the x
+axis of every curve).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
-from typing import Callable
+from typing import Any, Callable
 
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_warn
@@ -23,7 +31,7 @@ from torchrl.collectors import BaseCollector
 from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
 from torchrl.data.replay_buffers.samplers import SliceSampler
 from torchrl.envs import DeviceCastTransform, EnvBase, ExplorationType, TransformedEnv, set_exploration_type
-from torchrl.objectives import HardUpdate, SoftUpdate
+from torchrl.objectives import HardUpdate, LossModule, SoftUpdate
 
 from fop_modules.checkpointing import gather_ranks, load_replay_state, replay_state
 from fop_modules.collectors import KINDS as COLLECTOR_KINDS
@@ -31,9 +39,17 @@ from fop_modules.collectors import make_collector, needs_weight_sync
 from fop_modules.loss import FOPLoss
 from fop_modules.temperature import TemperatureSchedule
 
-__all__ = ["FOPLightningModule", "OptimConfig", "CollectConfig", "OptimizerName", "TargetUpdate"]
+__all__ = [
+    "MARLLightningModule",
+    "FOPLightningModule",
+    "Objective",
+    "trainable",
+    "OptimConfig",
+    "CollectConfig",
+    "OptimizerName",
+    "TargetUpdate",
+]
 
-OBJECTIVES = ("qvalue", "value", "actor", "alpha")  # Algorithm 1 order
 SEED_STRIDE = 1_000  # DDP rank r seeds its collector with seed + r * SEED_STRIDE
 
 
@@ -145,48 +161,81 @@ class CollectConfig:
             )
 
 
-class FOPLightningModule(L.LightningModule):
-    """Trains FOP with manual optimisation in Algorithm 1 order.
+@dataclass
+class Objective:
+    """One optimiser: the loss output it minimises and its parameter groups.
 
     Args:
-        loss_module: the :class:`~fop_modules.FOPLoss` (holds every network).
-        policy: the stochastic actor used for collection (the same module given to the loss,
-            whose parameters the loss trains in place).
+        loss_key: the ``loss_*`` entry of the loss module's output (e.g. ``"loss_qvalue"``).
+        param_groups: torch's optimiser format, ``[{"params": [...], "lr": 3e-4}, ...]``.
+
+    Examples:
+        >>> import torch
+        >>> w = torch.nn.Parameter(torch.zeros(2))
+        >>> Objective("loss_actor", [{"params": [w], "lr": 1e-3}]).loss_key
+        'loss_actor'
+    """
+
+    loss_key: str
+    param_groups: list[dict[str, Any]]
+
+    def __post_init__(self) -> None:
+        for group in self.param_groups:
+            if not group["params"]:
+                raise ValueError(f"objective {self.loss_key!r} has a parameter group with no parameters")
+            if not group["lr"] > 0:
+                raise ValueError(f"objective {self.loss_key!r} needs lr > 0, got {group['lr']}")
+
+
+def trainable(*groups: TensorDictBase) -> list[nn.Parameter]:
+    """The parameters of a loss's functional parameter groups (``loss.actor_network_params``,
+    ...) that require gradients, in order: what one objective's optimiser steps."""
+    return [p for g in groups for p in g.values(True, True) if p.requires_grad]
+
+
+class MARLLightningModule(L.LightningModule):
+    """Trains a TorchRL loss off-policy with manual optimisation, one optimiser per objective.
+
+    Args:
+        loss_module: a TorchRL ``LossModule`` whose output holds every ``Objective.loss_key``
+            (it holds every network; SoftUpdate/HardUpdate are built from it).
+        policy: the policy used for collection, exploration included (its deterministic mode
+            is the greedy evaluation policy).
+        objectives: ``name -> Objective``, stepped in this order after one call of the loss
+            (each backward runs after the earlier steps: put an objective whose graph holds
+            another's weights first, e.g. the actor before the critic, as TorchRL's losses
+            detach those weights but share their storage).
         make_env: a picklable callable returning a fresh environment.
         make_eval_env: callable ``(num_envs) -> env`` for greedy evaluation.
         collect: :class:`CollectConfig`.
-        optim: :class:`OptimConfig`.
-        temperature: schedule of alpha over env frames, or None for a learned alpha.
+        optim: :class:`OptimConfig` (its ``lr_*`` are FOP's; objectives carry their own rates).
         seed: seeds the collector's environments (the recipe seeds torch itself).
+        process_batch: applied to every collected batch before it is stored (e.g. a team
+            reward copied per agent for per-agent critics), or None.
+        exploration: a TorchRL exploration module inside ``policy`` whose ``step(frames)``
+            anneals its noise (epsilon, sigma) by the collected frames, or None.
     """
 
     def __init__(
         self,
-        loss_module: FOPLoss,
+        loss_module: LossModule,
         policy: nn.Module,
+        objectives: dict[str, Objective],
         make_env: Callable[[], EnvBase],
         make_eval_env: Callable[[int], EnvBase],
         *,
         collect: CollectConfig,
         optim: OptimConfig,
-        temperature: TemperatureSchedule | None,
         seed: int = 0,
+        process_batch: Callable[[TensorDictBase], TensorDictBase] | None = None,
+        exploration: nn.Module | None = None,
     ) -> None:
         super().__init__()
-        if temperature is None and not loss_module.learn_alpha:
-            raise ValueError(
-                "give a temperature schedule, or build FOPLoss with learn_alpha=True "
-                "(recipe: `~temperature algorithm.learn_alpha=true`)"
-            )
-        if temperature is not None and loss_module.learn_alpha:
-            raise ValueError(
-                "alpha is learned (learn_alpha=True): do not also give a schedule "
-                "(recipe: add `~temperature`)"
-            )
         self.automatic_optimization = False
-        self.loss_module, self.policy = loss_module, policy
+        self.loss_module, self.policy, self.objectives = loss_module, policy, objectives
         self.make_env, self.make_eval_env = make_env, make_eval_env
-        self.collect, self.optim, self.temperature, self.seed = collect, optim, temperature, seed
+        self.collect, self.optim, self.seed = collect, optim, seed
+        self.process_batch, self.exploration = process_batch, exploration
         self.env_frames = 0
         self.updates = 0
         self._next_eval = collect.eval_interval or collect.total_frames
@@ -200,12 +249,6 @@ class FOPLightningModule(L.LightningModule):
             self.target_updater = HardUpdate(
                 loss_module, value_network_update_interval=optim.hard_update_interval
             )
-        self._objectives = [
-            name
-            for name in OBJECTIVES
-            if (name != "value" or loss_module.value_network is not None)
-            and (name != "alpha" or loss_module.learn_alpha)
-        ]
 
     # ------------------------------------------------------------------ data
     @staticmethod
@@ -278,41 +321,30 @@ class FOPLightningModule(L.LightningModule):
             self.evaluate()  # frame 0: the learning curve and path start at the initial policy
 
     # ------------------------------------------------------------------ optimisation
-    def objective_parameters(self, objective: str) -> list[nn.Parameter]:
-        loss = self.loss_module
-        if objective == "alpha":
-            return [loss.log_alpha]
-        groups = {
-            "qvalue": [loss.qvalue_network_params, loss.mixer_params],
-            "value": [loss.value_network_params] if loss.value_network is not None else [],
-            "actor": [loss.actor_network_params],
-        }[objective]
-        return [p for g in groups for p in g.values(True, True) if p.requires_grad]
-
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         o = self.optim
         optimizers = []
-        for name in self._objectives:
-            groups = [{"params": self.objective_parameters(name), "lr": getattr(o, f"lr_{name}")}]
-            if name == "qvalue" and o.lr_mixer is not None:  # the mixer in a group of its own
-                mixer = {id(p) for p in self.loss_module.mixer_params.values(True, True)}
-                groups = [
-                    {"params": [p for p in groups[0]["params"] if id(p) not in mixer], "lr": o.lr_qvalue},
-                    {"params": [p for p in groups[0]["params"] if id(p) in mixer], "lr": o.lr_mixer},
-                ]
+        for objective in self.objectives.values():
             if o.name == "adam":
-                optimizers.append(torch.optim.Adam(groups, eps=o.eps))
+                optimizers.append(torch.optim.Adam(objective.param_groups, eps=o.eps))
             else:
-                optimizers.append(torch.optim.RMSprop(groups, alpha=o.rmsprop_alpha, eps=o.eps))
+                optimizers.append(
+                    torch.optim.RMSprop(objective.param_groups, alpha=o.rmsprop_alpha, eps=o.eps)
+                )
         return optimizers
 
     nonfinite_skips: int = 0  # optimiser steps skipped for a nan/inf loss (optim.on_nonfinite=skip)
+
+    def _optimizers(self) -> list:
+        """The optimisers in objective order (Lightning unwraps a list of one)."""
+        optimizers = self.optimizers()
+        return optimizers if isinstance(optimizers, list) else [optimizers]
 
     def _step(self, optimizer, loss: torch.Tensor, objective: str) -> None:
         # every rank takes the same decision (DDP: a rank that skipped a backward would hang the others)
         finite = self.trainer.strategy.reduce_boolean_decision(bool(torch.isfinite(loss)), all=True)
         if not finite:
-            where = (f"loss_{objective} is {loss.item()} (on this rank or another) at env frame "
+            where = (f"{objective} is {loss.item()} (on this rank or another) at env frame "
                      f"{self.env_frames} (update {self.updates})")
             if self.optim.on_nonfinite == "raise":
                 raise FloatingPointError(
@@ -330,41 +362,40 @@ class FOPLightningModule(L.LightningModule):
         optimizer.step()
 
     def update(self, sample: TensorDictBase) -> dict[str, torch.Tensor]:
-        """One FOP update in Algorithm 1 order; returns the detached losses."""
-        optimizers = dict(zip(self._objectives, self.optimizers()))
-        loss = self.loss_module
-        out = {}
-        out["qvalue"], _ = loss.qvalue_loss(sample)  # eq. (9)
-        self._step(optimizers["qvalue"], out["qvalue"], "qvalue")
-        if "value" in optimizers:
-            out["value"], _ = loss.value_loss(sample)  # eq. (10)
-            self._step(optimizers["value"], out["value"], "value")
-        if self.env_frames >= self.collect.policy_warmup_frames:
-            out["actor"], meta = loss.actor_loss(sample)  # eq. (11)
-            self._step(optimizers["actor"], out["actor"], "actor")
-            if "alpha" in optimizers:
-                out["alpha"] = loss.alpha_loss(meta["log_prob_jt"])  # dual temperature
-                self._step(optimizers["alpha"], out["alpha"], "alpha")
-            out["entropy"] = -meta["log_prob_jt"].mean()
+        """One call of the loss, one step per objective in order, then the targets; returns the
+        detached scalar outputs of the loss (``loss_*`` and metrics such as ``alpha``)."""
+        out = self.loss_module(sample)
+        for objective, optimizer in zip(self.objectives.values(), self._optimizers()):
+            self._step(optimizer, out[objective.loss_key], objective.loss_key)
         self.target_updater.step()
         self.updates += 1
-        return {k: v.detach() for k, v in out.items()}
+        return {k: v.detach().float().mean() for k, v in out.items() if v.numel() > 0}
+
+    def before_updates(self, frames: int) -> None:
+        """Called once per collected batch of ``frames`` frames, before its updates."""
+        if self.exploration is not None:
+            self.exploration.step(frames)  # anneal epsilon / sigma by the frames collected
+
+    def progress_metrics(self) -> dict[str, float]:
+        """Logged after every collected batch (and shown in the progress bar)."""
+        for name in ("eps", "sigma"):  # EGreedyModule / AdditiveGaussianModule, OU
+            if self.exploration is not None and hasattr(self.exploration, name):
+                return {f"train/{name}": float(getattr(self.exploration, name))}
+        return {}
 
     def training_step(self, batch: TensorDictBase, batch_idx: int) -> None:
         self.env_frames += batch.numel()
+        if self.process_batch is not None:
+            batch = self.process_batch(batch)
         self.buffer.extend(batch.reshape(-1))
-        if self.temperature is not None:
-            self.loss_module.alpha = self.temperature(self.env_frames)
+        self.before_updates(batch.numel())
         if len(self.buffer) >= self.collect.warmup_frames:
             for _ in range(self.collect.updates_per_batch):
                 metrics = self.update(self.sample())
-            self.log_dict(
-                {f"train/loss_{k}" if k != "entropy" else "train/entropy": v for k, v in metrics.items()},
-                batch_size=1,
-            )
+            self.log_dict({f"train/{k}": v for k, v in metrics.items()}, batch_size=1)
         self.log_dict(
             {
-                "train/alpha": float(self.loss_module.alpha_value),
+                **self.progress_metrics(),
                 "train/episode_reward": batch.get(("next", "reward")).float().mean(),
                 "env_frames": float(self.env_frames),
             },
@@ -449,3 +480,100 @@ class FOPLightningModule(L.LightningModule):
         self.eval_history.append((self.env_frames, episode_return, greedy_action))
         self.eval_win_rate = torch.cat(wins).mean().item() if wins else None
         return episode_return
+
+
+class FOPLightningModule(MARLLightningModule):
+    """Trains FOP with manual optimisation in Algorithm 1 order.
+
+    Args:
+        loss_module: the :class:`~fop_modules.FOPLoss` (holds every network).
+        policy: the stochastic actor used for collection (the same module given to the loss,
+            whose parameters the loss trains in place).
+        make_env: a picklable callable returning a fresh environment.
+        make_eval_env: callable ``(num_envs) -> env`` for greedy evaluation.
+        collect: :class:`CollectConfig`.
+        optim: :class:`OptimConfig` (``lr_qvalue``, ``lr_mixer``, ``lr_value``, ``lr_actor``,
+            ``lr_alpha`` are the objectives' rates).
+        temperature: schedule of alpha over env frames, or None for a learned alpha.
+        seed: seeds the collector's environments (the recipe seeds torch itself).
+    """
+
+    def __init__(
+        self,
+        loss_module: FOPLoss,
+        policy: nn.Module,
+        make_env: Callable[[], EnvBase],
+        make_eval_env: Callable[[int], EnvBase],
+        *,
+        collect: CollectConfig,
+        optim: OptimConfig,
+        temperature: TemperatureSchedule | None,
+        seed: int = 0,
+    ) -> None:
+        if temperature is None and not loss_module.learn_alpha:
+            raise ValueError(
+                "give a temperature schedule, or build FOPLoss with learn_alpha=True "
+                "(recipe: `~temperature algorithm.learn_alpha=true`)"
+            )
+        if temperature is not None and loss_module.learn_alpha:
+            raise ValueError(
+                "alpha is learned (learn_alpha=True): do not also give a schedule "
+                "(recipe: add `~temperature`)"
+            )
+        super().__init__(
+            loss_module, policy, self.fop_objectives(loss_module, optim), make_env, make_eval_env,
+            collect=collect, optim=optim, seed=seed,
+        )
+        self.temperature = temperature
+
+    @staticmethod
+    def fop_objectives(loss: FOPLoss, optim: OptimConfig) -> dict[str, Objective]:
+        """FOP's optimisers in Algorithm 1 order, rates from ``optim`` (the mixer in a group of
+        its own when ``optim.lr_mixer`` is set)."""
+        mixer = trainable(loss.mixer_params)
+        critics = trainable(loss.qvalue_network_params)
+        qvalue = (
+            [{"params": critics, "lr": optim.lr_qvalue}, {"params": mixer, "lr": optim.lr_mixer}]
+            if optim.lr_mixer is not None
+            else [{"params": critics + mixer, "lr": optim.lr_qvalue}]
+        )
+        objectives = {"qvalue": Objective("loss_qvalue", qvalue)}
+        if loss.value_network is not None:
+            objectives["value"] = Objective(
+                "loss_value", [{"params": trainable(loss.value_network_params), "lr": optim.lr_value}]
+            )
+        objectives["actor"] = Objective(
+            "loss_actor", [{"params": trainable(loss.actor_network_params), "lr": optim.lr_actor}]
+        )
+        if loss.learn_alpha:
+            objectives["alpha"] = Objective("loss_alpha", [{"params": [loss.log_alpha], "lr": optim.lr_alpha}])
+        return objectives
+
+    def before_updates(self, frames: int) -> None:
+        if self.temperature is not None:
+            self.loss_module.alpha = self.temperature(self.env_frames)
+
+    def progress_metrics(self) -> dict[str, float]:
+        return {"train/alpha": float(self.loss_module.alpha_value)}
+
+    def update(self, sample: TensorDictBase) -> dict[str, torch.Tensor]:
+        """One FOP update in Algorithm 1 order, each objective computed after the previous step;
+        returns the detached losses and the team entropy."""
+        optimizers = dict(zip(self.objectives, self._optimizers()))
+        loss = self.loss_module
+        out = {}
+        out["loss_qvalue"], _ = loss.qvalue_loss(sample)  # eq. (9)
+        self._step(optimizers["qvalue"], out["loss_qvalue"], "loss_qvalue")
+        if "value" in optimizers:
+            out["loss_value"], _ = loss.value_loss(sample)  # eq. (10)
+            self._step(optimizers["value"], out["loss_value"], "loss_value")
+        if self.env_frames >= self.collect.policy_warmup_frames:
+            out["loss_actor"], meta = loss.actor_loss(sample)  # eq. (11)
+            self._step(optimizers["actor"], out["loss_actor"], "loss_actor")
+            if "alpha" in optimizers:
+                out["loss_alpha"] = loss.alpha_loss(meta["log_prob_jt"])  # dual temperature
+                self._step(optimizers["alpha"], out["loss_alpha"], "loss_alpha")
+            out["entropy"] = -meta["log_prob_jt"].mean()
+        self.target_updater.step()
+        self.updates += 1
+        return {k: v.detach() for k, v in out.items()}

@@ -124,8 +124,13 @@ def discrete_actor(
     agent_id: bool = True,
     activation: type[nn.Module] = nn.ReLU,
     masked: bool = True,
+    neg_inf: float = float("-inf"),
 ) -> ProbabilisticActor:
     """Softmax policy pi_i(u_i | o_i) over available actions, shared across agents.
+
+    ``neg_inf`` is the logit of masked actions: -inf gives them probability 0 exactly (FOPLoss
+    masks its sums); a finite value (e.g. -18) keeps ``sum p log p`` finite for losses that do
+    not (TorchRL's ``DiscreteSACLoss``).
 
     Examples:
         >>> import torch
@@ -147,6 +152,7 @@ def discrete_actor(
         in_keys=dist_keys,
         out_keys=[ACTION_KEY],
         distribution_class=MaskedCategorical if masked else torch.distributions.Categorical,
+        distribution_kwargs={"neg_inf": neg_inf} if masked else None,
     )
 
 

@@ -53,7 +53,10 @@ def _heatmap(ax, table: torch.Tensor, title: str, vmin: float, vmax: float) -> N
 
 
 def matrix_game_tables(tables: dict, payoff: torch.Tensor, path: Path) -> Path | None:
-    """The payoff beside the learned Q_jt (2-agent games), Q_i in the caption (paper Table 1)."""
+    """The payoff beside the learned Q_jt (2-agent games), Q_i in the caption (paper Table 1);
+    None without a Q_jt (e.g. MASAC) or for more than 2 agents."""
+    if "q_jt" not in tables:
+        return None  # nothing to set beside the payoff; summary.json has Q_i
     q_jt = torch.tensor(tables["q_jt"])
     if q_jt.dim() != 2:
         return None  # a table per agent pair would be needed; summary.json has the numbers

@@ -1,20 +1,20 @@
-"""What a trained FOP agent has learned on the didactic games, as plain numbers.
+"""What a trained agent has learned on the didactic games, as plain numbers.
 
-``matrix_game_tables`` reads the learned Q_i, the Q_jt table over every joint action and the greedy
-joint action (paper Table 1b); ``differential_game_result`` reads the greedy actions and their
-payoff (paper Fig. 2). Both return JSON-ready dicts (they go into summary.json).
+``matrix_game_tables`` reads the learned Q_i, the Q_jt table over every joint action (where the
+method has one: FOP, QMIX, VDN) and the greedy joint action (paper Table 1b);
+``differential_game_result`` reads the greedy actions and their payoff (paper Fig. 2). Both
+return JSON-ready dicts (they go into summary.json).
 """
 
 from __future__ import annotations
 
 import itertools
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import torch
+from tensordict import TensorDictBase
 from torch import nn
 from torchrl.envs import ExplorationType, set_exploration_type
-
-from fop_modules.loss import FOPLoss
 
 if TYPE_CHECKING:
     from fop_modules.envs import DifferentialGameEnv, MatrixGameEnv
@@ -35,18 +35,22 @@ def greedy_action(policy: nn.Module, env) -> torch.Tensor:
 
 
 @torch.no_grad()
-def matrix_game_tables(loss: FOPLoss, env: MatrixGameEnv, policy: nn.Module | None = None) -> dict:
+def matrix_game_tables(
+    joint_q: Callable[[TensorDictBase], dict], env: MatrixGameEnv, policy: nn.Module | None = None
+) -> dict:
     """Learned Q_i, Q_jt over all joint actions, and the greedy joint action (as indices).
 
-    Q_i and Q_jt are twin 0's. The greedy joint action is each agent's argmax of pi_i, which under
-    IGO is also the argmax of Q_i (the policy is used when given, else argmax Q_i).
+    ``joint_q(batch)`` returns ``"q_i"`` [*B, N, A] and, where the method has them, ``"q_jt"``
+    [*B, 1] of the batch's joint actions and ``"v_i"`` [*B, N, 1] (``FOPLoss.joint_q``: twin
+    0's; ``Baseline.joint_q``). The greedy joint action is the policy's deterministic action when
+    given (FOP: each agent's argmax of pi_i, under IGO also the argmax of Q_i), else argmax Q_i.
     """
     td = env.reset()[:1]  # the game has one state
     n, a = env.n_agents, env.n_actions
     joint = torch.tensor(list(itertools.product(range(a), repeat=n)))  # [A^N, N]
     batch = td.expand(joint.shape[0]).clone()
     batch.set(("agents", "action"), joint)
-    out = loss.joint_q(batch)
+    out = joint_q(batch)
     q_i = out["q_i"][0]  # [N, A]
     mask = td.get(("agents", "action_mask"))[0]
     if policy is not None:
@@ -54,10 +58,13 @@ def matrix_game_tables(loss: FOPLoss, env: MatrixGameEnv, policy: nn.Module | No
     else:
         greedy = q_i.masked_fill(~mask, -torch.inf).argmax(-1)
     greedy = [int(u) for u in greedy]
+    tables = {"q_i": _round(q_i.masked_fill(~mask, torch.nan))}
+    if "v_i" in out:
+        tables["v_i"] = _round(out["v_i"][0].squeeze(-1))
+    if "q_jt" in out:
+        tables["q_jt"] = _round(out["q_jt"].reshape([a] * n))
     return {
-        "q_i": _round(q_i.masked_fill(~mask, torch.nan)),
-        "v_i": _round(out["v_i"][0].squeeze(-1)),
-        "q_jt": _round(out["q_jt"].reshape([a] * n)),
+        **tables,
         "greedy_joint_action": greedy,
         "greedy_payoff": float(env.payoff[tuple(greedy)]),
         "optimal_joint_action": list(env.optimal_joint_action()),
@@ -69,8 +76,10 @@ def format_matrix_game_tables(tables: dict, action_names: str = "ABCDEFGHIJ") ->
     lines = []
     for i, row in enumerate(tables["q_i"]):
         lines.append(f"Q_{i + 1} = [" + ", ".join(f"{round(q, 2) + 0.0:6.2f}" for q in row) + "]")
-    q_jt = torch.tensor(tables["q_jt"])
-    if q_jt.dim() == 2:
+    q_jt = torch.tensor(tables.get("q_jt", []))
+    if "q_jt" not in tables:
+        lines.append("Q_jt: none (this method learns no joint action value)")
+    elif q_jt.dim() == 2:
         names = action_names[: q_jt.shape[1]]
         lines.append("Q_jt:   " + "".join(f"{c:>8}" for c in names))
         for r, row in zip(names, q_jt.tolist()):

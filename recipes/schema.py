@@ -25,6 +25,7 @@ from hydra.utils import get_object, instantiate
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from fop_modules import baselines
 from fop_modules.lightning import CollectConfig, OptimConfig
 from fop_modules.temperature import ConstantTemperature, TemperatureSchedule
 
@@ -154,7 +155,7 @@ class RunConfig:
     seed: int = MISSING
     env: Any = MISSING
     temperature: Any = None  # null (`~temperature`): alpha is learned
-    algorithm: AlgorithmConfig = MISSING
+    algorithm: Any = MISSING  # FOP's AlgorithmConfig or a baseline's config: checked by validate
     collect: CollectConfig = MISSING
     optim: OptimConfig = MISSING
     trainer: Dict[str, Any] = MISSING  # lightning.Trainer arguments
@@ -168,7 +169,7 @@ class RunConfig:
 class Validated:
     """The typed sections of a validated run config."""
 
-    algorithm: AlgorithmConfig
+    algorithm: Any  # AlgorithmConfig (FOP and its ablations) or a baselines.ALGORITHMS config
     collect: CollectConfig
     optim: OptimConfig
     temperature: TemperatureSchedule | None
@@ -216,31 +217,8 @@ def check_target_keys(node: DictConfig, section: str) -> None:
             raise ConfigError(f"{section}.{key}: not an argument of {target}; allowed: {allowed}")
 
 
-def validate(cfg: DictConfig) -> Validated:
-    """Range and cross-key checks of a composed config; returns its typed sections.
-
-    Raises:
-        ConfigError: naming the first bad key (dotted path) and what is allowed.
-    """
-    typed = {}
-    for section, cls in (("algorithm", AlgorithmConfig), ("collect", CollectConfig), ("optim", OptimConfig)):
-        known = [f.name for f in fields(cls)]
-        for key in cfg[section]:  # `+section.key=...` appends past Hydra's struct check
-            if key not in known:
-                raise ConfigError(f"{section}.{key}: unknown key; known: {known}")
-        with startup_errors(section):  # __post_init__ checks the ranges of its own section
-            # merged onto the schema: a config read back from a run's config.yaml is untyped
-            values = OmegaConf.to_container(cfg[section], resolve=True)
-            typed[section] = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(cls), values))
-    algo, collect = typed["algorithm"], typed["collect"]
-
-    check_target_keys(cfg.env, "env")
-    num_envs = cfg.env.get("num_envs")
-    if isinstance(num_envs, int) and num_envs >= 1 and collect.frames_per_batch % num_envs:
-        raise ConfigError(
-            f"collect.frames_per_batch ({collect.frames_per_batch}) must be a multiple of "
-            f"env.num_envs ({num_envs}): every collector batch holds whole steps of all envs"
-        )
+def fop_temperature(cfg: DictConfig, algo: AlgorithmConfig, collect: CollectConfig) -> TemperatureSchedule | None:
+    """FOP's cross-key checks; returns its temperature schedule (None: alpha is learned)."""
     if (algo.recurrent or algo.recurrent_critic) and collect.sequence_length is None:
         raise ConfigError(
             "algorithm.recurrent / recurrent_critic need collect.sequence_length (slices of up to "
@@ -269,6 +247,75 @@ def validate(cfg: DictConfig) -> Validated:
         )
     else:
         temperature = None  # learned dual alpha
+    return temperature
+
+
+def is_baseline(algo: DictConfig) -> bool:
+    """Whether the algorithm section selects a baseline (``name`` in baselines.ALGORITHMS)."""
+    return algo.get("name") in baselines.ALGORITHMS
+
+
+def baseline_section(algo: DictConfig, collect: CollectConfig):
+    """The typed config of a baseline from its section.
+
+    Experiments hold FOP's settings (e.g. smax_authors: a GRU actor, TD(lambda)); a baseline keeps
+    its own keys, ignores FOP's other keys (and says so) and rejects unknown ones.
+    """
+    if collect.sequence_length is not None:
+        raise ConfigError(
+            f"algorithm={algo.name} replays transitions (MLP agents), but collect.sequence_length is "
+            f"{collect.sequence_length}: add collect.sequence_length=null"
+        )
+    cls = baselines.ALGORITHMS[algo.name]
+    known = {f.name for f in fields(cls)}
+    fop_keys = {f.name for f in fields(AlgorithmConfig)}
+    ignored = sorted((set(algo) - known - {"name"}) & fop_keys)
+    if ignored:
+        print(f"note: algorithm={algo.name} has MLP agents and ignores FOP's keys {ignored}", flush=True)
+    unknown = sorted(set(algo) - known - fop_keys)
+    if unknown:
+        raise ConfigError(f"algorithm.{unknown[0]}: unknown key for algorithm={algo.name}; known: {sorted(known)}")
+    values = OmegaConf.to_container(algo, resolve=True)
+    with startup_errors("algorithm", algo):
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+
+def validate(cfg: DictConfig) -> Validated:
+    """Range and cross-key checks of a composed config; returns its typed sections.
+
+    Raises:
+        ConfigError: naming the first bad key (dotted path) and what is allowed.
+    """
+    typed = {}
+    for section, cls in (("collect", CollectConfig), ("optim", OptimConfig), ("algorithm", AlgorithmConfig)):
+        if section == "algorithm" and is_baseline(cfg.algorithm):
+            typed[section] = baseline_section(cfg.algorithm, typed["collect"])
+            break
+        known = [f.name for f in fields(cls)]
+        for key in cfg[section]:  # `+section.key=...` appends past Hydra's struct check
+            if key not in known:
+                raise ConfigError(f"{section}.{key}: unknown key; known: {known}")
+        with startup_errors(section):  # __post_init__ checks the ranges of its own section
+            # merged onto the schema: a config read back from a run's config.yaml is untyped
+            values = OmegaConf.to_container(cfg[section], resolve=True)
+            try:
+                merged = OmegaConf.merge(OmegaConf.structured(cls), values)
+            except OmegaConfBaseException as error:  # a wrong type or choice: name the dotted key
+                raise ConfigError(f"{section}.{error.full_key}: {error.msg}") from None
+            typed[section] = OmegaConf.to_object(merged)
+    algo, collect = typed["algorithm"], typed["collect"]
+
+    check_target_keys(cfg.env, "env")
+    num_envs = cfg.env.get("num_envs")
+    if isinstance(num_envs, int) and num_envs >= 1 and collect.frames_per_batch % num_envs:
+        raise ConfigError(
+            f"collect.frames_per_batch ({collect.frames_per_batch}) must be a multiple of "
+            f"env.num_envs ({num_envs}): every collector batch holds whole steps of all envs"
+        )
+    if is_baseline(cfg.algorithm):
+        temperature = None  # the baselines' own (SAC: learned alpha); the temperature group is FOP's
+    else:
+        temperature = fop_temperature(cfg, algo, collect)
 
     trainer_args = inspect.signature(L.Trainer).parameters
     for key in cfg.trainer:

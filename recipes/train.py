@@ -1,8 +1,9 @@
-"""Train FOP with Hydra: `python recipes/train.py [+experiment=NAME] [key=value ...]`.
+"""Train FOP or a baseline with Hydra: `python recipes/train.py [+experiment=NAME] [algorithm=NAME] [key=value ...]`.
 
-Reads top to bottom: seed -> environment -> networks from the env's specs -> FOPLoss -> the
-Lightning module and trainer -> fit -> summary.json and plots in the run directory. The last
-line printed is `summary: <path to summary.json>`.
+Reads top to bottom: seed -> environment -> networks from the env's specs -> the loss (FOPLoss,
+or a TorchRL baseline from fop_modules.baselines: masac, maddpg, qmix, vdn) -> the Lightning
+module and trainer -> fit -> summary.json and plots in the run directory. The last line printed
+is `summary: <path to summary.json>`.
 """
 
 from __future__ import annotations
@@ -22,12 +23,12 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
 from torchrl.envs import Compose, TransformedEnv
 
-from fop_modules import FOPLoss, FOPMixer, LinearMixer, networks, plots, probes, recurrent
+from fop_modules import FOPLoss, FOPMixer, LinearMixer, baselines, networks, plots, probes, recurrent
 from fop_modules.checkpointing import AtomicCheckpointIO, EnvFrameCheckpoint, RNGCheckpoint
 from fop_modules.distributed import RankConsistency
 from fop_modules.envs import DifferentialGameEnv, MatrixGameEnv
 from fop_modules.envs.smac import StarCraftNotAvailable
-from fop_modules.lightning import FOPLightningModule
+from fop_modules.lightning import FOPLightningModule, MARLLightningModule
 from fop_modules.optional import MissingDependency, require
 
 import schema  # recipes/schema.py: the config's types (ConfigStore) and ranges (validate)
@@ -35,16 +36,16 @@ from schema import ConfigError, startup_errors
 
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
 schema.register()  # configs/config.yaml's defaults start with it: Hydra type-checks every key
-USER_ERRORS = (ConfigError, MissingDependency, StarCraftNotAvailable)  # one paragraph, exit 2
+USER_ERRORS = (ConfigError, MissingDependency, StarCraftNotAvailable, baselines.WrongActionSpace)  # one paragraph, exit 2
 ACTIVATIONS = {"relu": torch.nn.ReLU, "tanh": torch.nn.Tanh}  # algorithm.activation of the MLPs
 # `hydra.run.dir: ${if_null:${resume},<new dir>}`: a resumed run writes into the run it continues
 OmegaConf.register_new_resolver("if_null", lambda value, default: default if value is None else value, replace=True)
 
 
 def uses_gru(algo: DictConfig) -> bool:
-    """Whether the actor or the critic is recurrent (then the env needs the GRU transforms and
-    the replay needs sequences)."""
-    return bool(algo.recurrent or algo.recurrent_critic)
+    """Whether FOP's actor or critic is recurrent (then the env needs the GRU transforms and
+    the replay needs sequences); the baselines have MLP agents."""
+    return not schema.is_baseline(algo) and bool(algo.recurrent or algo.recurrent_critic)
 
 
 def make_env(env_cfg: DictConfig, algo: DictConfig, num_envs: int | None = None):
@@ -165,14 +166,23 @@ def train(cfg: DictConfig, run_dir: Path) -> Path | None:
             f"episode_limit is {cfg.episode_limit} in the config but {game.episode_limit} for "
             f"this env: set episode_limit={game.episode_limit}"
         )
-    with startup_errors("algorithm"):  # the networks' and FOPLoss's own checks
-        loss, policy = build_loss(env, typed.algorithm)
-    module = FOPLightningModule(
-        loss, policy,
-        make_env=partial(make_env, cfg.env, cfg.algorithm),
-        make_eval_env=partial(make_env, cfg.env, cfg.algorithm),
-        collect=typed.collect, optim=typed.optim, temperature=typed.temperature, seed=cfg.seed,
-    )
+    envs = {"make_env": partial(make_env, cfg.env, cfg.algorithm),
+            "make_eval_env": partial(make_env, cfg.env, cfg.algorithm)}
+    if schema.is_baseline(cfg.algorithm):
+        baseline = baselines.build_baseline(cfg.algorithm.name, env, typed.algorithm, typed.collect.total_frames)
+        policy, joint_q = baseline.policy, baseline.joint_q
+        module = MARLLightningModule(
+            baseline.loss, policy, baseline.objectives, **envs, collect=typed.collect, optim=typed.optim,
+            seed=cfg.seed, process_batch=baseline.process_batch, exploration=baseline.exploration,
+        )
+    else:
+        with startup_errors("algorithm"):  # the networks' and FOPLoss's own checks
+            loss, policy = build_loss(env, typed.algorithm)
+        joint_q = loss.joint_q
+        module = FOPLightningModule(
+            loss, policy, **envs, collect=typed.collect, optim=typed.optim,
+            temperature=typed.temperature, seed=cfg.seed,
+        )
     module.checkpoint_replay = cfg.checkpoint.replay_buffer
     ranks = RankConsistency()  # DDP: the ranks' parameters must end identical
     with startup_errors("trainer", cfg.trainer):  # Lightning's own checks (devices, accelerator)
@@ -206,7 +216,7 @@ def train(cfg: DictConfig, run_dir: Path) -> Path | None:
     # every greedy evaluation: [env frames, return, first env's greedy joint action]
     summary["eval_history"] = [[frames, ret, action] for frames, ret, action in curve]
     if isinstance(game, MatrixGameEnv):
-        tables = probes.matrix_game_tables(loss, env, policy)
+        tables = probes.matrix_game_tables(joint_q, env, policy)
         summary.update(tables)
         plots.matrix_game_tables(tables, env.payoff, run_dir / "q_tables.png")
         print(probes.format_matrix_game_tables(tables), flush=True)

@@ -47,10 +47,7 @@ def _compose(overrides: list[str]):
     [
         ("collect.frames=3", r"(?s)Key 'frames' not in 'CollectConfig'.*full_key: collect.frames"),
         ("collect.batch_size=abc", r"(?s)'abc'.*could not be converted to Integer.*full_key: collect.batch_size"),
-        ("algorithm.hidden=3", r"(?s)not a ListConfig.*full_key: algorithm.hidden"),
-        ("algorithm.gamma=high", r"(?s)could not be converted to Float.*full_key: algorithm.gamma"),
         ("optim.name=sgd", r"(?s)expected one of \[adam, rmsprop\].*full_key: optim.name"),
-        ("algorithm.decomposition=qmix", r"(?s)expected one of \[fop, linear\].*full_key: algorithm.decomposition"),
         ("logger=mlflow", r"(?s)expected one of \[csv, tensorboard, wandb\].*full_key: logger"),
     ],
 )
@@ -85,6 +82,10 @@ def test_unknown_group_choice_lists_the_available_ones(group):
         (["algorithm.td_lambda=2", "collect.sequence_length=1"], r"algorithm.td_lambda must be in \[0, 1\] or null"),
         (["algorithm.num_qvalue_nets=3"], r"algorithm.num_qvalue_nets must be 1 or 2, got 3"),
         (["algorithm.hidden=[64,0]"], r"algorithm.hidden must be a non-empty list of sizes >= 1"),
+        (["algorithm.hidden=3"], r"algorithm.hidden: .*not a ListConfig"),  # typed by validate: the
+        (["algorithm.gamma=high"], r"algorithm.gamma: .*could not be converted to Float"),  # section
+        (["algorithm.decomposition=qmix"], r"algorithm.decomposition: .*expected one of \[fop, linear\]"),  # may be a baseline's
+        (["algorithm.activation=gelu"], r"algorithm.activation: .*expected one of \[relu, tanh\]"),
         (["algorithm.target_entropy=high"], r"algorithm.target_entropy must be a number or 'auto'"),
         (["collect.batch_size=100000"], r"collect.batch_size \(100000\) .* larger than collect.buffer_size \(10000\)"),
         (["collect.warmup_frames=8"], r"collect.warmup_frames \(8\) must be >= collect.batch_size \(64\)"),

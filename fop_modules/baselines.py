@@ -1,0 +1,346 @@
+"""Baselines on FOP's pipeline, built from TorchRL's own losses: MASAC, MADDPG, QMIX and VDN.
+
+==========  =====================================  ==========  ==================================
+builder     TorchRL loss                           actions     exploration while collecting
+==========  =====================================  ==========  ==================================
+masac       ``SACLoss`` / ``DiscreteSACLoss``      both        its own stochastic policy
+maddpg      ``DDPGLoss``                           continuous  ``AdditiveGaussianModule``
+qmix, vdn   ``QMixerLoss`` + ``QMixer``/``VDNMixer``  discrete  ``EGreedyModule`` (masked)
+==========  =====================================  ==========  ==================================
+
+Every builder reads the env's specs and returns a :class:`Baseline`: the loss, the collection
+policy, the objectives for :class:`~fop_modules.lightning.MARLLightningModule` and what the loss
+needs of each batch. Actors and per-agent critics share parameters across agents with a one-hot
+agent id appended (:mod:`fop_modules.networks`); centralised critics are TorchRL's
+``MultiAgentMLP(centralized=True, share_params=True)`` over every agent's inputs, as BenchMARL's
+masac and maddpg. Per-agent critics (MASAC, MADDPG) learn the team reward, copied per agent by
+:func:`team_reward_per_agent`; QMIX and VDN learn Q_tot from the team reward at the root.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from tensordict import TensorDict, TensorDictBase
+from tensordict.nn import TensorDictModule, TensorDictSequential
+from torch import nn
+from torchrl.envs import EnvBase
+from torchrl.modules import (
+    AdditiveGaussianModule,
+    EGreedyModule,
+    MultiAgentMLP,
+    QMixer,
+    QValueModule,
+    TanhModule,
+    VDNMixer,
+)
+from torchrl.objectives import DDPGLoss, DiscreteSACLoss, LossModule, QMixerLoss, SACLoss, ValueEstimators
+
+from fop_modules import networks
+from fop_modules.lightning import Objective, trainable
+
+__all__ = [
+    "Baseline",
+    "WrongActionSpace",
+    "MASACConfig",
+    "MADDPGConfig",
+    "ValueDecompositionConfig",
+    "ALGORITHMS",
+    "build_baseline",
+    "masac",
+    "maddpg",
+    "value_decomposition",
+    "team_reward_per_agent",
+]
+
+OBS_KEY, ACTION_KEY, MASK_KEY = networks.OBS_KEY, networks.ACTION_KEY, networks.MASK_KEY
+MASK_LOGIT = -18.0  # masked actions' logit in the SAC actor (-inf gives NaN in sum p log p; BenchMARL's value)
+ANNEAL_SHARE = 1 / 3  # exploration anneals over this share of the run when not given (BenchMARL)
+
+
+class WrongActionSpace(ValueError):
+    """The algorithm does not apply to the env's actions (QMIX/VDN on continuous, MADDPG on
+    discrete); the message says what to use instead."""
+
+
+@dataclass
+class Baseline:
+    """What the recipe needs to train a baseline with ``MARLLightningModule``.
+
+    Attributes:
+        loss: the TorchRL loss (holds every network; target networks are built from it).
+        policy: the collection policy, exploration included.
+        objectives: ``name -> Objective`` (loss key, parameters, rate).
+        process_batch: applied to every collected batch before storage, or None.
+        exploration: the annealed exploration module inside ``policy``, or None.
+        joint_q: ``batch -> {"q_i": [*B, N, A], "q_jt": [*B, 1] (value decompositions)}`` for
+            discrete actions (the matrix game's tables), or None.
+    """
+
+    loss: LossModule
+    policy: nn.Module
+    objectives: dict[str, Objective]
+    process_batch: Callable[[TensorDictBase], TensorDictBase] | None = None
+    exploration: nn.Module | None = None
+    joint_q: Callable[[TensorDictBase], dict[str, torch.Tensor]] | None = field(default=None, repr=False)
+
+
+@dataclass
+class MASACConfig:
+    """Multi-agent SAC (BenchMARL's masac): see configs/algorithm/masac.yaml for each key."""
+
+    hidden: list[int] = field(default_factory=lambda: [256, 256])
+    agent_id: bool = True
+    centralised_critic: bool = True
+    num_qvalue_nets: int = 2
+    loss_function: str = "l2"
+    alpha_init: float = 1.0
+    fixed_alpha: bool = False
+    target_entropy: float | str = "auto"
+    discrete_target_entropy_weight: float = 0.2
+    gamma: float = 0.99
+    lr_actor: float = 3e-4
+    lr_qvalue: float = 3e-4
+    lr_alpha: float = 3e-4
+
+
+@dataclass
+class MADDPGConfig:
+    """MADDPG with a centralised critic (BenchMARL's maddpg): configs/algorithm/maddpg.yaml."""
+
+    hidden: list[int] = field(default_factory=lambda: [256, 256])
+    agent_id: bool = True
+    loss_function: str = "l2"
+    gamma: float = 0.99
+    lr_actor: float = 3e-4
+    lr_qvalue: float = 3e-4
+    sigma_init: float = 1.0
+    sigma_end: float = 0.1
+    anneal_frames: int | None = None
+
+
+@dataclass
+class ValueDecompositionConfig:
+    """QMIX / VDN agents and mixer: configs/algorithm/qmix.yaml and vdn.yaml."""
+
+    hidden: list[int] = field(default_factory=lambda: [64, 64])
+    agent_id: bool = True
+    mixing_embed_dim: int = 32
+    loss_function: str = "l2"
+    gamma: float = 0.99
+    lr: float = 5e-4
+    eps_init: float = 1.0
+    eps_end: float = 0.05
+    anneal_frames: int | None = None
+
+
+def team_reward_per_agent(batch: TensorDictBase) -> TensorDictBase:
+    """Copies the team ``("next", "reward"/"done"/"terminated")`` [*B, 1] to every agent,
+    ``("next", "agents", key)`` [*B, N, 1]: per-agent critics' TD targets need reward, done and
+    value of one shape (as BenchMARL's ``process_batch``).
+
+    Examples:
+        >>> import torch
+        >>> from tensordict import TensorDict
+        >>> batch = TensorDict({"next": {"reward": torch.tensor([[2.0]]),
+        ...     "done": torch.ones(1, 1, dtype=torch.bool), "terminated": torch.ones(1, 1, dtype=torch.bool),
+        ...     "agents": TensorDict({}, [1, 3])}}, [1])
+        >>> team_reward_per_agent(batch)["next", "agents", "reward"].shape
+        torch.Size([1, 3, 1])
+    """
+    agents = batch.get(("next", "agents")).batch_size  # [*B, N]
+    for key in ("reward", "done", "terminated"):
+        value = batch.get(("next", key))  # [*B, 1]
+        batch.set(("next", "agents", key), value.unsqueeze(-2).expand(*agents, value.shape[-1]))
+    return batch
+
+
+def _sizes(env: EnvBase) -> tuple[int, int, int, bool]:
+    """(n_agents, obs_dim, state_dim, discrete) from the env's specs."""
+    obs = env.full_observation_spec[OBS_KEY]
+    action = env.full_action_spec[ACTION_KEY]
+    discrete = action.dtype in (torch.int64, torch.int32)
+    return obs.shape[-2], obs.shape[-1], env.full_observation_spec["state"].shape[-1], discrete
+
+
+def _centralised(n_in: int, n_out: int, n_agents: int, hidden: list[int]) -> MultiAgentMLP:
+    """A critic that reads every agent's inputs and writes one output per agent (shared)."""
+    return MultiAgentMLP(
+        n_agent_inputs=n_in, n_agent_outputs=n_out, n_agents=n_agents, centralized=True,
+        share_params=True, depth=len(hidden), num_cells=list(hidden), activation_class=nn.ReLU,
+    )
+
+
+def _per_agent_keys(loss: LossModule, **keys) -> None:
+    """Per-agent reward and done (written by :func:`team_reward_per_agent`)."""
+    loss.set_keys(
+        reward=("agents", "reward"), done=("agents", "done"), terminated=("agents", "terminated"), **keys
+    )
+
+
+def masac(env: EnvBase, cfg: MASACConfig) -> Baseline:
+    """Multi-agent SAC: TorchRL's ``SACLoss`` (tanh-Gaussian) or ``DiscreteSACLoss`` (masked
+    softmax), a shared actor with agent id, a centralised or per-agent critic."""
+    n_agents, obs_dim, _, discrete = _sizes(env)
+    action_spec = env.full_action_spec[ACTION_KEY]
+    net = {"hidden": list(cfg.hidden), "agent_id": cfg.agent_id}
+    if discrete:
+        n_actions = action_spec.space.n
+        masked = MASK_KEY in env.full_observation_spec.keys(True)
+        actor = networks.discrete_actor(n_agents, obs_dim, n_actions, masked=masked, neg_inf=MASK_LOGIT, **net)
+        if cfg.centralised_critic:
+            critic = TensorDictModule(_centralised(obs_dim, n_actions, n_agents, cfg.hidden),
+                                      in_keys=[OBS_KEY], out_keys=[("agents", "action_value")])
+        else:
+            critic = networks.discrete_critic(n_agents, obs_dim, n_actions, **net)
+        loss = DiscreteSACLoss(
+            actor, critic, action_space="categorical", num_actions=n_actions,
+            num_qvalue_nets=cfg.num_qvalue_nets, loss_function=cfg.loss_function,
+            alpha_init=cfg.alpha_init, fixed_alpha=cfg.fixed_alpha,
+            target_entropy_weight=cfg.discrete_target_entropy_weight, target_entropy=cfg.target_entropy,
+        )
+        _per_agent_keys(loss, action_value=("agents", "action_value"), action=ACTION_KEY)
+    else:
+        action_dim = action_spec.shape[-1]
+        low, high = action_spec.space.low.min().item(), action_spec.space.high.max().item()
+        actor = networks.continuous_actor(n_agents, obs_dim, action_dim, low=low, high=high, **net)
+        if cfg.centralised_critic:
+            critic = TensorDictModule(_centralised(obs_dim + action_dim, 1, n_agents, cfg.hidden),
+                                      in_keys=[OBS_KEY, ACTION_KEY], out_keys=[("agents", "state_action_value")])
+        else:
+            critic = networks.continuous_critic(n_agents, obs_dim, action_dim, **net)
+        # "auto": SAC's -dim(action) per agent (log pi_i is per agent here, not of the joint action)
+        target = -float(action_dim) if cfg.target_entropy == "auto" else float(cfg.target_entropy)
+        loss = SACLoss(
+            actor, critic, num_qvalue_nets=cfg.num_qvalue_nets, loss_function=cfg.loss_function,
+            alpha_init=cfg.alpha_init, fixed_alpha=cfg.fixed_alpha, target_entropy=target,
+        )
+        _per_agent_keys(loss, state_action_value=("agents", "state_action_value"), action=ACTION_KEY)
+    loss.make_value_estimator(ValueEstimators.TD0, gamma=cfg.gamma)
+    objectives = {
+        "actor": Objective("loss_actor", [{"params": trainable(loss.actor_network_params), "lr": cfg.lr_actor}]),
+        "qvalue": Objective("loss_qvalue", [{"params": trainable(loss.qvalue_network_params), "lr": cfg.lr_qvalue}]),
+    }
+    if not cfg.fixed_alpha:
+        objectives["alpha"] = Objective("loss_alpha", [{"params": [loss.log_alpha], "lr": cfg.lr_alpha}])
+
+    def joint_q(batch: TensorDictBase) -> dict[str, torch.Tensor]:
+        with loss.qvalue_network_params[0].to_module(loss.qvalue_network):  # twin 0
+            return {"q_i": loss.qvalue_network(batch.clone()).get(("agents", "action_value"))}
+
+    return Baseline(loss, actor, objectives, process_batch=team_reward_per_agent,
+                    joint_q=joint_q if discrete else None)
+
+
+def maddpg(env: EnvBase, cfg: MADDPGConfig, total_frames: int) -> Baseline:
+    """MADDPG: TorchRL's ``DDPGLoss`` with a deterministic shared actor (tanh onto the action
+    box), a centralised critic Q(o_1..o_N, u_1..u_N) per agent and additive Gaussian noise."""
+    n_agents, obs_dim, _, discrete = _sizes(env)
+    if discrete:
+        raise WrongActionSpace(_wrong_actions("maddpg", env, "discrete", "masac, qmix or vdn (or fop)"))
+    action_spec = env.full_action_spec_unbatched[ACTION_KEY]  # [N, d]: any number of envs
+    action_dim = action_spec.shape[-1]
+    mlp = networks.AgentMLP(obs_dim, action_dim, n_agents, hidden=cfg.hidden, agent_id=cfg.agent_id,
+                            last_layer_scale=0.01)  # start near the centre of the box, as FOP's actor
+    actor = TensorDictSequential(
+        TensorDictModule(mlp, in_keys=[OBS_KEY], out_keys=[("agents", "param")]),
+        TanhModule(in_keys=[("agents", "param")], out_keys=[ACTION_KEY], spec=action_spec),
+    )
+    noise = AdditiveGaussianModule(
+        spec=action_spec, sigma_init=cfg.sigma_init, sigma_end=cfg.sigma_end,
+        annealing_num_steps=cfg.anneal_frames or int(total_frames * ANNEAL_SHARE), action_key=ACTION_KEY,
+    )
+    critic = TensorDictModule(_centralised(obs_dim + action_dim, 1, n_agents, cfg.hidden),
+                              in_keys=[OBS_KEY, ACTION_KEY], out_keys=[("agents", "state_action_value")])
+    loss = DDPGLoss(actor, critic, loss_function=cfg.loss_function, delay_value=True)
+    _per_agent_keys(loss, state_action_value=("agents", "state_action_value"))
+    loss.make_value_estimator(ValueEstimators.TD0, gamma=cfg.gamma)
+    objectives = {
+        "actor": Objective("loss_actor", [{"params": trainable(loss.actor_network_params), "lr": cfg.lr_actor}]),
+        "qvalue": Objective("loss_value", [{"params": trainable(loss.value_network_params), "lr": cfg.lr_qvalue}]),
+    }
+    return Baseline(loss, TensorDictSequential(actor, noise), objectives,
+                    process_batch=team_reward_per_agent, exploration=noise)
+
+
+def value_decomposition(
+    env: EnvBase, cfg: ValueDecompositionConfig, total_frames: int, mixer: str = "qmix"
+) -> Baseline:
+    """QMIX (``mixer="qmix"``: monotonic mixer on the state) or VDN (``"vdn"``: the sum):
+    TorchRL's ``QMixerLoss`` on shared per-agent Q networks with agent id, greedy over the
+    available actions, epsilon-greedy while collecting."""
+    n_agents, obs_dim, state_dim, discrete = _sizes(env)
+    if mixer not in ("qmix", "vdn"):
+        raise ValueError(f"mixer must be 'qmix' or 'vdn', got {mixer!r}")
+    if not discrete:
+        raise WrongActionSpace(_wrong_actions(mixer, env, "continuous", "masac or maddpg (or fop)"))
+    action_spec = env.full_action_spec_unbatched[ACTION_KEY]  # [N]: any number of envs
+    masked = MASK_KEY in env.full_observation_spec.keys(True)
+    mask_key = MASK_KEY if masked else None
+    critic = networks.discrete_critic(n_agents, obs_dim, action_spec.space.n, hidden=cfg.hidden,
+                                      agent_id=cfg.agent_id)  # ("agents", "action_value") [*B, N, A]
+    local = TensorDictSequential(critic, QValueModule(
+        action_space="categorical", action_value_key=("agents", "action_value"), action_mask_key=mask_key,
+        out_keys=[ACTION_KEY, ("agents", "action_value"), ("agents", "chosen_action_value")],
+    ))
+    if mixer == "qmix":
+        mixer_net, in_keys = QMixer(state_shape=(state_dim,), mixing_embed_dim=cfg.mixing_embed_dim,
+                                    n_agents=n_agents, device="cpu"), [("agents", "chosen_action_value"), "state"]
+    else:
+        mixer_net, in_keys = VDNMixer(n_agents=n_agents, device="cpu"), [("agents", "chosen_action_value")]
+    mixer_module = TensorDictModule(mixer_net, in_keys=in_keys, out_keys=["chosen_action_value"])  # Q_tot [*B, 1]
+    loss = QMixerLoss(local, mixer_module, loss_function=cfg.loss_function, delay_value=True,
+                      action_space="categorical")
+    loss.set_keys(action_value=("agents", "action_value"), local_value=("agents", "chosen_action_value"),
+                  global_value="chosen_action_value", action=ACTION_KEY)
+    loss.make_value_estimator(ValueEstimators.TD0, gamma=cfg.gamma)
+    egreedy = EGreedyModule(
+        spec=action_spec, eps_init=cfg.eps_init, eps_end=cfg.eps_end,
+        annealing_num_steps=cfg.anneal_frames or int(total_frames * ANNEAL_SHARE),
+        action_key=ACTION_KEY, action_mask_key=mask_key,
+    )
+    params = trainable(loss.local_value_network_params, loss.mixer_network_params)
+    objectives = {"qvalue": Objective("loss", [{"params": params, "lr": cfg.lr}])}
+
+    def joint_q(batch: TensorDictBase) -> dict[str, torch.Tensor]:
+        """Q_i of every action and Q_tot of the batch's joint actions (VDN: Q_tot = sum_i Q_i)."""
+        with loss.local_value_network_params.to_module(loss.local_value_network):
+            q_i = loss.local_value_network[0](batch.clone()).get(("agents", "action_value"))  # [*B, N, A]
+        chosen = q_i.gather(-1, batch.get(ACTION_KEY).unsqueeze(-1))  # [*B, N, 1]
+        td = TensorDict({("agents", "chosen_action_value"): chosen, "state": batch.get("state")},
+                        batch.batch_size)
+        with loss.mixer_network_params.to_module(loss.mixer_network):
+            return {"q_i": q_i, "q_jt": loss.mixer_network(td).get("chosen_action_value")}
+
+    return Baseline(loss, TensorDictSequential(local, egreedy), objectives, exploration=egreedy, joint_q=joint_q)
+
+
+def _wrong_actions(name: str, env: EnvBase, space: str, instead: str) -> str:
+    needs = "continuous" if space == "discrete" else "discrete"
+    return (f"algorithm={name} needs {needs} actions, but {type(env).__name__} has {space} actions "
+            f"{ACTION_KEY}: use algorithm={instead} instead")
+
+
+ALGORITHMS = {"masac": MASACConfig, "maddpg": MADDPGConfig, "qmix": ValueDecompositionConfig,
+              "vdn": ValueDecompositionConfig}
+"""Baseline names (the recipe's ``algorithm.name``) and their config dataclasses."""
+
+
+def build_baseline(name: str, env: EnvBase, cfg, total_frames: int) -> Baseline:
+    """The named baseline for ``env`` from its typed config (one of :data:`ALGORITHMS`).
+
+    Examples:
+        >>> from fop_modules.envs import MatrixGameEnv
+        >>> baseline = build_baseline("vdn", MatrixGameEnv(), ValueDecompositionConfig(), 1000)
+        >>> sorted(baseline.objectives)
+        ['qvalue']
+    """
+    if name == "masac":
+        return masac(env, cfg)
+    if name == "maddpg":
+        return maddpg(env, cfg, total_frames)
+    if name in ("qmix", "vdn"):
+        return value_decomposition(env, cfg, total_frames, mixer=name)
+    raise ValueError(f"unknown baseline {name!r}; known: {sorted(ALGORITHMS)}")
