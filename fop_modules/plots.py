@@ -123,14 +123,27 @@ def matrix_game_panels(runs: dict[str, list[dict]], payoff: torch.Tensor, path: 
     optimum = list(torch.unravel_index(payoff.argmax(), payoff.shape))
     optimum = [int(i) for i in optimum]
     vmin, vmax = float(payoff.min()), float(payoff.max())
-    fig, axes = plt.subplots(1, 1 + len(runs), figsize=(3.6 * (1 + len(runs)), 4.2), squeeze=False,
+    panels = 1 + len(runs)
+    ncols = min(4, panels)
+    nrows = -(-panels // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.8 * ncols, 4.3 * nrows), squeeze=False,
                              layout="constrained")
-    _heatmap(axes[0, 0], payoff, "payoff", vmin, vmax)
-    for ax, (name, summaries) in zip(axes[0, 1:], runs.items()):
-        q_jt = torch.tensor([s["q_jt"] for s in summaries]).mean(0)
+    axes = axes.flatten()
+    for ax in axes[panels:]:
+        ax.axis("off")
+    _heatmap(axes[0], payoff, "payoff", vmin, vmax)
+    for ax, (name, summaries) in zip(axes[1:], runs.items()):
         hits = sum(s["greedy_joint_action"] == optimum for s in summaries)
-        _heatmap(ax, q_jt, f"{name}\noptimum in {hits}/{len(summaries)} seeds", vmin, vmax)
-    fig.suptitle("learned $Q_{jt}$, mean over seeds")
+        title = f"{name}\noptimum in {hits}/{len(summaries)} seeds"
+        if all("q_jt" in s for s in summaries):
+            _heatmap(ax, torch.tensor([s["q_jt"] for s in summaries]).mean(0), title, vmin, vmax)
+        else:  # a method without a joint action value (MASAC): where the seeds' greedy actions end
+            counts = torch.zeros(payoff.shape)
+            for s in summaries:
+                counts[tuple(s["greedy_joint_action"])] += 1
+            _heatmap(ax, counts, f"{name}: no $Q_{{jt}}$; seeds per greedy\njoint action, optimum in {hits}/{len(summaries)}",
+                     0, len(summaries))
+    fig.suptitle("learned $Q_{jt}$ (joint action value), mean over seeds")
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
@@ -142,7 +155,8 @@ def differential_game_panels(runs: dict[str, list[dict]], env, path: Path, toler
     global optimum in every coordinate.
 
     Args:
-        runs: algorithm name -> the summary.json dicts of its seeds (with ``eval_history``).
+        runs: algorithm name -> the summary.json dicts of its seeds (paths from ``eval_history``
+            where present; the final greedy actions always).
         env (DifferentialGameEnv): the 2-agent game they ran on.
         path: the PNG to write.
         tolerance: distance per coordinate that counts as reaching the optimum.
@@ -150,15 +164,22 @@ def differential_game_panels(runs: dict[str, list[dict]], env, path: Path, toler
     if env.n_agents != 2:
         raise ValueError(f"differential_game_panels draws 2-agent games, got {env.n_agents} agents")
     optimum, _ = env.global_optimum()
-    fig, axes = plt.subplots(1, len(runs), figsize=(5.0 * len(runs), 4.2), squeeze=False,
+    ncols = min(3, len(runs))
+    nrows = -(-len(runs) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, 4.4 * nrows), squeeze=False,
                              layout="constrained")
-    for ax, (name, summaries) in zip(axes[0], runs.items()):
+    axes = axes.flatten()
+    for ax in axes[len(runs):]:
+        ax.axis("off")
+    for ax, (name, summaries) in zip(axes, runs.items()):
         _payoff_surface(ax, env, fig)
         for summary in summaries:
-            points = torch.tensor([h[2] for h in summary["eval_history"]]).reshape(-1, 2)
-            ax.plot(points[:, 0], points[:, 1], "-", color="white", lw=0.8, alpha=0.8)
-            ax.plot(*points[-1], "*", color="red", ms=11)
-        ax.plot(*points[0], "s", color="orange", ms=7)  # every run starts near the same point
+            history = summary.get("eval_history")  # absent from summaries of older runs
+            if history:
+                points = torch.tensor([h[2] for h in history]).reshape(-1, 2)
+                ax.plot(points[:, 0], points[:, 1], "-", color="white", lw=0.8, alpha=0.8)
+                ax.plot(*points[0], "s", color="orange", ms=7)
+            ax.plot(*summary["greedy_action"], "*", color="red", ms=11)
         hits = sum(
             all(abs(u - o) < tolerance for u, o in zip(s["greedy_action"], optimum)) for s in summaries
         )

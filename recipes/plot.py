@@ -75,7 +75,7 @@ def finished_summaries(runs: list[Path]) -> dict[str, list[dict]]:
     for run in runs:
         if (run / "summary.json").exists():
             summary = json.loads((run / "summary.json").read_text())
-            groups[summary.get("algorithm", "fop")].append(summary)
+            groups[summary.get("algorithm") or run_name(run, "algorithm")].append(summary)
     if not groups:
         raise FileNotFoundError("none of these runs has finished (no summary.json)")
     return dict(sorted(groups.items()))
