@@ -11,8 +11,7 @@ the map's limit sampled from the module's own replay buffer (benchmarks/smac_sha
 ``bare f+b`` runs the same networks once on the same batch with no loss around them: the actor's
 GRU unroll, each twin critic on the root and next steps, each twin mixer, and one backward of the
 sum. ``ratio`` = update / bare f+b (the loss's overhead: target networks, TD(lambda), several
-objectives, optimiser steps). ``--agents`` swaps the maps for MMM with 2..64 agents
-(per-agent sizes fixed) and fits the scaling exponent of the update time.
+objectives, optimiser steps).
 """
 
 from __future__ import annotations
@@ -66,7 +65,6 @@ def main() -> None:
     parser.add_argument("--maps", nargs="+", default=["MMM", "MMM2", "3s_vs_3z", "2c_vs_64zg"])
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--repeats", type=int, default=7, help="timed updates (median)")
-    parser.add_argument("--agents", type=int, nargs="*", help="scaling: MMM shapes with these agent counts")
     args = parser.parse_args()
     torch.manual_seed(0)
     print(f"FOP update, authors' SMAC config, batch 32 episodes; median of {args.repeats}")
