@@ -1,0 +1,80 @@
+"""SMAC-shaped FOP learners and synthetic episodes for the benchmarks, built by the real pipeline.
+
+The learner comes from ``recipes/train.py`` (``make_env`` + ``build_loss`` + ``FOPLightningModule``)
+with ``+experiment=smac_<map>`` and ``env.backend=fake`` (the stand-in game has the real maps'
+observation, state and action sizes). Episodes are random tensors with the env's own keys, shapes
+and dtypes (``env.fake_tensordict()``), stored through the module's replay buffer and sampled
+with its ``SliceSampler`` exactly as in training.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from hydra import compose, initialize_config_dir  # noqa: E402
+
+from fop_modules.lightning import CollectConfig, FOPLightningModule, OptimConfig  # noqa: E402
+from recipes.train import build_loss, make_env, typed  # noqa: E402
+
+MAPS = {"MMM": "smac_mmm", "MMM2": "smac_mmm2", "3s_vs_3z": "smac_3s_vs_3z", "2c_vs_64zg": "smac_2c_vs_64zg"}
+
+
+def config(map_name: str, overrides: list[str] = ()):
+    """The authors' SMAC config for one map (fake backend), with Hydra overrides."""
+    with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
+        return compose("config", [f"+experiment={MAPS[map_name]}", "env.backend=fake", *overrides])
+
+
+def learner(map_name: str, overrides: list[str] = ()) -> tuple[FOPLightningModule, object]:
+    """(module with its optimisers attached, env) in the authors' configuration for ``map_name``."""
+    cfg = config(map_name, overrides)
+    env = make_env(cfg.env, cfg.algorithm)
+    loss, policy = build_loss(env, cfg.algorithm)
+    module = FOPLightningModule(
+        loss, policy, make_env=None, make_eval_env=None,
+        collect=typed(CollectConfig, cfg.collect, "collect"),
+        optim=typed(OptimConfig, cfg.optim, "optim"),
+        temperature=None if cfg.algorithm.learn_alpha else (lambda frames: 0.5),
+    )
+    optimizers = module.configure_optimizers()
+    module.optimizers = lambda: optimizers  # what Lightning's fit() would hand back
+    module.manual_backward = lambda loss: loss.backward()
+    module.clip_gradients = lambda opt, gradient_clip_val: torch.nn.utils.clip_grad_norm_(
+        [p for g in opt.param_groups for p in g["params"]], gradient_clip_val)
+    return module, env
+
+
+def episode(env, length: int, traj_id: int, generator: torch.Generator) -> "TensorDictBase":
+    """One random episode [length] with the env's keys and dtypes, as the collector writes it
+    (``is_init`` at its first step, ``done`` at its last, ``("collector", "traj_ids")``)."""
+    template = env.fake_tensordict()
+    td = template.expand(length).clone()
+    for key, value in td.items(True, True):
+        if value.dtype.is_floating_point:
+            value.copy_(torch.rand(value.shape, generator=generator))
+        else:
+            value.zero_()
+    n_actions = td["agents", "action_mask"].shape[-1]
+    td["agents", "action"] = torch.randint(n_actions, td["agents", "action"].shape, generator=generator)
+    td["agents", "action_mask"].fill_(True)
+    td["next", "agents", "action_mask"].fill_(True)
+    td["is_init"][0] = True
+    for key in ("done", "terminated"):
+        td["next", key][-1] = True
+    td["collector", "traj_ids"] = torch.full((length,), traj_id)
+    return td
+
+
+def fill(module: FOPLightningModule, env, episodes: int, seed: int = 0) -> None:
+    """Extends the module's replay buffer by ``episodes`` episodes of random lengths up to the limit."""
+    generator = torch.Generator().manual_seed(seed)
+    limit = module.collect.sequence_length
+    for i in range(episodes):
+        length = int(torch.randint(1, limit + 1, (), generator=generator))
+        module.buffer.extend(episode(env, length, i, generator))
