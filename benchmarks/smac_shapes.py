@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import torch
+from tensordict import TensorDictBase
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "recipes"))
@@ -54,7 +55,7 @@ def learner(map_name: str, overrides: list[str] = ()) -> tuple[FOPLightningModul
     return module, env
 
 
-def episode(env, length: int, traj_id: int, generator: torch.Generator) -> "TensorDictBase":
+def episode(env, length: int, traj_id: int, generator: torch.Generator) -> TensorDictBase:
     """One random episode [length] with the env's keys and dtypes, as the collector writes it
     (``is_init`` at its first step, ``done`` at its last, ``("collector", "traj_ids")``)."""
     template = env.fake_tensordict()
