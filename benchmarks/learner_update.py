@@ -9,8 +9,8 @@ timed call is ``FOPLightningModule.update`` on a batch of 32 whole episodes of r
 the map's limit sampled from the module's own replay buffer (benchmarks/smac_shapes.py).
 
 ``bare f+b`` runs the same networks once on the same batch with no loss around them: the actor's
-GRU unroll, each twin critic on the root and next steps, each twin mixer, and one backward of the
-sum. ``ratio`` = update / bare f+b (the loss's overhead: target networks, TD(lambda), several
+GRU unroll (over slices grouped by length, as the loss does), then on the real (unpadded) steps
+each twin critic on the root and next steps and each twin mixer, and one backward of the sum. ``ratio`` = update / bare f+b (the loss's overhead: target networks, TD(lambda), several
 objectives, optimiser steps).
 """
 
@@ -37,16 +37,16 @@ def timed(fn, repeats: int) -> float:
 
 def bare_forward_backward(module, batch) -> None:
     loss = module.loss_module
-    with loss._unrolled(batch) as seq:
-        total = 0.0
-        total = total + loss._policy(seq)[1].sum()
+    with loss.shared_unroll(batch) as seq:
+        rows = loss._rows(seq)  # the real (unpadded) steps, as the update computes them
+        total = loss._policy(rows)[1].sum()
         for k in range(loss.num_qvalue_nets):
-            q = loss._critic(seq, loss.qvalue_network_params, k)
-            q_next = loss._critic(seq.get("next"), loss.qvalue_network_params, k)
-            action = seq.get(loss.tensor_keys.action)
+            q = loss._critic(rows, loss.qvalue_network_params, k)
+            q_next = loss._critic(rows.get("next"), loss.qvalue_network_params, k)
+            action = rows.get(loss.tensor_keys.action)
             q_i = loss._chosen(q, action)
             v_i = q.mean(-1, keepdim=True)
-            q_jt = loss._mix(loss.mixer_params, k, q_i, v_i, seq, action)[0]
+            q_jt = loss._mix(loss.mixer_params, k, q_i, v_i, rows, action)[0]
             total = total + q_jt.sum() + q_next.sum()
     total.backward()
 

@@ -219,9 +219,11 @@ class FOPLoss(LossModule):
         mixers = _twins(mixer, num_qvalue_nets)
         self.n_agents = mixers[0].n_agents
         self.convert_to_functional(actor_network, "actor_network")
-        # A GRU actor (fop_modules.recurrent) is unrolled once per objective over [B, T] slices.
+        # A GRU actor (fop_modules.recurrent) is unrolled over [B, T] slices once per objective, or
+        # once for all of them inside `shared_unroll`.
         self._encoders = [encoder] if (encoder := find_encoder(self.actor_network)) else []
         self._sequence: TensorDictBase | None = None  # the [B, T] batch being unrolled
+        self._sequence_rows: TensorDictBase | None = None  # its valid steps, flat (see `_rows`)
         # Twins are stacked along a leading dim of their params (one module: no stacking, since
         # tensordict's stacking of a single module gives non-leaf tensors); see `_twin`.
         twin_dim = num_qvalue_nets if num_qvalue_nets > 1 else None
@@ -337,8 +339,8 @@ class FOPLoss(LossModule):
         """Yields ``tensordict`` with a recurrent actor's embeddings for the root and ``"next"``
         steps (one batched GRU unroll with the current parameters); unchanged without a GRU. A
         recurrent critic reads the yielded batch to unroll itself with whichever parameters."""
-        if not self._encoders and not self._critic_encoders:
-            yield tensordict
+        if (not self._encoders and not self._critic_encoders) or tensordict is self._sequence:
+            yield tensordict  # nothing to unroll, or already unrolled (inside `shared_unroll`)
             return
         if tensordict.batch_dims != 2:
             raise ValueError(
@@ -349,15 +351,54 @@ class FOPLoss(LossModule):
         if self._encoders:
             encoder = self._encoders[0]
             with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
+                valid = self._valid_steps(tensordict)
                 with self.actor_network_params.to_module(self.actor_network):
-                    unrolled = encoder.unroll(tensordict)
+                    unrolled = encoder.unroll(tensordict, None if valid is None else valid.sum(-1))
             precomputed = encoder.precomputed()
-        outer, self._sequence = self._sequence, unrolled
+        outer = self._sequence, self._sequence_rows
+        self._sequence, self._sequence_rows = unrolled, None
         try:
             with precomputed:
                 yield unrolled
         finally:
-            self._sequence = outer
+            self._sequence, self._sequence_rows = outer
+
+    def shared_unroll(self, tensordict: TensorDictBase):
+        """Context manager: unrolls a recurrent actor once (with gradients) for several objectives.
+
+        ``with loss.shared_unroll(batch) as seq:`` then ``loss.qvalue_loss(seq)``,
+        ``loss.actor_loss(seq)``, ... reuse that one unroll instead of unrolling per objective
+        (:meth:`forward` and ``FOPLightningModule.update`` do this). Valid while the actor's
+        parameters do not change inside the block: step the actor's optimiser last in it. Without
+        a recurrent network it yields ``tensordict`` unchanged.
+        """
+        return self._unrolled(tensordict, grad=True)
+
+    def _valid_steps(self, tensordict: TensorDictBase) -> Tensor | None:
+        """The [B, T] mask of real (not padded) steps of a slice batch, or None."""
+        if tensordict.batch_dims != 2:
+            return None
+        for key in self._loss_mask_keys():
+            mask = tensordict.get(key, None)
+            if mask is not None:
+                return mask.reshape(tensordict.batch_size)
+        return None
+
+    def _rows(self, tensordict: TensorDictBase) -> TensorDictBase:
+        """The real steps of a padded [B, T] slice batch as one flat [M] batch, for the networks
+        and losses (so nothing is computed on padding; a mean over the M rows is the masked mean
+        over [B, T]). Computed once per unrolled batch. Other batches, and batches read by a
+        recurrent critic (it unrolls over [B, T]), are returned unchanged."""
+        mask = self._valid_steps(tensordict)
+        if mask is None or self._critic_encoders:
+            return tensordict
+        if tensordict is self._sequence and self._sequence_rows is not None:
+            return self._sequence_rows
+        keys = [*self.in_keys, *(key for enc in self._encoders for key in (enc.embed_key, ("next", *enc.embed_key)))]
+        rows = tensordict.select(*keys, strict=False)[mask]
+        if tensordict is self._sequence:
+            self._sequence_rows = rows
+        return rows
 
     def _critic_input(self, tensordict: TensorDictBase) -> str:
         """For a GRU critic: the root or ``"next"`` half of the batch being unrolled, whole."""
@@ -511,9 +552,14 @@ class FOPLoss(LossModule):
 
     # ------------------------------------------------------------------ objectives
     @torch.no_grad()
-    def _td_target(self, tensordict: TensorDictBase) -> Tensor:
-        """y = r + gamma (min_k Q_jt^target(tau', u') - alpha log pi_jt(u' | tau')), u' ~ pi_jt (eq. 9)."""
-        next_td = tensordict.get("next")
+    def _td_target(self, tensordict: TensorDictBase, rows: TensorDictBase | None = None) -> Tensor:
+        """y = r + gamma (min_k Q_jt^target(tau', u') - alpha log pi_jt(u' | tau')), u' ~ pi_jt (eq. 9).
+
+        The networks run on ``rows`` (:meth:`_rows` of ``tensordict``); the value estimator on
+        ``tensordict`` (TD(lambda) needs the time dimension). Returns y at ``rows``.
+        """
+        rows = tensordict if rows is None else rows
+        next_td = rows.get("next")
         alpha = self.alpha_value
         alpha_i = self.individual_alphas(next_td)
         if self.discrete:
@@ -530,21 +576,26 @@ class FOPLoss(LossModule):
         ]
         next_value = torch.stack(q_jts).amin(0) - alpha * self._joint_log_prob(log_pi)  # [*B, 1]
         td = tensordict.clone(False)
+        valid = None if rows is tensordict else self._valid_steps(tensordict)
+        if valid is not None:  # back to [B, T], zero on padding (masked out of the loss)
+            next_value = next_value.new_zeros(*valid.shape, 1).masked_scatter_(valid.unsqueeze(-1), next_value)
         td.set(("next", self.tensor_keys.value), next_value)
-        return self.value_estimator.value_estimate(td)  # [*B, 1]
+        target = self.value_estimator.value_estimate(td)  # [*B, 1]
+        return target if valid is None else target[valid]
 
     def qvalue_loss(self, tensordict: TensorDictBase) -> tuple[Tensor, dict[str, Tensor]]:
         """Eq. (9): joint soft TD error of every twin's Q_jt; trains critics and mixers only."""
         self._check_input(tensordict)
         with self._unrolled(tensordict, grad=False) as tensordict:  # the policy is only sampled
-            target = self._td_target(tensordict)
-            action = tensordict.get(self.tensor_keys.action)
-            alpha_i = self.individual_alphas(tensordict)
+            rows = self._rows(tensordict)
+            target = self._td_target(tensordict, rows)
+            action = rows.get(self.tensor_keys.action)
+            alpha_i = self.individual_alphas(rows)
             loss, q_jts = 0.0, []
             for k in range(self.num_qvalue_nets):
-                _, _, q_jt, _, regularizer = self._twin_q_jt(tensordict, action, k, alpha_i, target=False)
+                _, _, q_jt, _, regularizer = self._twin_q_jt(rows, action, k, alpha_i, target=False)
                 error = distance_loss(q_jt, target, loss_function=self.loss_function) + regularizer
-                loss = loss + self._reduce_loss(error, tensordict)
+                loss = loss + self._reduce_loss(error, rows)
                 q_jts.append(q_jt.detach())
         q_jt = q_jts[0]
         return loss, {"q_jt": q_jt, "td_error": (q_jt - target).abs()}
@@ -554,6 +605,7 @@ class FOPLoss(LossModule):
         if self.value_network is None:
             raise RuntimeError("value_loss needs a value_network (this loss uses the analytic V_i)")
         with torch.no_grad(), self._unrolled(tensordict) as unrolled:
+            unrolled = self._rows(unrolled)
             alpha_i = self.individual_alphas(unrolled)
             params = self.qvalue_network_params
             if self.discrete:
@@ -565,14 +617,14 @@ class FOPLoss(LossModule):
                 action = dist.sample()
                 q = self._min_critic(unrolled, params, action)
                 target = q - alpha_i * dist.log_prob(action).unsqueeze(-1)
-        v = self._value_net(tensordict, self.value_network_params)  # [*B, N, 1]
+        v = self._value_net(unrolled, self.value_network_params)  # [*B, N, 1]
         loss = distance_loss(v, target, loss_function=self.loss_function)
-        return self._reduce_loss(loss, tensordict), {"state_value": v.detach()}
+        return self._reduce_loss(loss, unrolled), {"state_value": v.detach()}
 
     def actor_loss(self, tensordict: TensorDictBase) -> tuple[Tensor, dict[str, Tensor]]:
         """Eq. (11): E_{u_i~pi_i}[alpha_i log pi_i(u_i) - Q_i(u_i)] with min over twins; trains pi_i."""
         with self._unrolled(tensordict) as unrolled:
-            return self._actor_loss(unrolled)
+            return self._actor_loss(self._rows(unrolled))
 
     def _actor_loss(self, tensordict: TensorDictBase) -> tuple[Tensor, dict[str, Tensor]]:
         alpha_i = self.individual_alphas(tensordict)
@@ -599,15 +651,15 @@ class FOPLoss(LossModule):
         return self._reduce_loss(-self.log_alpha * (log_prob_jt + self.target_entropy).detach())
 
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
-        loss_qvalue, q_meta = self.qvalue_loss(tensordict)
-        out = {"loss_qvalue": loss_qvalue}
-        if self.value_network is not None:
-            out["loss_value"] = self.value_loss(tensordict)[0]
-        out["loss_actor"], actor_meta = self.actor_loss(tensordict)
-        if self.learn_alpha:
-            out["loss_alpha"] = self.alpha_loss(actor_meta["log_prob_jt"])
-        with self._unrolled(tensordict, grad=False) as unrolled:
-            alpha_i = self.individual_alphas(unrolled).squeeze(-1)
+        with self.shared_unroll(tensordict) as tensordict:
+            loss_qvalue, q_meta = self.qvalue_loss(tensordict)
+            out = {"loss_qvalue": loss_qvalue}
+            if self.value_network is not None:
+                out["loss_value"] = self.value_loss(tensordict)[0]
+            out["loss_actor"], actor_meta = self.actor_loss(tensordict)
+            if self.learn_alpha:
+                out["loss_alpha"] = self.alpha_loss(actor_meta["log_prob_jt"])
+            alpha_i = self.individual_alphas(self._rows(tensordict)).squeeze(-1)
         out.update(
             alpha=self.alpha_value.clone(),
             alpha_i=alpha_i,

@@ -11,10 +11,10 @@ network is split so that training never loops over time steps in Python:
     h_t at ``("agents", "embed")`` and ``("next", "rnn_hidden")``, which TorchRL's
     collectors carry to the next step.
   * **sequence** (the loss, :meth:`GRUEncoder.unroll`): a [B, T] tensordict of
-    trajectory slices. One ``nn.GRU`` call over all B * N sequences gives h_0..h_{T-1} from the
-    stored hidden state at t = 0; one more batched GRU step on the ``"next"`` inputs from each
-    h_t gives the next-step hidden states, so both ``("agents", "embed")`` and
-    ``("next", "agents", "embed")`` are filled exactly, in two GRU calls whatever T is.
+    trajectory slices. Within a slice the ``"next"`` inputs of step t are the inputs of step
+    t + 1, so one ``nn.GRU`` call of T + 1 steps over all B * N sequences, on the inputs of step 0
+    followed by every step's ``"next"`` inputs, from the stored hidden state at t = 0, gives both
+    ``("agents", "embed")`` (h_0..h_{T-1}) and ``("next", "agents", "embed")`` (h_1..h_T) exactly.
 
 - The policy head (a Linear on ``("agents", "embed")``) is feed-forward, so :class:`FOPLoss`
   uses a recurrent actor like any other once the embeddings are in the tensordict.
@@ -153,11 +153,21 @@ class GRUEncoder(TensorDictModuleBase):
         tensordict.set(("next", self.hidden_key), h)
         return tensordict
 
-    def unroll(self, tensordict: TensorDictBase) -> TensorDictBase:
+    def unroll(self, tensordict: TensorDictBase, lengths: Tensor | None = None) -> TensorDictBase:
         """Sequence mode on a [B, T] tensordict (time last): writes root and next embeddings.
 
-        Slices must lie within one trajectory (TorchRL's ``SliceSampler`` with a ``traj_key``),
-        so the only reset is at t = 0, where the stored hidden state is zeroed by ``"is_init"``.
+        Slices must be consecutive steps of one trajectory (TorchRL's ``SliceSampler`` with a
+        ``traj_key``): the only reset is at t = 0, where the stored hidden state is zeroed by
+        ``"is_init"``, and the root inputs of step t + 1 are the ``"next"`` inputs of step t (only
+        those of step 0 and the ``"next"`` ones are read).
+
+        Args:
+            tensordict: the [B, T] batch.
+            lengths: real steps of each slice [B] when slices are padded at their end. The
+                slices are sorted by length and run in :attr:`LENGTH_GROUPS` groups, each only
+                as long as its longest slice, so padding costs little; embeddings past a slice's
+                length are then unspecified (the loss never reads them). ``None``: every step
+                is computed.
         """
         if tensordict.batch_dims != 2:
             raise ValueError(
@@ -165,20 +175,38 @@ class GRUEncoder(TensorDictModuleBase):
                 f"{list(tensordict.batch_size)}"
             )
         B, T = tensordict.batch_size
-        N, H = self.n_agents, self.hidden
-        x = self._features(tensordict)  # [B, T, N, H]
+        inputs = tensordict.select(OBS_KEY, LAST_ACTION_KEY, ("next", OBS_KEY), ("next", LAST_ACTION_KEY),
+                                   strict=False)
         h0 = self._initial_hidden(tensordict[:, 0])  # [B, N, H]
-        out, _ = self.gru(
-            x.transpose(1, 2).reshape(B * N, T, H),  # one sequence per (slice, agent)
-            h0.reshape(1, B * N, H),
-        )
-        h = out.reshape(B, N, T, H).transpose(1, 2)  # h_t [B, T, N, H]
-        next_td = tensordict.get("next")
-        h_next = self._gru_step(self._features(next_td), h)  # h_{t+1} from h_t and next input
+        if lengths is None:
+            out = self._unroll_group(inputs, h0)
+        else:
+            order = lengths.argsort(descending=True)
+            parts = []
+            for group in order.chunk(self.LENGTH_GROUPS):
+                steps = max(int(lengths[group].max()), 1)
+                part = self._unroll_group(inputs[group, :steps], h0[group])
+                parts.append(F.pad(part, (0, 0, 0, 0, 0, T - steps)))  # zeros up to T + 1 steps
+            out = torch.cat(parts)[order.argsort()]
         out_td = tensordict.clone(False)
-        out_td.set(self.embed_key, h)
-        out_td.set(("next", *self.embed_key), h_next)
+        out_td.set(self.embed_key, out[:, :T])
+        out_td.set(("next", *self.embed_key), out[:, 1:])
         return out_td
+
+    LENGTH_GROUPS = 4  # groups of slices of similar length in `unroll` (each a GRU call)
+
+    def _unroll_group(self, inputs: TensorDictBase, h0: Tensor) -> Tensor:
+        """h_0..h_T [b, T + 1, N, H] of b slices of T steps from their initial hidden state h0."""
+        b, T = inputs.batch_size
+        N, H = self.n_agents, self.hidden
+        # Inputs x_0, x'_0, ..., x'_{T-1} (x'_t: the "next" input of step t, which is x_{t+1}
+        # within a slice): one GRU call of T + 1 steps gives h_0 and every next-step h'_t.
+        x = torch.cat([self._features(inputs[:, :1]), self._features(inputs.get("next"))], 1)
+        out, _ = self.gru(
+            x.transpose(1, 2).reshape(b * N, T + 1, H),  # one sequence per (slice, agent)
+            h0.reshape(1, b * N, H),
+        )
+        return out.reshape(b, N, T + 1, H).transpose(1, 2)
 
     @contextlib.contextmanager
     def precomputed(self) -> Iterator[None]:

@@ -4,6 +4,7 @@ import pytest
 import torch
 from tensordict import TensorDict
 from torchrl.envs import Compose, TransformedEnv
+from torchrl.objectives import ValueEstimators
 
 from fop_modules import FOPLoss, FOPMixer, networks
 from fop_modules.envs import MatrixGameEnv
@@ -197,3 +198,66 @@ def test_collector_carries_the_hidden_state_and_resets_it_per_episode():
     assert torch.equal(batch["next", "agents", "last_action"].argmax(-1), batch["agents", "action"])
     available = batch["agents", "action_mask"].gather(-1, batch["agents", "action"].unsqueeze(-1))
     assert available.all()  # the collector only samples available actions
+
+
+def test_unroll_by_length_groups_equals_the_full_unroll_on_real_steps():
+    torch.manual_seed(0)
+    enc = GRUEncoder(N, OBS, A, hidden=H)
+    seq, _, _ = _sequence(B=7, T=9)
+    lengths = torch.tensor([9, 1, 4, 7, 2, 9, 5])
+    full, grouped = enc.unroll(seq), enc.unroll(seq, lengths)
+    for b, length in enumerate(lengths.tolist()):
+        for key in [("agents", "embed"), ("next", "agents", "embed")]:
+            torch.testing.assert_close(grouped[key][b, :length], full[key][b, :length])
+
+
+def _padded_batch(lengths):
+    """_batch() with slices padded after `lengths` steps, as SliceSampler(pad_output=True) gives
+    them: ("collector", "mask") marks real steps, each slice's last step is done (truncated, so
+    TD(lambda) stops there), padding holds zeros."""
+    batch = _batch()
+    B, T = batch.batch_size
+    mask = torch.arange(T).expand(B, T) < torch.tensor(lengths).unsqueeze(-1)
+    batch = batch.apply(lambda x: torch.where(mask.reshape(B, T, *[1] * (x.dim() - 2)), x, torch.zeros_like(x)))
+    batch["collector", "mask"] = mask
+    batch["next", "done"][torch.arange(B), torch.tensor(lengths) - 1] = True  # slice ends: truncated
+    batch["agents", "action_mask"][~mask] = True
+    batch["next", "agents", "action_mask"][~mask] = True
+    batch["next", "agents", "action_mask"][..., 1:] = False  # one available next action: u' is fixed
+    return batch
+
+
+def test_losses_on_real_steps_equal_the_masked_losses_over_the_padded_batch():
+    """FOPLoss runs its networks on the real steps of a padded slice batch only (flattened); the
+    losses and their gradients equal the masked mean over the whole [B, T] batch."""
+    torch.manual_seed(0)
+    loss, _ = _loss()
+    loss.make_value_estimator(ValueEstimators.TDLambda, gamma=0.9, lmbda=0.8)
+    batch = _padded_batch([6, 2])
+    grads = {}
+    for path in ("rows", "padded"):
+        if path == "padded":  # the plain path: every step through the networks, masked in the mean
+            loss._rows = lambda td: td
+        out = {}
+        for name in ("qvalue", "actor"):
+            loss.zero_grad()
+            value, _ = getattr(loss, f"{name}_loss")(batch)
+            value.backward()
+            out[name] = value.detach()
+            out[name + "_grads"] = [p.grad.clone() for p in loss.parameters() if p.grad is not None]
+        grads[path] = out
+    for name in ("qvalue", "actor"):
+        torch.testing.assert_close(grads["rows"][name], grads["padded"][name])
+        for a, b in zip(grads["rows"][name + "_grads"], grads["padded"][name + "_grads"], strict=True):
+            torch.testing.assert_close(a, b)
+
+
+def test_shared_unroll_gives_the_losses_of_separate_unrolls():
+    torch.manual_seed(0)
+    loss, _ = _loss()
+    batch = _padded_batch([6, 3])
+    separate = loss.actor_loss(batch)[0], loss.qvalue_loss(batch)[0]
+    with loss.shared_unroll(batch) as seq:
+        shared = loss.actor_loss(seq)[0], loss.qvalue_loss(seq)[0]
+        assert loss._sequence is seq
+    torch.testing.assert_close(shared, separate)
