@@ -25,7 +25,7 @@ from typing import Literal, Sequence
 import torch
 from tensordict import TensorDict, TensorDictBase, TensorDictParams
 from tensordict.nn import ProbabilisticTensorDictSequential, TensorDictModule
-from tensordict.utils import NestedKey
+from tensordict.utils import NestedKey, unravel_key
 from torch import Tensor, nn
 from torchrl.objectives import LossModule
 from torchrl.objectives.utils import ValueEstimators, dispatch_value_estimator, distance_loss
@@ -394,11 +394,21 @@ class FOPLoss(LossModule):
             return tensordict
         if tensordict is self._sequence and self._sequence_rows is not None:
             return self._sequence_rows
-        keys = [*self.in_keys, *(key for enc in self._encoders for key in (enc.embed_key, ("next", *enc.embed_key)))]
-        rows = tensordict.select(*keys, strict=False)[mask]
+        rows = tensordict.select(*self._row_keys(), strict=False)[mask]
         if tensordict is self._sequence:
             self._sequence_rows = rows
         return rows
+
+    def _row_keys(self) -> list[NestedKey]:
+        """What the networks read on the flattened steps: a recurrent actor's embeddings stand
+        for its encoder's inputs (observation, hidden state, last action)."""
+        def both(keys):  # root and "next"
+            return {unravel_key(k) for key in keys for k in (key, ("next", key))}
+
+        keys = {unravel_key(key) for key in self.in_keys}
+        for encoder in self._encoders:
+            keys = (keys - both(encoder.in_keys)) | both([encoder.embed_key])
+        return sorted(keys | both(self.qvalue_network.in_keys), key=str)
 
     def _critic_input(self, tensordict: TensorDictBase) -> str:
         """For a GRU critic: the root or ``"next"`` half of the batch being unrolled, whole."""
