@@ -164,7 +164,7 @@ class GRUEncoder(TensorDictModuleBase):
         Args:
             tensordict: the [B, T] batch.
             lengths: real steps of each slice [B] when slices are padded at their end. The
-                slices are sorted by length and run in :attr:`LENGTH_GROUPS` groups, each only
+                slices are sorted by length and run in groups (:meth:`_length_groups`), each only
                 as long as its longest slice, so padding costs little; embeddings past a slice's
                 length are then unspecified (the loss never reads them). ``None``: every step
                 is computed.
@@ -183,7 +183,7 @@ class GRUEncoder(TensorDictModuleBase):
         else:
             order = lengths.argsort(descending=True)
             parts = []
-            for group in order.chunk(self.LENGTH_GROUPS):
+            for group in order.chunk(self._length_groups(lengths[order].tolist())):
                 steps = max(int(lengths[group].max()), 1)
                 part = self._unroll_group(inputs[group, :steps], h0[group])
                 parts.append(F.pad(part, (0, 0, 0, 0, 0, T - steps)))  # zeros up to T + 1 steps
@@ -193,7 +193,18 @@ class GRUEncoder(TensorDictModuleBase):
         out_td.set(("next", *self.embed_key), out[:, 1:])
         return out_td
 
-    LENGTH_GROUPS = 4  # groups of slices of similar length in `unroll` (each a GRU call)
+    STEP_COST_IN_ROWS = 32  # a GRU time step's fixed cost, in sequences' worth of work (CPU)
+
+    def _length_groups(self, lengths: list[int]) -> int:
+        """How many groups of similar length to unroll ``lengths`` (sorted, longest first) in: the
+        count in 1..8 with the least modelled cost, sum over groups of
+        (steps + 1) * (STEP_COST_IN_ROWS + sequences): more groups skip more padding, but each
+        time step costs a fixed amount whatever its width."""
+        def cost(k: int) -> float:
+            size = -(-len(lengths) // k)  # as Tensor.chunk splits
+            return sum((lengths[i] + 1) * (self.STEP_COST_IN_ROWS + self.n_agents * len(lengths[i:i + size]))
+                       for i in range(0, len(lengths), size))
+        return min(range(1, 9), key=cost)
 
     def _unroll_group(self, inputs: TensorDictBase, h0: Tensor) -> Tensor:
         """h_0..h_T [b, T + 1, N, H] of b slices of T steps from their initial hidden state h0."""

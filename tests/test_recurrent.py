@@ -261,3 +261,10 @@ def test_shared_unroll_gives_the_losses_of_separate_unrolls():
         shared = loss.actor_loss(seq)[0], loss.qvalue_loss(seq)[0]
         assert loss._sequence is seq
     torch.testing.assert_close(shared, separate)
+
+
+def test_length_groups_skip_padding_only_where_it_pays():
+    enc = GRUEncoder(n_agents=10, obs_dim=OBS, n_actions=A, hidden=H)
+    assert enc._length_groups([100] * 32) == 1  # nothing to skip
+    assert enc._length_groups(list(range(150, 0, -5))) > 1  # 32 slices, lengths spread out
+    assert GRUEncoder(1, OBS, A, hidden=H)._length_groups([9, 1]) == 1  # narrow steps: one call
