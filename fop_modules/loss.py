@@ -589,6 +589,11 @@ class FOPLoss(LossModule):
         valid = None if rows is tensordict else self._valid_steps(tensordict)
         if valid is not None:  # back to [B, T], zero on padding (masked out of the loss)
             next_value = next_value.new_zeros(*valid.shape, 1).masked_scatter_(valid.unsqueeze(-1), next_value)
+            # SliceSampler marks every padded step done, so TorchRL's vectorised TD(lambda) splits
+            # the padding into one-step trajectories (slow); each slice's last real step is done
+            # already, so clearing the flags on padding changes no target at a real step.
+            for key in (self.tensor_keys.done, self.tensor_keys.terminated):
+                td.set(("next", key), td.get(("next", key)) & valid.unsqueeze(-1))
         td.set(("next", self.tensor_keys.value), next_value)
         target = self.value_estimator.value_estimate(td)  # [*B, 1]
         return target if valid is None else target[valid]

@@ -214,13 +214,15 @@ def test_unroll_by_length_groups_equals_the_full_unroll_on_real_steps():
 def _padded_batch(lengths):
     """_batch() with slices padded after `lengths` steps, as SliceSampler(pad_output=True) gives
     them: ("collector", "mask") marks real steps, each slice's last step is done (truncated, so
-    TD(lambda) stops there), padding holds zeros."""
+    TD(lambda) stops there), padding holds zeros and is marked done and terminated."""
     batch = _batch()
     B, T = batch.batch_size
     mask = torch.arange(T).expand(B, T) < torch.tensor(lengths).unsqueeze(-1)
     batch = batch.apply(lambda x: torch.where(mask.reshape(B, T, *[1] * (x.dim() - 2)), x, torch.zeros_like(x)))
     batch["collector", "mask"] = mask
     batch["next", "done"][torch.arange(B), torch.tensor(lengths) - 1] = True  # slice ends: truncated
+    for key in ("done", "terminated"):  # as SliceSampler pads
+        batch["next", key][~mask] = True
     batch["agents", "action_mask"][~mask] = True
     batch["next", "agents", "action_mask"][~mask] = True
     batch["next", "agents", "action_mask"][..., 1:] = False  # one available next action: u' is fixed
@@ -246,6 +248,7 @@ def test_losses_on_real_steps_equal_the_masked_losses_over_the_padded_batch():
             out[name] = value.detach()
             out[name + "_grads"] = [p.grad.clone() for p in loss.parameters() if p.grad is not None]
         grads[path] = out
+    assert batch["next", "done"][~batch["collector", "mask"]].all()  # the input is left as it was
     for name in ("qvalue", "actor"):
         torch.testing.assert_close(grads["rows"][name], grads["padded"][name])
         for a, b in zip(grads["rows"][name + "_grads"], grads["padded"][name + "_grads"], strict=True):
