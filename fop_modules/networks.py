@@ -33,6 +33,7 @@ from torchrl.modules import (
 __all__ = [
     "AgentMLP",
     "append_agent_id",
+    "first_layer_with_agent_id",
     "discrete_actor",
     "continuous_actor",
     "discrete_critic",
@@ -104,7 +105,8 @@ class AgentMLP(nn.Module):
                 last.bias.zero_()
 
     def forward(self, *inputs: Tensor) -> Tensor:
-        x = torch.cat([t.to(torch.get_default_dtype()) for t in inputs], -1)  # [*B, N, F]
+        dtype = torch.get_default_dtype()
+        x = inputs[0].to(dtype) if len(inputs) == 1 else torch.cat([t.to(dtype) for t in inputs], -1)
         if x.dim() < 2 or x.shape[-2:] != (self.n_agents, self.in_features):
             raise ValueError(
                 f"AgentMLP expects inputs of shape [*B, {self.n_agents}, {self.in_features}] "
@@ -113,6 +115,16 @@ class AgentMLP(nn.Module):
         if self.agent_id:
             x = append_agent_id(x)
         return self.mlp(x)
+
+
+def first_layer_with_agent_id(layer: nn.Linear, x: Tensor) -> Tensor:
+    """``layer(append_agent_id(x))`` without building the wider input: the one-hot id's columns
+    of the weight are agent i's bias, added to the product with x [*B, N, F] (same parameters,
+    the same values up to rounding, no [*B, N, F + N] copy)."""
+    features = x.shape[-1]
+    weight = layer.weight
+    out = torch.nn.functional.linear(x, weight[:, :features], layer.bias)
+    return out + weight[:, features:].T  # [N, H]: row i = the weight of agent i's id
 
 
 def discrete_actor(

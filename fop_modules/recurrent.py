@@ -37,7 +37,7 @@ from torchrl.data import Composite, Unbounded
 from torchrl.envs import InitTracker, Transform, TensorDictPrimer
 from torchrl.modules import MaskedCategorical, ProbabilisticActor
 
-from fop_modules.networks import ACTION_KEY, MASK_KEY, OBS_KEY, append_agent_id
+from fop_modules.networks import ACTION_KEY, MASK_KEY, OBS_KEY, first_layer_with_agent_id
 
 __all__ = [
     "GRUEncoder",
@@ -123,9 +123,7 @@ class GRUEncoder(TensorDictModuleBase):
         x = obs.to(self.fc.weight.dtype)
         if self.n_actions:
             x = torch.cat([x, td.get(LAST_ACTION_KEY).to(x.dtype)], -1)
-        if self.agent_id:
-            x = append_agent_id(x)
-        return F.relu(self.fc(x))
+        return F.relu(first_layer_with_agent_id(self.fc, x) if self.agent_id else self.fc(x))
 
     def _initial_hidden(self, td: TensorDictBase) -> Tensor:
         """The carried hidden state [*B, N, H], zero where an episode starts."""

@@ -127,3 +127,12 @@ def test_continuous_critic_depends_on_action():
     td[ACTION_KEY] = torch.ones(4, N, 1)
     b = critic(td.clone())["agents", "state_action_value"]
     assert not torch.allclose(a, b)
+
+
+def test_first_layer_with_agent_id_equals_the_layer_on_the_appended_id():
+    from fop_modules.networks import append_agent_id, first_layer_with_agent_id
+
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(5 + 3, 7)
+    x = torch.randn(4, 2, 3, 5)  # [*B, N=3, F=5]
+    torch.testing.assert_close(first_layer_with_agent_id(layer, x), layer(append_agent_id(x)))
