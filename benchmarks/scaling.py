@@ -51,7 +51,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--agents", type=int, nargs="+", default=[2, 4, 8, 16, 32, 64])
     parser.add_argument("--episode-limit", type=int, default=60, help="steps per replayed episode")
-    parser.add_argument("--repeats", type=int, default=3, help="timed updates (median)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed updates (median)")
     parser.add_argument("--device", default="cpu", help="cpu | cuda (the learner's device)")
     args = parser.parse_args()
     device = torch.device(args.device)
