@@ -25,12 +25,19 @@ import torch
 from smac_shapes import fill, learner
 
 
-def timed(fn, repeats: int) -> float:
-    fn()  # warm-up
+def timed(fn, repeats: int, device: torch.device = torch.device("cpu")) -> float:
+    """Median seconds of ``fn()`` over ``repeats`` calls after one warm-up call (a GPU's queued
+    work is waited for inside each timing)."""
+    def call():
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    call()  # warm-up
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        fn()
+        call()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
@@ -51,11 +58,14 @@ def bare_forward_backward(module, batch) -> None:
     total.backward()
 
 
-def measure(module, env, repeats: int) -> tuple[float, float]:
+def measure(module, env, repeats: int, device: torch.device = torch.device("cpu")) -> tuple[float, float]:
+    """(median update s, median bare forward+backward s) on one batch of the module's replay,
+    filled with ``2 x batch_size`` random episodes; module and batch on ``device``."""
     fill(module, env, module.collect.batch_size * 2)
-    batch = module.sample()
-    update = timed(lambda: module.update(batch), repeats)
-    bare = timed(lambda: bare_forward_backward(module, batch), repeats)
+    module.to(device)
+    batch = module.sample().to(device)
+    update = timed(lambda: module.update(batch), repeats, device)
+    bare = timed(lambda: bare_forward_backward(module, batch), repeats, device)
     return update, bare
 
 

@@ -13,7 +13,10 @@ networks, each objective computed after the previous one has stepped. A temperat
 when given, is evaluated at the current env-step count before every batch of updates.
 
 Metrics go to the Lightning loggers as ``train/*`` and ``eval/*`` with ``env_frames`` (the x
-axis of every curve).
+axis of every curve). A Lightning profiler (``Trainer(profiler="simple")``) times the updates of
+each batch (replay sampling included) as ``[<module class>]updates`` and the greedy evaluations
+as ``[<module class>]evaluate``, beside Lightning's ``[_TrainingEpochLoop].train_dataloader_next``
+(the collector's iteration: env steps and policy).
 """
 
 from __future__ import annotations
@@ -318,7 +321,13 @@ class MARLLightningModule(L.LightningModule):
 
     def on_train_start(self) -> None:
         if not self.eval_history:  # not when resuming: the history came with the checkpoint
-            self.evaluate()  # frame 0: the learning curve and path start at the initial policy
+            with self._profile("evaluate"):
+                self.evaluate()  # frame 0: the learning curve and path start at the initial policy
+
+    def _profile(self, section: str):
+        """A section of the trainer's profiler (``trainer.profiler=simple`` reports
+        ``[<module class>]updates`` and ``[<module class>]evaluate`` beside Lightning's own)."""
+        return self.trainer.profiler.profile(f"[{type(self).__name__}]{section}")
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
@@ -390,8 +399,9 @@ class MARLLightningModule(L.LightningModule):
         self.buffer.extend(batch.reshape(-1))
         self.before_updates(batch.numel())
         if len(self.buffer) >= self.collect.warmup_frames:
-            for _ in range(self.collect.updates_per_batch):
-                metrics = self.update(self.sample())
+            with self._profile("updates"):  # replay sampling included
+                for _ in range(self.collect.updates_per_batch):
+                    metrics = self.update(self.sample())
             self.log_dict({f"train/{k}": v for k, v in metrics.items()}, batch_size=1)
         self.log_dict(
             {
@@ -403,7 +413,8 @@ class MARLLightningModule(L.LightningModule):
             prog_bar=True,
         )
         if self.env_frames >= self._next_eval or self.env_frames >= self.collect.total_frames:
-            metrics = {"eval/return": self.evaluate(), "env_frames": float(self.env_frames)}
+            with self._profile("evaluate"):
+                metrics = {"eval/return": self.evaluate(), "env_frames": float(self.env_frames)}
             if self.eval_win_rate is not None:
                 metrics["eval/win_rate"] = self.eval_win_rate
             for logger in self.loggers:  # every evaluation, not only on log_every_n_steps ...

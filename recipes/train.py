@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 
@@ -141,8 +142,9 @@ def make_logger(name: str, run_dir: Path, run_name: str):
     return WandbLogger(name=run_name, save_dir=run_dir, project="fop_modules")
 
 
-def train(cfg: DictConfig, run_dir: Path) -> Path | None:
-    """Runs one training job; returns the path of its summary.json (None on DDP ranks > 0)."""
+def train(cfg: DictConfig, run_dir: Path, callbacks: Sequence[L.Callback] = ()) -> Path | None:
+    """Runs one training job; returns the path of its summary.json (None on DDP ranks > 0).
+    ``callbacks`` are added to the trainer's own (benchmarks/throughput.py reads its profiler)."""
     start = time.perf_counter()
     run_dir.mkdir(parents=True, exist_ok=True)
     typed = schema.validate(cfg)  # ranges and relations of keys: ConfigError names the key
@@ -188,7 +190,7 @@ def train(cfg: DictConfig, run_dir: Path) -> Path | None:
     with startup_errors("trainer", cfg.trainer):  # Lightning's own checks (devices, accelerator)
         trainer = L.Trainer(
             max_epochs=1, logger=logger, default_root_dir=run_dir,
-            callbacks=[EnvFrameCheckpoint(ckpt_dir, cfg.checkpoint.every_frames), RNGCheckpoint(), ranks],
+            callbacks=[EnvFrameCheckpoint(ckpt_dir, cfg.checkpoint.every_frames), RNGCheckpoint(), ranks, *callbacks],
             plugins=[AtomicCheckpointIO()],
             **OmegaConf.to_container(cfg.trainer, resolve=True),
         )

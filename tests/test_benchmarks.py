@@ -25,3 +25,26 @@ def test_replay_memory_benchmark_prints_its_ratio():
         capture_output=True, text=True, check=True, timeout=300,
     ).stdout
     assert "float32" in out
+
+
+def test_scaling_benchmark_fits_the_exponent_over_the_agents():
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "scaling.py"), "--agents", "2", "4",
+         "--episode-limit", "5", "--repeats", "1"],
+        capture_output=True, text=True, check=True, timeout=300,
+    ).stdout
+    rows = [line.split() for line in out.splitlines() if line.split()[:1] in (["2"], ["4"])]
+    assert [int(r[1]) for r in rows] == [36, 72]  # the state grows linearly: 18 features per agent
+    assert all(float(r[2]) > 0 for r in rows)  # update s
+    assert "update ~ a * N^b over  all N: a =" in out
+
+
+def test_throughput_benchmark_splits_a_real_training_run():
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "throughput.py"), "--tasks", "matrix_game",
+         "--frames", "160"],
+        capture_output=True, text=True, check=True, timeout=300,
+    ).stdout
+    row = [line.split() for line in out.splitlines() if line.strip().startswith("matrix_game")]
+    assert row and int(row[0][1]) == 160 and int(row[0][2]) > 0  # frames, updates
+    assert float(row[0][4]) > 0 and row[0][-1] in ("collect", "learn", "eval")  # frames/s, bottleneck
