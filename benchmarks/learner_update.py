@@ -1,6 +1,6 @@
 """Time of one full FOP update with SMAC shapes, and its ratio to the bare forward and backward.
 
-Run: ``OMP_NUM_THREADS=1 python benchmarks/learner_update.py [--threads 1 2] [--maps MMM ...]``.
+Run: ``OMP_NUM_THREADS=1 python benchmarks/learner_update.py [--threads 1 2] [--maps MMM ...] [--profile]``.
 
 The learner is the authors' configuration (configs/experiment/smac_authors.yaml: GRU 64 actor on
 observation, last action and agent id; MLP 64-64 critic; 4-head lambda net; V_jt hidden 32; twin
@@ -69,11 +69,61 @@ def measure(module, env, repeats: int, device: torch.device = torch.device("cpu"
     return update, bare
 
 
+def profile_update(module, batch, top: int = 12) -> None:
+    """Prints where one update spends its time (torch.profiler): the update's stages (inclusive
+    CPU time; the TD target is part of eq. 9) and the operators with the most self time."""
+    from torch.profiler import profile, record_function
+
+    loss = module.loss_module
+    stages = {  # label -> (object, method) wrapped in a record_function while profiling
+        "actor GRU unroll": (loss._encoders[0], "unroll") if loss._encoders else None,
+        "TD target (no grad)": (loss, "_td_target"),
+        "eq. 9 loss (TD target incl.)": (loss, "qvalue_loss"),
+        "eq. 11 loss": (loss, "actor_loss"),
+        "backward + clip + optimiser step": (module, "_step"),
+        "target update": (module.target_updater, "step"),
+    }
+    originals = {}
+    for label, where in stages.items():
+        if where is not None:
+            obj, name = where
+            originals[label] = (obj, name, getattr(obj, name))
+            setattr(obj, name, _labelled(record_function, label, getattr(obj, name)))
+    try:
+        module.update(batch)  # warm-up
+        with profile() as prof:
+            module.update(batch)
+    finally:
+        for obj, name, method in originals.values():
+            setattr(obj, name, method)
+    events = {e.key: e for e in prof.key_averages()}
+    total = sum(e.self_cpu_time_total for e in events.values()) / 1e3
+    print(f"\nprofile of one update ({total:.0f} ms under the profiler), stages (inclusive):")
+    for label in originals:
+        if label in events:
+            ms = events[label].cpu_time_total / 1e3
+            print(f"{label:>34} {ms:8.1f} ms {100 * ms / total:5.1f}%")
+    print(f"operators by self time (top {top}):")
+    ops = sorted((e for e in events.values() if e.key not in originals), key=lambda e: -e.self_cpu_time_total)
+    for e in ops[:top]:
+        ms = e.self_cpu_time_total / 1e3
+        print(f"{e.key:>34} {ms:8.1f} ms {100 * ms / total:5.1f}% {e.count:6d} calls")
+
+
+def _labelled(record_function, label, method):
+    def call(*args, **kwargs):
+        with record_function(label):
+            return method(*args, **kwargs)
+    return call
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--maps", nargs="+", default=["MMM", "MMM2", "3s_vs_3z", "2c_vs_64zg"])
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--repeats", type=int, default=7, help="timed updates (median)")
+    parser.add_argument("--profile", action="store_true",
+                        help="then profile one update of the first map (torch.profiler, 1 thread)")
     args = parser.parse_args()
     torch.manual_seed(0)
     print(f"FOP update, authors' SMAC config, batch 32 episodes; median of {args.repeats}")
@@ -84,6 +134,11 @@ def main() -> None:
             torch.set_num_threads(threads)
             update, bare = measure(module, env, args.repeats)
             print(f"{map_name:>11} {threads:>7} {update:>9.3f} {bare:>10.3f} {update / bare:>6.2f}", flush=True)
+    if args.profile:
+        torch.set_num_threads(1)
+        module, env = learner(args.maps[0], ["collect.buffer_size=26000"])
+        fill(module, env, module.collect.batch_size * 2)
+        profile_update(module, module.sample())
 
 
 if __name__ == "__main__":

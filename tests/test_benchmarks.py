@@ -12,11 +12,13 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_learner_update_benchmark_times_the_real_update():
     out = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "learner_update.py"), "--maps", "3s_vs_3z",
-         "--threads", "1", "--repeats", "1"],
+         "--threads", "1", "--repeats", "1", "--profile"],
         capture_output=True, text=True, check=True, timeout=300,
     ).stdout
     row = [line.split() for line in out.splitlines() if line.strip().startswith("3s_vs_3z")]
     assert row and float(row[0][2]) > 0 and float(row[0][4]) > 0  # update s, ratio
+    for stage in ("actor GRU unroll", "eq. 9 loss", "eq. 11 loss", "aten::"):  # the profile
+        assert stage in out
 
 
 def test_replay_memory_benchmark_prints_its_ratio():
