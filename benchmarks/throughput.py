@@ -1,7 +1,7 @@
 """Env frames per second of the whole FOP training loop, and where its wall time goes.
 
 Run: ``OMP_NUM_THREADS=1 python benchmarks/throughput.py [--tasks matrix_game mtq vmas_navigation
-smax_3m] [--frames 2000] [--sections]``.
+smax_3m] [--frames 2000] [--sections] [--override collect.collector=multi_async]``.
 
 Each task is one run of the recipe's ``train()`` (recipes/train.py: env, networks, FOPLoss,
 FOPLightningModule and its Lightning Trainer, collector included) with the experiment's settings,
@@ -10,7 +10,9 @@ shortened to a few thousand frames by the overrides in :data:`TASKS`, and with L
 profiler's sections:
 
 - ``collect``: ``[_TrainingEpochLoop].train_dataloader_next``, the collector's iteration (env steps,
-  policy forward, the recurrent transforms);
+  policy forward, the recurrent transforms); with ``--override collect.collector=multi_async``
+  the envs step in a worker process while the learner updates, and this is only the time the
+  learner waits for a batch;
 - ``learn``: ``[FOPLightningModule]updates``, every batch's updates with their replay sampling;
 - ``eval``: ``[FOPLightningModule]evaluate``, the greedy evaluations (at frame 0, every
   ``collect.eval_interval`` frames and at the end of the run);
@@ -104,8 +106,8 @@ def first_call_excess(durations: list[float]) -> float:
     return max(0.0, durations[0] - statistics.median(durations[1:]))
 
 
-def run(task: str, frames: int | None) -> ProfileReadout:
-    """One shortened training run of ``task`` with the profiler on."""
+def run(task: str, frames: int | None, extra: list[str] = ()) -> ProfileReadout:
+    """One shortened training run of ``task`` with the profiler on (``extra``: more overrides)."""
     experiment, default_frames, overrides = TASKS[task]
     frames = frames or default_frames
     readout = ProfileReadout()
@@ -116,6 +118,7 @@ def run(task: str, frames: int | None) -> ProfileReadout:
             "+trainer.profiler=simple",
             "trainer.enable_progress_bar=false",
             *overrides(frames),
+            *extra,
         ])
         with contextlib.redirect_stdout(io.StringIO()):  # the recipe's own printout
             train(cfg, Path(run_dir), callbacks=[readout])
@@ -127,6 +130,9 @@ def main() -> None:
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
     parser.add_argument("--frames", type=int, default=None, help="env frames per run (default: per task)")
     parser.add_argument("--sections", action="store_true", help="also print every profiler section")
+    parser.add_argument("--override", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="Hydra overrides for every run, e.g. collect.collector=multi_async "
+                        "(collection in a worker process: 'collect' is then the learner's wait)")
     args = parser.parse_args()
     for name in ("lightning.pytorch", "lightning.fabric", "torchrl"):  # profiler report, banners, storage info
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -135,7 +141,7 @@ def main() -> None:
     print(f"{'task':>16} {'frames':>6} {'updates':>7} {'fit s':>6} {'frames/s':>8} {'warm-up s':>9} "
           f"{'steady frames/s':>15} {'collect':>13} {'learn':>13} {'eval':>13} {'other':>13}  bottleneck")
     for task in args.tasks:
-        r = run(task, args.frames)
+        r = run(task, args.frames, args.override)
         parts = r.split()
         warm_up = parts.pop("warm-up")
         steady = r.seconds - warm_up
