@@ -73,6 +73,10 @@ class IntegerCodec:
 
     dtype: torch.dtype = torch.uint8
 
+    @staticmethod
+    def accepts(dtype: torch.dtype) -> bool:
+        return not dtype.is_floating_point and not dtype.is_complex and dtype != torch.bool
+
     def encode(self, key: NestedKey, value: torch.Tensor) -> torch.Tensor:
         info = torch.iinfo(self.dtype)
         if value.is_floating_point() or value.dtype == torch.bool:
@@ -101,6 +105,10 @@ class OneHotCodec:
         >>> bool((codec.decode(codec.encode("a", last), last.shape[1:], last.dtype) == last).all())
         True
     """
+
+    @staticmethod
+    def accepts(dtype: torch.dtype) -> bool:
+        return dtype.is_floating_point
 
     def encode(self, key: NestedKey, value: torch.Tensor) -> torch.Tensor:
         n = value.shape[-1]
@@ -175,8 +183,9 @@ class CompactTensorStorage(LazyTensorStorage):
     Args:
         max_size: capacity in rows (frames).
         drop_keys: root keys not stored, neither at the root nor under ``"next"``; read as zeros.
-        codecs: ``key -> codec`` for root keys (and their ``"next"`` copies); None: actions as
-            ``uint8``, one-hot last actions as ``uint8`` indices.
+        codecs: ``key -> codec`` for root keys (and their ``"next"`` copies); None: integer
+            actions as ``uint8`` and float one-hot last actions as ``uint8`` indices, where the
+            data has them (continuous actions stay as they are).
         device: where the rows live.
 
     Examples:
@@ -202,6 +211,7 @@ class CompactTensorStorage(LazyTensorStorage):
     ) -> None:
         super().__init__(max_size, device=device)
         self.drop_keys = [_key(k) for k in drop_keys]
+        self._default_codecs = codecs is None
         self.codecs = {_key(k): c for k, c in (DEFAULT_CODECS if codecs is None else codecs).items()}
         self._layout: _Layout | None = None
         self._side: TensorDictBase | None = None  # [S] encoded ("next", k) of unlinked rows
@@ -223,7 +233,7 @@ class CompactTensorStorage(LazyTensorStorage):
             raise ValueError(f"cannot write {len(cursor)} rows into a storage of {self.max_size}")
         template = _Layout.template_of(data)
         if self._layout is None:
-            self._layout = _Layout.of(template, self.drop_keys)
+            self._set_layout(template)
         elif template != self._layout.template:
             raise ValueError(
                 "CompactTensorStorage: the written keys, shapes or dtypes differ from the first "
@@ -236,8 +246,13 @@ class CompactTensorStorage(LazyTensorStorage):
         side = TensorDict({k: self._encode(k, data.get(("next", *k))[~linked]) for k in self._layout.shared},
                           [int((~linked).sum())])
         rows.set(SIDE_SLOT_KEY, torch.full(data.shape, -1, dtype=torch.int32))
-        rows.get(SIDE_SLOT_KEY)[~linked] = self._allocate(side)
+        rows.get(SIDE_SLOT_KEY)[~linked] = self._allocate(side).to(data.device)
         super().set(cursor, rows.to(self.device), set_cursor=set_cursor)
+
+    def _set_layout(self, template: dict) -> None:
+        self._layout = _Layout.of(template, self.drop_keys)
+        if self._default_codecs:  # e.g. no uint8 codec for continuous actions
+            self.codecs = {k: c for k, c in self.codecs.items() if k in template and c.accepts(template[k][1])}
 
     def _linked(self, cursor: torch.Tensor, data: TensorDictBase) -> torch.Tensor:
         """[n] bool: the row's next step is the following row, written at the following slot."""
@@ -294,9 +309,10 @@ class CompactTensorStorage(LazyTensorStorage):
                 raise IndexError(f"CompactTensorStorage is one-dimensional, got an index of {len(index)} dims")
             index = index[0]
         if isinstance(index, slice):
-            positions = torch.arange(len(self))[index]
+            positions = torch.arange(len(self), device=self.device)[index]
         else:
-            positions = torch.as_tensor(index, dtype=torch.long, device=self.device)
+            positions = torch.as_tensor(index, device=self.device)
+            positions = positions.nonzero().squeeze(-1) if positions.dtype == torch.bool else positions.long()
         flat = positions.reshape(-1)
         flat = torch.where(flat < 0, flat + len(self), flat)
         if flat.numel() and not (0 <= int(flat.min()) and int(flat.max()) < len(self)):
@@ -361,7 +377,7 @@ class CompactTensorStorage(LazyTensorStorage):
         if state_dict["layout"] is None:
             self._layout, self._side, self._side_used, self._len = None, None, None, 0
             return
-        self._layout = _Layout.of(_Layout.template_from_state(state_dict["layout"]), self.drop_keys)
+        self._set_layout(_Layout.template_from_state(state_dict["layout"]))
         rows = TensorDict()
         rows.load_state_dict(state_dict["rows"], strict=False)
         if not self.initialized:

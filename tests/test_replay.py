@@ -104,6 +104,11 @@ def test_slices_equal_the_plain_buffer_with_episode_ends_batch_boundaries_and_wr
     # the data has what the successor rule must get right
     done = torch.cat([b.get(("next", "done")).reshape(-1) for b in batches])
     assert done.any() and len(batches) >= 20  # episode ends and collector-batch boundaries
+    # a batch is [*envs, T], time last: reshape(-1) writes each env's steps one after another
+    for batch in batches:
+        ended = batch.get(("next", "done"))[..., :-1, 0]
+        carried = batch.get(("next", "agents", "observation"))[..., :-1, :, :][~ended]
+        assert torch.equal(carried, batch.get(("agents", "observation"))[..., 1:, :, :][~ended])
     _storages_equal(plain, compact)
     padded = False
     for seed in range(8):
@@ -198,4 +203,34 @@ def test_rows_written_in_one_call_link_only_when_next_matches_bit_for_bit():
     assert storage.side_rows == 2  # row 1 (-0.0 is not 0.0 bit for bit) and the last row
     assert torch.equal(storage[torch.arange(4)].get(("next", "o")).view(torch.int32),
                        data.get(("next", "o")).view(torch.int32))
-    assert isinstance(LazyTensorStorage(1), type(storage).__mro__[1])
+
+
+def _stream(steps: int, ends: tuple[int, ...]) -> TensorDict:
+    """One env's steps as a collector writes them: float actions, episodes ending at ``ends``."""
+    obs = torch.randn(steps + 1, 3)
+    done = torch.zeros(steps, 1, dtype=torch.bool)
+    done[list(ends)] = True
+    next_obs = obs[1:].clone()
+    next_obs[done.squeeze(-1)] = torch.randn(len(ends), 3)  # the terminal observation, then a reset
+    return TensorDict({"observation": obs[:-1], "action": torch.randn(steps, 2),
+                       ("next", "observation"): next_obs, ("next", "done"): done,
+                       ("next", "reward"): torch.randn(steps, 1)}, [steps])
+
+
+def test_a_write_that_wraps_links_across_the_end_of_the_storage_and_any_index_reads_back():
+    data = _stream(14, ends=(4,))
+    plain, compact = LazyTensorStorage(10), CompactTensorStorage(10)
+    for storage in (plain, compact):
+        storage.set(torch.arange(7), data[:7])
+        storage.set(torch.arange(7, 14) % 10, data[7:])  # slots 7, 8, 9, 0, 1, 2, 3
+    # side rows: the episode end (row 4), the last row of each write (6, 13); row 9 (slot 9) is
+    # linked to row 10 (slot 0) across the wrap
+    assert compact.side_rows == 3
+    assert compact._storage.get("_side_slot")[9] == -1
+    for index in (torch.arange(10), torch.tensor([9, 0, 3]), 9, -1, torch.arange(10) % 2 == 0,
+                  torch.tensor([[1, 2], [9, 0]])):
+        a, b = plain[index], compact[index]
+        assert a.shape == b.shape
+        for key, value in a.items(True, True):
+            assert torch.equal(b.get(key), value), (index, key)
+    assert compact[:].get("action").dtype == torch.float32  # continuous actions: no uint8 codec
