@@ -93,8 +93,12 @@ def fill(module: FOPLightningModule, env, episodes: int, seed: int = 0) -> None:
     limit, one after another in collector batches of ``collect.frames_per_batch`` frames (the
     authors' single game: an episode may span two batches)."""
     generator = torch.Generator().manual_seed(seed)
-    limit = module.collect.sequence_length
-    stream = torch.cat([episode(env, int(torch.randint(1, limit + 1, (), generator=generator)), i, generator)
-                        for i in range(episodes)])
-    for batch in stream.split(module.collect.frames_per_batch):
-        module.buffer.extend(batch)
+    limit, frames_per_batch = module.collect.sequence_length, module.collect.frames_per_batch
+    pending = []  # episodes not yet written, at most one batch's worth: few temporaries
+    for i in range(episodes):
+        pending.append(episode(env, int(torch.randint(1, limit + 1, (), generator=generator)), i, generator))
+        last = i == episodes - 1
+        while pending and (last or sum(len(e) for e in pending) >= frames_per_batch):
+            stream = torch.cat(pending)
+            module.buffer.extend(stream[:frames_per_batch])
+            pending = [stream[frames_per_batch:]] if len(stream) > frames_per_batch else []

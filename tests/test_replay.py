@@ -234,3 +234,17 @@ def test_a_write_that_wraps_links_across_the_end_of_the_storage_and_any_index_re
         for key, value in a.items(True, True):
             assert torch.equal(b.get(key), value), (index, key)
     assert compact[:].get("action").dtype == torch.float32  # continuous actions: no uint8 codec
+
+
+def test_single_rows_added_one_at_a_time_read_back():
+    data = _stream(6, ends=(2,))
+    plain = TensorDictReplayBuffer(storage=LazyTensorStorage(4), batch_size=2)
+    compact = TensorDictReplayBuffer(storage=CompactTensorStorage(4), batch_size=2)
+    for buffer in (plain, compact):
+        buffer.extend(data[:1])
+        for row in data[1:]:
+            buffer.add(row.clone())
+    assert compact.storage.side_rows == 4  # every row written alone keeps its own "next"
+    a, b = plain[:4], compact[:4]
+    for key in ("observation", ("next", "observation"), ("next", "done"), "action"):
+        assert torch.equal(b.get(key), a.get(key)), key
