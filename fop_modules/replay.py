@@ -327,18 +327,17 @@ class CompactTensorStorage(LazyTensorStorage):
         stored = self._storage[positions]
         slots = stored.get(SIDE_SLOT_KEY)
         linked = slots < 0
-        successors = (positions[linked] + 1) % self.max_size
-        unlinked_slots = slots[~linked].long()
+        # linked rows read their successor's slot; the others (few) are then filled from the side table
+        source = torch.where(linked, (positions + 1) % self.max_size, positions)
+        unlinked = (~linked).nonzero().squeeze(-1)
+        unlinked_slots = slots[unlinked].long()
         out = TensorDict({}, positions.shape, device=self.device)
         for key, (shape, dtype) in layout.template.items():
             if key in layout.dropped:
                 value = torch.zeros((*positions.shape, *shape), dtype=dtype, device=self.device)
             elif key[0] == "next" and key[1:] in layout.shared:
-                column = self._storage.get(key[1:])
-                encoded = torch.empty((*positions.shape, *column.shape[1:]), dtype=column.dtype,
-                                      device=self.device)
-                encoded[linked] = column[successors]
-                encoded[~linked] = self._side.get(key[1:])[unlinked_slots]
+                encoded = self._storage.get(key[1:])[source]
+                encoded[unlinked] = self._side.get(key[1:])[unlinked_slots]
                 value = self._decode(key, encoded)
             else:
                 value = self._decode(key, stored.get(key))
