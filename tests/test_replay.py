@@ -18,6 +18,7 @@ from torchrl.collectors import Collector
 from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
 
 from fop_modules.checkpointing import load_replay_state, replay_state
+from fop_modules.lightning import FOPLightningModule
 from fop_modules.recurrent import HIDDEN_KEY
 from fop_modules.replay import CompactTensorStorage, IntegerCodec, OneHotCodec, make_replay_buffer
 
@@ -248,3 +249,32 @@ def test_single_rows_added_one_at_a_time_read_back():
     a, b = plain[:4], compact[:4]
     for key in ("observation", ("next", "observation"), ("next", "done"), "action"):
         assert torch.equal(b.get(key), a.get(key)), key
+
+
+def test_a_smac_run_checkpoints_its_compact_replay_and_resumes_with_it(tmp_path, monkeypatch):
+    short = ["collect.frames_per_batch=16", "collect.batch_size=4", "collect.warmup_frames=64",
+             "collect.sequence_length=20", "collect.eval_interval=0", "collect.eval_envs=1",
+             "collect.eval_max_steps=5", "trainer.enable_progress_bar=false", "checkpoint.every_frames=96",
+             "collect.total_frames=160"]
+    with initialize_config_dir(config_dir=train.CONFIG_DIR, version_base="1.3"):
+        cfg = compose("config", overrides=[*SMAC, *short])
+    step = FOPLightningModule.training_step
+
+    def crash_after_the_checkpoint(self, batch, batch_idx):
+        if self.env_frames >= 112:
+            raise RuntimeError("crash")
+        return step(self, batch, batch_idx)
+
+    monkeypatch.setattr(FOPLightningModule, "training_step", crash_after_the_checkpoint)
+    with pytest.raises(RuntimeError, match="crash"):
+        train.train(cfg, tmp_path)
+    saved = torch.load(tmp_path / "checkpoints" / "last.ckpt")["fop_run"]["replay"][0]["data"]
+    assert saved["_len"] == 96 and saved["side"] is not None
+    monkeypatch.setattr(FOPLightningModule, "training_step", step)
+    cfg.resume = str(tmp_path)
+    train.train(cfg, tmp_path)  # the buffer comes back from the checkpoint, then grows to 160 frames
+    final = torch.load(tmp_path / "checkpoints" / "last.ckpt")["fop_run"]["replay"][0]["data"]
+    assert final["_len"] == 160
+    rows_a, rows_b = (TensorDict().load_state_dict(d["rows"], strict=False) for d in (saved, final))
+    for key, value in rows_a.items(True, True):  # the restored rows are kept as they were
+        assert torch.equal(rows_b.get(key)[:96], value), key
