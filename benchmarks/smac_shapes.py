@@ -117,8 +117,10 @@ def scaled_learner(n_agents: int, episode_limit: int, map_name: str = "3s_vs_3z"
 
 
 def episode(env, length: int, traj_id: int, generator: torch.Generator) -> TensorDictBase:
-    """One random episode [length] with the env's keys and dtypes, as the collector writes it
-    (``is_init`` at its first step, ``done`` at its last, ``("collector", "traj_ids")``)."""
+    """One random episode [length] with the env's keys and dtypes, laid out as the collector
+    writes it: ``("next", k)`` of a step is ``k`` of the following step, ``is_init`` at the first
+    step, ``done`` at the last, one-hot last actions (zeros at the start) and
+    ``("collector", "traj_ids")``."""
     template = env.fake_tensordict()
     td = template.expand(length).clone()
     for key, value in td.items(True, True):
@@ -127,20 +129,37 @@ def episode(env, length: int, traj_id: int, generator: torch.Generator) -> Tenso
         else:
             value.zero_()
     n_actions = td["agents", "action_mask"].shape[-1]
-    td["agents", "action"] = torch.randint(n_actions, td["agents", "action"].shape, generator=generator)
+    action = torch.randint(n_actions, td["agents", "action"].shape, generator=generator)
+    td["agents", "action"] = action
     td["agents", "action_mask"].fill_(True)
     td["next", "agents", "action_mask"].fill_(True)
+    if ("agents", "last_action") in td.keys(True):
+        one_hot = torch.nn.functional.one_hot(action, n_actions).float()
+        td["next", "agents", "last_action"] = one_hot
+        td["agents", "last_action"] = torch.cat([torch.zeros_like(one_hot[:1]), one_hot[:-1]])
     td["is_init"][0] = True
     for key in ("done", "terminated"):
         td["next", key][-1] = True
+    flags = ("done", "terminated", "truncated", "is_init")  # not carried: reset at every step
+    for key, value in td.exclude("next", *flags).items(True, True):  # the collector carries next -> root
+        next_key = ("next", *(key if isinstance(key, tuple) else (key,)))
+        if next_key in td.keys(True, True):
+            td[next_key][:-1] = value[1:]
     td["collector", "traj_ids"] = torch.full((length,), traj_id)
     return td
 
 
 def fill(module: FOPLightningModule, env, episodes: int, seed: int = 0) -> None:
-    """Extends the module's replay buffer by ``episodes`` episodes of random lengths up to the limit."""
+    """Extends the module's replay buffer by ``episodes`` episodes of random lengths up to the
+    limit, one after another in collector batches of ``collect.frames_per_batch`` frames (the
+    authors' single game: an episode may span two batches)."""
     generator = torch.Generator().manual_seed(seed)
-    limit = module.collect.sequence_length
+    limit, frames_per_batch = module.collect.sequence_length, module.collect.frames_per_batch
+    pending = []  # episodes not yet written, at most one batch's worth: few temporaries
     for i in range(episodes):
-        length = int(torch.randint(1, limit + 1, (), generator=generator))
-        module.buffer.extend(episode(env, length, i, generator))
+        pending.append(episode(env, int(torch.randint(1, limit + 1, (), generator=generator)), i, generator))
+        last = i == episodes - 1
+        while pending and (last or sum(len(e) for e in pending) >= frames_per_batch):
+            stream = torch.cat(pending)
+            module.buffer.extend(stream[:frames_per_batch])
+            pending = [stream[frames_per_batch:]] if len(stream) > frames_per_batch else []

@@ -37,6 +37,8 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from tensordict import TensorDict
 from torchrl.data import ReplayBuffer
 
+from fop_modules.replay import CompactTensorStorage
+
 __all__ = [
     "AtomicCheckpointIO", "EnvFrameCheckpoint", "RNGCheckpoint", "gather_ranks", "get_rng_states",
     "load_replay_state", "replay_state", "set_rng_states",
@@ -210,9 +212,12 @@ def replay_state(buffer: ReplayBuffer) -> dict[str, Any]:
         (5, [0.0, 1.0, 2.0, 3.0, 4.0])
     """
     filled = len(buffer)
+    if isinstance(buffer.storage, CompactTensorStorage):  # its own state: the stored columns
+        data = buffer.storage.state_dict()
+    else:  # clone: torch.save of a view writes the whole preallocated storage behind it
+        data = buffer.storage[:filled].clone().state_dict() if filled else None
     return {
-        # clone: torch.save of a view writes the whole preallocated storage behind it
-        "data": buffer.storage[:filled].clone().state_dict() if filled else None,
+        "data": data,
         "writer": buffer.writer.state_dict(),
         "sampler": buffer.sampler.state_dict(),
     }
@@ -221,7 +226,9 @@ def replay_state(buffer: ReplayBuffer) -> dict[str, Any]:
 def load_replay_state(buffer: ReplayBuffer, state: dict[str, Any]) -> None:
     """Puts what :func:`replay_state` returned back into ``buffer``, in the same slots (sampling
     then draws the same indices as it would have)."""
-    if state["data"] is not None:
+    if isinstance(buffer.storage, CompactTensorStorage):
+        buffer.storage.load_state_dict(state["data"])
+    elif state["data"] is not None:
         data = TensorDict()
         data.load_state_dict(state["data"], strict=False)
         buffer.storage.set(torch.arange(data.shape[0]), data)

@@ -50,8 +50,8 @@ class RankConsistency(Callback):
         state = [v.detach().flatten().double() for v in pl_module.state_dict().values() if v.is_floating_point()]
         gathered = pl_module.all_gather(torch.cat(state))  # [world_size, P]
         self.parameter_difference = float((gathered - gathered[0]).abs().max())
-        storage = pl_module.buffer[: len(pl_module.buffer)]
-        rewards = pl_module.all_gather(storage.get(("next", "reward")).double().sum())  # [world_size]
+        columns = pl_module.buffer.storage[:]  # the stored columns, not a decoded copy of the buffer
+        rewards = pl_module.all_gather(columns.get(("next", "reward")).double().sum())  # [world_size]
         self.replays_differ = bool((rewards != rewards[0]).any())
         if self.parameter_difference != 0.0:
             raise RuntimeError(

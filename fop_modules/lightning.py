@@ -31,8 +31,7 @@ import torch
 from tensordict import TensorDictBase
 from torch import nn
 from torchrl.collectors import BaseCollector
-from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
-from torchrl.data.replay_buffers.samplers import SliceSampler
+from torchrl.data import TensorDictReplayBuffer
 from torchrl.envs import DeviceCastTransform, EnvBase, ExplorationType, TransformedEnv, set_exploration_type
 from torchrl.objectives import HardUpdate, LossModule, SoftUpdate
 
@@ -40,6 +39,7 @@ from fop_modules.checkpointing import gather_ranks, load_replay_state, replay_st
 from fop_modules.collectors import KINDS as COLLECTOR_KINDS
 from fop_modules.collectors import make_collector, needs_weight_sync
 from fop_modules.loss import FOPLoss
+from fop_modules.replay import make_replay_buffer
 from fop_modules.temperature import TemperatureSchedule
 
 __all__ = [
@@ -256,21 +256,9 @@ class MARLLightningModule(L.LightningModule):
     # ------------------------------------------------------------------ data
     @staticmethod
     def _make_buffer(collect: CollectConfig) -> TensorDictReplayBuffer:
-        """Transitions, or slices within one trajectory (TorchRL's SliceSampler: a slice never
-        crosses an episode or a collector batch; shorter ones are padded and masked by
-        ``("collector", "mask")``, and each slice's last step is marked truncated)."""
-        storage = LazyTensorStorage(collect.buffer_size)
-        if collect.sequence_length is None:
-            return TensorDictReplayBuffer(storage=storage, batch_size=collect.batch_size)
-        sampler = SliceSampler(
-            slice_len=collect.sequence_length,
-            traj_key=("collector", "traj_ids"),
-            strict_length=False,
-            pad_output=True,
-        )
-        return TensorDictReplayBuffer(
-            storage=storage, sampler=sampler, batch_size=collect.batch_size * collect.sequence_length
-        )
+        """Transitions, or slices within one trajectory in a compact storage (each step stored
+        once; see :func:`fop_modules.replay.make_replay_buffer`)."""
+        return make_replay_buffer(collect.buffer_size, collect.batch_size, collect.sequence_length)
 
     def sample(self) -> TensorDictBase:
         """One replay batch: [batch_size] transitions or [batch_size, sequence_length] slices."""
