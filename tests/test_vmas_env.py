@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tensordict import TensorDict
 from torchrl.data import Bounded
 from torchrl.envs import VmasEnv
 from torchrl.envs.utils import check_env_specs, step_mdp
