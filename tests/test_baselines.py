@@ -98,10 +98,11 @@ def test_baselines_need_transitions_and_reject_unknown_keys(tmp_path):
 
 
 def test_fop_keys_set_by_an_experiment_are_ignored_and_named(tmp_path, capsys):
-    cfg = _compose(["+experiment=mtq", "algorithm=maddpg", *SHORT])  # mtq sets algorithm.value_network
+    cfg = _compose(["+experiment=mtq", "algorithm=maddpg", *SHORT])  # mtq sets FOP-only keys
     config = schema.validate(cfg).algorithm
     assert isinstance(config, MADDPGConfig)
-    assert "ignores FOP's keys ['num_qvalue_nets', 'value_network']" in capsys.readouterr().out
+    assert ("ignores FOP's keys ['individual_temperature', 'num_qvalue_nets', 'value_network']"
+            in capsys.readouterr().out)
 
 
 # ---------------------------------------------------------------- losses, by hand
