@@ -262,16 +262,18 @@ class CompactTensorStorage(LazyTensorStorage):
             linked &= _rows_equal(data.get(("next", *k))[:-1], data.get(k)[1:])
         return torch.cat([linked, torch.zeros(1, dtype=torch.bool)])
 
-    def _encode(self, key: tuple[str, ...], value: torch.Tensor) -> torch.Tensor:
+    def _codec(self, key: tuple[str, ...]):
+        """The codec of ``key``: a rebuilt ``("next", k)`` uses its root key's."""
         root = key[1:] if key[0] == "next" and key[1:] in self._layout.shared else key
-        codec = self.codecs.get(root)
+        return self.codecs.get(root)
+
+    def _encode(self, key: tuple[str, ...], value: torch.Tensor) -> torch.Tensor:
+        codec = self._codec(key)
         return value if codec is None else codec.encode(key, value)
 
     def _decode(self, key: tuple[str, ...], stored: torch.Tensor) -> torch.Tensor:
-        shape, dtype = self._layout.template[key]
-        root = key[1:] if key[0] == "next" and key[1:] in self._layout.shared else key
-        codec = self.codecs.get(root)
-        return stored if codec is None else codec.decode(stored, shape, dtype)
+        codec = self._codec(key)
+        return stored if codec is None else codec.decode(stored, *self._layout.template[key])
 
     def _free(self, slots_of: torch.Tensor) -> None:
         old = self._storage.get(SIDE_SLOT_KEY)[slots_of]
