@@ -236,6 +236,8 @@ def test_losses_on_real_steps_equal_the_masked_losses_over_the_padded_batch():
     loss, _ = _loss()
     loss.make_value_estimator(ValueEstimators.TDLambda, gamma=0.9, lmbda=0.8)
     batch = _padded_batch([6, 2])
+    with loss.shared_unroll(batch) as seq:  # the networks do see only the 6 + 2 real steps
+        assert loss._rows(seq).batch_size == torch.Size([8])
     grads = {}
     for path in ("rows", "padded"):
         if path == "padded":  # the plain path: every step through the networks, masked in the mean
