@@ -9,7 +9,7 @@ timed call is ``FOPLightningModule.update`` on a batch of 32 whole episodes of r
 the map's limit sampled from the module's own replay buffer (benchmarks/smac_shapes.py).
 
 ``bare f+b`` runs the same networks once on the same batch with no loss around them: the actor's
-GRU unroll (over slices grouped by length, as the loss does), then on the real (unpadded) steps
+GRU unroll (over each slice's real steps, as the loss does), then on the real (unpadded) steps
 each twin critic on the root and next steps and each twin mixer, and one backward of the sum. ``ratio`` = update / bare f+b (the loss's overhead: target networks, TD(lambda), several
 objectives, optimiser steps).
 """
@@ -76,7 +76,7 @@ def profile_update(module, batch, top: int = 12) -> None:
 
     loss = module.loss_module
     stages = {  # label -> (object, method) wrapped in a record_function while profiling
-        "actor GRU unroll": (loss._encoders[0], "unroll") if loss._encoders else None,
+        "actor GRU unroll": (loss._encoders[0], "unroll_steps") if loss._encoders else None,
         "TD target (no grad)": (loss, "_td_target"),
         "eq. 9 loss (TD target incl.)": (loss, "qvalue_loss"),
         "eq. 11 loss": (loss, "actor_loss"),

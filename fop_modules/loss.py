@@ -347,16 +347,22 @@ class FOPLoss(LossModule):
                 "recurrent networks need [B, T] batches of trajectory slices (time last), got batch "
                 f"{list(tensordict.batch_size)}: replay with collect.sequence_length"
             )
-        unrolled, precomputed = tensordict, contextlib.nullcontext()
+        unrolled, rows, precomputed = tensordict, None, contextlib.nullcontext()
         if self._encoders:
             encoder = self._encoders[0]
             with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
                 valid = self._valid_steps(tensordict)
                 with self.actor_network_params.to_module(self.actor_network):
-                    unrolled = encoder.unroll(tensordict, None if valid is None else valid.sum(-1))
+                    if self._flattens(valid):  # the embeddings of the real steps only, as rows
+                        embed, next_embed = encoder.unroll_steps(tensordict, valid)
+                        rows = tensordict.select(*self._row_keys(), strict=False)[valid]
+                        rows.set(encoder.embed_key, embed)
+                        rows.set(("next", *encoder.embed_key), next_embed)
+                    else:
+                        unrolled = encoder.unroll(tensordict, None if valid is None else valid.sum(-1))
             precomputed = encoder.precomputed()
         outer = self._sequence, self._sequence_rows
-        self._sequence, self._sequence_rows = unrolled, None
+        self._sequence, self._sequence_rows = unrolled, rows
         try:
             with precomputed:
                 yield unrolled
@@ -390,7 +396,7 @@ class FOPLoss(LossModule):
         over [B, T]). Computed once per unrolled batch. Other batches, and batches read by a
         recurrent critic (it unrolls over [B, T]), are returned unchanged."""
         mask = self._valid_steps(tensordict)
-        if mask is None or self._critic_encoders:
+        if not self._flattens(mask):
             return tensordict
         if tensordict is self._sequence and self._sequence_rows is not None:
             return self._sequence_rows
@@ -398,6 +404,11 @@ class FOPLoss(LossModule):
         if tensordict is self._sequence:
             self._sequence_rows = rows
         return rows
+
+    def _flattens(self, valid: Tensor | None) -> bool:
+        """Whether the networks run on the real steps only (:meth:`_rows`) of a batch with this
+        mask of real steps: yes unless there is no mask or a recurrent critic unrolls the batch."""
+        return valid is not None and not self._critic_encoders
 
     def _row_keys(self) -> list[NestedKey]:
         """What the networks read on the flattened steps: a recurrent actor's embeddings stand

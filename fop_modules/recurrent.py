@@ -12,9 +12,11 @@ network is split so that training never loops over time steps in Python:
     collectors carry to the next step.
   * **sequence** (the loss, :meth:`GRUEncoder.unroll`): a [B, T] tensordict of
     trajectory slices. Within a slice the ``"next"`` inputs of step t are the inputs of step
-    t + 1, so one ``nn.GRU`` call of T + 1 steps over all B * N sequences, on the inputs of step 0
+    t + 1, so one GRU run of T + 1 steps over all B * N sequences, on the inputs of step 0
     followed by every step's ``"next"`` inputs, from the stored hidden state at t = 0, gives both
     ``("agents", "embed")`` (h_0..h_{T-1}) and ``("next", "agents", "embed")`` (h_1..h_T) exactly.
+    The run is :func:`~fop_modules.packed_gru.packed_gru` with the ``nn.GRU``'s parameters: each
+    sequence only over its real steps, with a hand-written backward.
 
 - The policy head (a Linear on ``("agents", "embed")``) is feed-forward, so :class:`FOPLoss`
   uses a recurrent actor like any other once the embeddings are in the tensordict.
@@ -38,6 +40,7 @@ from torchrl.envs import InitTracker, Transform, TensorDictPrimer
 from torchrl.modules import MaskedCategorical, ProbabilisticActor
 
 from fop_modules.networks import ACTION_KEY, MASK_KEY, OBS_KEY, first_layer_with_agent_id
+from fop_modules.packed_gru import packed_gru
 
 __all__ = [
     "GRUEncoder",
@@ -161,61 +164,58 @@ class GRUEncoder(TensorDictModuleBase):
 
         Args:
             tensordict: the [B, T] batch.
-            lengths: real steps of each slice [B] when slices are padded at their end. The
-                slices are sorted by length and run in groups (:meth:`_length_groups`), each only
-                as long as its longest slice, so padding costs little; embeddings past a slice's
-                length are then unspecified (the loss never reads them). ``None``: every step
-                is computed.
+            lengths: real steps of each slice [B] when slices are padded at their end: the
+                GRU (:func:`~fop_modules.packed_gru.packed_gru`) runs each slice only over its
+                real steps and the embeddings past them are zero (the loss never reads them).
+                ``None``: every step is computed.
         """
-        if tensordict.batch_dims != 2:
-            raise ValueError(
-                f"GRUEncoder.unroll needs a [B, T] tensordict (time last), got batch "
-                f"{list(tensordict.batch_size)}"
-            )
-        B, T = tensordict.batch_size
-        inputs = tensordict.select(OBS_KEY, LAST_ACTION_KEY, ("next", OBS_KEY), ("next", LAST_ACTION_KEY),
-                                   strict=False)
-        h0 = self._initial_hidden(tensordict[:, 0])  # [B, N, H]
-        if lengths is None:
-            out = self._unroll_group(inputs, h0)
-        else:
-            order = lengths.argsort(descending=True)
-            parts = []
-            for group in order.chunk(self._length_groups(lengths[order].tolist())):
-                steps = max(int(lengths[group].max()), 1)
-                part = self._unroll_group(inputs[group, :steps], h0[group])
-                parts.append(F.pad(part, (0, 0, 0, 0, 0, T - steps)))  # zeros up to T + 1 steps
-            out = torch.cat(parts)[order.argsort()]
+        B, T = _slices(tensordict)
+        h, (b, t) = self._packed_unroll(tensordict, lengths)
+        out = h.new_zeros(B, T + 1, *h.shape[1:]).index_put((b, t), h)  # h_0..h_T, zero past the end
         out_td = tensordict.clone(False)
         out_td.set(self.embed_key, out[:, :T])
         out_td.set(("next", *self.embed_key), out[:, 1:])
         return out_td
 
-    STEP_COST_IN_ROWS = 32  # a GRU time step's fixed cost, in sequences' worth of work (CPU)
+    def unroll_steps(self, tensordict: TensorDictBase, valid: Tensor) -> tuple[Tensor, Tensor]:
+        """Sequence mode on the real steps only: the root and next embeddings [M, N, H] at the M
+        true entries of ``valid`` [B, T], in row-major order (as ``tensordict[valid]``).
 
-    def _length_groups(self, lengths: list[int]) -> int:
-        """How many groups of similar length to unroll ``lengths`` (sorted, longest first) in: the
-        count in 1..8 with the least modelled cost, sum over groups of
-        (steps + 1) * (STEP_COST_IN_ROWS + sequences): more groups skip more padding, but each
-        time step costs a fixed amount whatever its width."""
-        def cost(k: int) -> float:
-            size = -(-len(lengths) // k)  # as Tensor.chunk splits
-            return sum((lengths[i] + 1) * (self.STEP_COST_IN_ROWS + self.n_agents * len(lengths[i:i + size]))
-                       for i in range(0, len(lengths), size))
-        return min(range(1, 9), key=cost)
+        Each slice's real steps must be its first ones (``SliceSampler`` pads at the end). Same
+        values as :meth:`unroll` at those steps, without the padded [B, T] layout in between.
+        """
+        B, T = _slices(tensordict)
+        lengths = valid.sum(-1)
+        if valid.shape != (B, T) or not torch.equal(valid, torch.arange(T, device=valid.device) < lengths.unsqueeze(-1)):
+            raise ValueError(
+                "GRUEncoder.unroll_steps needs a [B, T] mask whose real steps are the first ones of "
+                f"each slice (padding at the end, as SliceSampler pads); got shape {list(valid.shape)}"
+            )
+        h, (b, t) = self._packed_unroll(tensordict, lengths)
+        packed_row = torch.empty(B, T + 1, dtype=torch.long, device=h.device)
+        packed_row[b, t] = torch.arange(len(b), device=h.device)
+        return h[packed_row[:, :T][valid]], h[packed_row[:, 1:][valid]]
 
-    def _unroll_group(self, inputs: TensorDictBase, h0: Tensor) -> Tensor:
-        """h_0..h_T [b, T + 1, N, H] of b slices of T steps from their initial hidden state h0."""
-        b, T = inputs.batch_size
+    def _packed_unroll(self, tensordict: TensorDictBase, lengths: Tensor | None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """h_0..h_{length_b} of every slice b, packed: ([P, N, H], (slice index [P], step [P]))."""
+        B, T = tensordict.batch_size
         N, H = self.n_agents, self.hidden
-        # Inputs x_0, x'_0, ..., x'_{T-1} (x'_t: the "next" input of step t, which is x_{t+1}
-        # within a slice): one GRU call of T + 1 steps gives h_0 and every next-step h'_t.
-        x = torch.cat([self._features(inputs[:, :1]), self._features(inputs.get("next"))], 1)
-        out, _ = self.gru(
-            x.transpose(1, 2).reshape(b * N, T + 1, H),  # one sequence per (slice, agent)
-            h0.reshape(1, b * N, H),
-        )
-        return out.reshape(b, N, T + 1, H).transpose(1, 2)
+        inputs = tensordict.select(OBS_KEY, LAST_ACTION_KEY, ("next", OBS_KEY), ("next", LAST_ACTION_KEY),
+                                   strict=False)
+        # Slice b runs h_0..h_{length_b}: its root input x_0, then x_{t+1} = the "next" input of
+        # step t. Sorted longest first and packed time-major, the slices still running at step t
+        # are the first rows of that step, so the GRU skips the padding at no cost per step.
+        steps = torch.full((B,), T) if lengths is None else lengths.detach().cpu().clamp(0, T)
+        steps = steps + 1
+        order = steps.argsort(descending=True, stable=True)
+        running = torch.arange(T + 1).unsqueeze(1) < steps[order]  # [T + 1, B]
+        sizes = running.sum(1)
+        t, j = (index.to(tensordict.device) for index in running.nonzero(as_tuple=True))
+        b = order.to(tensordict.device)[j]  # packed row -> slice, step t; all B slices run at t = 0
+        x = torch.cat([self._features(inputs[b[:B], 0]), self._features(inputs.get("next")[b[B:], t[B:] - 1])])
+        h0 = self._initial_hidden(tensordict[:, 0])[b[:B]]  # [B, N, H]
+        h = packed_gru(x.reshape(-1, H), h0.reshape(-1, H), self.gru, (sizes[sizes > 0] * N).tolist())
+        return h.reshape(-1, N, H), (b, t)
 
     @contextlib.contextmanager
     def precomputed(self) -> Iterator[None]:
@@ -227,6 +227,15 @@ class GRUEncoder(TensorDictModuleBase):
             yield
         finally:
             self._precomputed = False
+
+
+def _slices(tensordict: TensorDictBase) -> tuple[int, int]:
+    """(B, T) of a batch of B slices of T steps; raises for any other batch shape."""
+    if tensordict.batch_dims != 2:
+        raise ValueError(
+            f"GRUEncoder.unroll needs a [B, T] tensordict (time last), got batch {list(tensordict.batch_size)}"
+        )
+    return tuple(tensordict.batch_size)
 
 
 def recurrent_discrete_actor(

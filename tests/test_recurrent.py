@@ -200,15 +200,30 @@ def test_collector_carries_the_hidden_state_and_resets_it_per_episode():
     assert available.all()  # the collector only samples available actions
 
 
-def test_unroll_by_length_groups_equals_the_full_unroll_on_real_steps():
+def test_unroll_over_real_steps_equals_the_full_unroll_and_is_zero_past_them():
     torch.manual_seed(0)
     enc = GRUEncoder(N, OBS, A, hidden=H)
     seq, _, _ = _sequence(B=7, T=9)
-    lengths = torch.tensor([9, 1, 4, 7, 2, 9, 5])
-    full, grouped = enc.unroll(seq), enc.unroll(seq, lengths)
+    lengths = torch.tensor([9, 1, 4, 7, 2, 9, 0])
+    full, packed = enc.unroll(seq), enc.unroll(seq, lengths)
     for b, length in enumerate(lengths.tolist()):
-        for key in [("agents", "embed"), ("next", "agents", "embed")]:
-            torch.testing.assert_close(grouped[key][b, :length], full[key][b, :length])
+        root, nxt = ("agents", "embed"), ("next", "agents", "embed")
+        torch.testing.assert_close(packed[root][b, :max(length, 1)], full[root][b, :max(length, 1)])
+        torch.testing.assert_close(packed[nxt][b, :length], full[nxt][b, :length])
+        assert not packed[nxt][b, length:].any() and not packed[root][b, length + 1:].any()
+
+
+def test_unroll_steps_gives_the_unrolled_embeddings_of_the_real_steps_as_rows():
+    torch.manual_seed(0)
+    enc = GRUEncoder(N, OBS, A, hidden=H)
+    seq, _, _ = _sequence(B=4, T=6)
+    valid = torch.arange(6) < torch.tensor([6, 2, 0, 5]).unsqueeze(-1)
+    embed, next_embed = enc.unroll_steps(seq, valid)
+    full = enc.unroll(seq)
+    torch.testing.assert_close(embed, full["agents", "embed"][valid])
+    torch.testing.assert_close(next_embed, full["next", "agents", "embed"][valid])
+    with pytest.raises(ValueError, match="first ones"):  # a gap: not padding at the end
+        enc.unroll_steps(seq, valid & (torch.arange(6) != 1))
 
 
 def _padded_batch(lengths):
@@ -241,7 +256,7 @@ def test_losses_on_real_steps_equal_the_masked_losses_over_the_padded_batch():
     grads = {}
     for path in ("rows", "padded"):
         if path == "padded":  # the plain path: every step through the networks, masked in the mean
-            loss._rows = lambda td: td
+            loss._flattens = lambda valid: False
         out = {}
         for name in ("qvalue", "actor"):
             loss.zero_grad()
@@ -266,10 +281,3 @@ def test_shared_unroll_gives_the_losses_of_separate_unrolls():
         shared = loss.actor_loss(seq)[0], loss.qvalue_loss(seq)[0]
         assert loss._sequence is seq
     torch.testing.assert_close(shared, separate)
-
-
-def test_length_groups_skip_padding_only_where_it_pays():
-    enc = GRUEncoder(n_agents=10, obs_dim=OBS, n_actions=A, hidden=H)
-    assert enc._length_groups([100] * 32) == 1  # nothing to skip
-    assert enc._length_groups(list(range(150, 0, -5))) > 1  # 32 slices, lengths spread out
-    assert GRUEncoder(1, OBS, A, hidden=H)._length_groups([9, 1]) == 1  # narrow steps: one call
