@@ -122,17 +122,22 @@ def main() -> None:
     parser.add_argument("--maps", nargs="+", default=["MMM", "MMM2", "3s_vs_3z", "2c_vs_64zg"])
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--repeats", type=int, default=7, help="timed updates (median)")
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda for a GPU (threads: the CPU's)")
     parser.add_argument("--profile", action="store_true",
                         help="then profile one update of the first map (torch.profiler, 1 thread)")
     args = parser.parse_args()
     torch.manual_seed(0)
-    print(f"FOP update, authors' SMAC config, batch 32 episodes; median of {args.repeats}")
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no GPU is visible to torch here")
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    print(f"FOP update, authors' SMAC config, batch 32 episodes; median of {args.repeats}; {where}")
     print(f"{'map':>11} {'threads':>7} {'update s':>9} {'bare f+b s':>10} {'ratio':>6}")
     for map_name in args.maps:
         module, env = learner(map_name, ["collect.buffer_size=26000"])  # 64 episodes fit
         for threads in args.threads:
             torch.set_num_threads(threads)
-            update, bare = measure(module, env, args.repeats)
+            update, bare = measure(module, env, args.repeats, device)
             print(f"{map_name:>11} {threads:>7} {update:>9.3f} {bare:>10.3f} {update / bare:>6.2f}", flush=True)
     if args.profile:
         torch.set_num_threads(1)

@@ -21,6 +21,7 @@ as ``[<module class>]evaluate``, beside Lightning's ``[_TrainingEpochLoop].train
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Callable
@@ -32,7 +33,7 @@ from tensordict import TensorDictBase
 from torch import nn
 from torchrl.collectors import BaseCollector
 from torchrl.data import TensorDictReplayBuffer
-from torchrl.envs import DeviceCastTransform, EnvBase, ExplorationType, TransformedEnv, set_exploration_type
+from torchrl.envs import DeviceCastTransform, EnvBase, ExplorationType, set_exploration_type
 from torchrl.objectives import HardUpdate, LossModule, SoftUpdate
 
 from fop_modules.checkpointing import gather_ranks, load_replay_state, replay_state
@@ -455,14 +456,14 @@ class MARLLightningModule(L.LightningModule):
         """
         env = self.make_eval_env(self.collect.eval_envs)
         env.set_seed(self.seed + 10_000 + self.env_frames)
-        if self.device.type != "cpu":  # envs on CPU, a learner on GPU: cast on the way in and out
-            env = TransformedEnv(env, DeviceCastTransform(self.device, env.device))
+        policy, env_device = self.policy, env.device or torch.device("cpu")
+        if self.device != env_device:  # a learner on GPU, envs on CPU: play with a CPU copy
+            policy = copy.deepcopy(policy).to(env_device)
         with set_exploration_type(ExplorationType.DETERMINISTIC):
             if env.batch_size:
-                rollouts = [env.rollout(self.collect.eval_max_steps, self.policy,
-                                        break_when_any_done=False)]
+                rollouts = [env.rollout(self.collect.eval_max_steps, policy, break_when_any_done=False)]
             else:
-                rollouts = [env.rollout(self.collect.eval_max_steps, self.policy).unsqueeze(0)
+                rollouts = [env.rollout(self.collect.eval_max_steps, policy).unsqueeze(0)
                             for _ in range(self.collect.eval_envs)]
         returns, wins = [], []
         for rollout in rollouts:  # [E, T]

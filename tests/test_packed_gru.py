@@ -5,7 +5,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from fop_modules.packed_gru import _PackedGRU, packed_gru
+from fop_modules.packed_gru import _nn_gru, _PackedGRU, packed_gru
 
 
 def _case(lengths, hidden=5, features=3, dtype=torch.float64):
@@ -48,3 +48,24 @@ def test_bad_batch_sizes_are_named(sizes):
 def test_only_one_layer_unidirectional_grus():
     with pytest.raises(ValueError, match="one-layer"):
         packed_gru(torch.randn(2, 3), torch.zeros(2, 4), nn.GRU(3, 4, num_layers=2), [2])
+
+
+def test_the_gpu_path_computes_the_same():
+    """On CUDA, packed_gru hands the packed batch to nn.GRU (cuDNN): the same values and
+    gradients (checked here on CPU, where nn.GRU runs the packed batch too)."""
+    gru, packed, _, h0 = _case([5, 3, 3, 1])
+    data, sizes = packed.data.detach().requires_grad_(), packed.batch_sizes.tolist()
+    a, b = packed_gru(data, h0[0], gru, sizes), _nn_gru(data, h0[0], gru, sizes)
+    torch.testing.assert_close(a, b)
+    inputs = [data, h0, *gru.parameters()]
+    for u, v in zip(torch.autograd.grad(a.sum(), inputs), torch.autograd.grad(b.sum(), inputs), strict=True):
+        torch.testing.assert_close(u, v)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_on_cuda_equals_the_cpu_loop():
+    gru, packed, _, h0 = _case([6, 4, 4, 1], dtype=torch.float32)
+    sizes = packed.batch_sizes.tolist()
+    cpu = packed_gru(packed.data, h0[0], gru, sizes)
+    torch.testing.assert_close(packed_gru(packed.data.cuda(), h0[0].cuda(), gru.cuda(), sizes).cpu(), cpu,
+                               rtol=1e-3, atol=1e-3)  # cuDNN may use TF32
