@@ -127,16 +127,15 @@ class _PackedGRU(torch.autograd.Function):
         torch.mul(torch.addcmul(r, r, r, value=-1).mul_(gh[:, 2 * H:]), dn_coef, out=coef[:, 0])
         torch.mul(h_prev - n, torch.addcmul(z, z, z, value=-1), out=coef[:, 1])
         torch.mul(dn_coef, r, out=coef[:, 2])
-        d_gh = torch.empty_like(coef)  # [P, 3, H]
         grad = grad_out.clone()  # gains, step by step backwards, the gradient from step t + 1
         dh0 = torch.zeros_like(h0)
-        steps = list(zip(grad.split(sizes), coef.split(sizes), d_gh.split(sizes), z.split(sizes)))
+        steps = list(zip(grad.split(sizes), coef.split(sizes), z.split(sizes)))
         for t in range(len(sizes) - 1, -1, -1):
-            g, coef_t, d_gh_t, z_t = steps[t]
-            torch.mul(g.unsqueeze(1), coef_t, out=d_gh_t)
+            g, coef_t, z_t = steps[t]
+            d_gh_t = coef_t.mul_(g.unsqueeze(1))  # in place: memory already touched, no page faults
             previous = steps[t - 1][0] if t > 0 else dh0  # the same sequences are its first rows
             previous[: sizes[t]].addcmul_(g, z_t).addmm_(d_gh_t.flatten(1), w_hh)
-        d_gh = d_gh.flatten(1)  # [P, 3H]
+        d_gh = coef.flatten(1)  # now the hidden projections' gradients [P, 3H]
         d_gi_rz, d_gi_n = d_gh[:, : 2 * H], grad * dn_coef  # r and z enter both projections alike
         dx = None
         if ctx.needs_input_grad[0]:
