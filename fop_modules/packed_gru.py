@@ -89,6 +89,7 @@ def _previous_rows(sizes: list[int]) -> Tensor:
 
 class _PackedGRU(torch.autograd.Function):
     @staticmethod
+    @torch.amp.custom_fwd(device_type="cpu", cast_inputs=torch.float32)  # under CPU autocast: float32
     def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, sizes):
         H = h0.shape[1]
         gi = torch.addmm(b_ih, x, w_ih.t())  # every step's input projection [P, 3H]
@@ -112,6 +113,7 @@ class _PackedGRU(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
+    @torch.amp.custom_bwd(device_type="cpu")
     def backward(ctx, grad_out):
         x, h0, w_ih, w_hh, gh, rz, n, out = ctx.saved_tensors
         sizes, H = ctx.sizes, h0.shape[1]

@@ -38,6 +38,17 @@ def test_backward_passes_gradcheck():
     assert torch.autograd.gradcheck(lambda *args: _PackedGRU.apply(*args, sizes), inputs)
 
 
+def test_runs_in_float32_under_cpu_autocast():
+    gru, packed, _, h0 = _case([4, 2], dtype=torch.float32)
+    data = packed.data.detach().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = packed_gru(data, h0[0], gru, packed.batch_sizes.tolist())
+    assert out.dtype == torch.float32
+    out.sum().backward()
+    assert data.grad is not None and gru.weight_hh_l0.grad.dtype == torch.float32
+    torch.testing.assert_close(out, packed_gru(data, h0[0], gru, packed.batch_sizes.tolist()))
+
+
 @pytest.mark.parametrize("sizes", [[2, 3], [3, 1], [2, 2]])
 def test_bad_batch_sizes_are_named(sizes):
     gru = nn.GRU(3, 4)
