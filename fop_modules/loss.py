@@ -347,22 +347,23 @@ class FOPLoss(LossModule):
                 "recurrent networks need [B, T] batches of trajectory slices (time last), got batch "
                 f"{list(tensordict.batch_size)}: replay with collect.sequence_length"
             )
-        unrolled, rows, precomputed = tensordict, None, contextlib.nullcontext()
+        unrolled, embeddings, precomputed = tensordict, None, contextlib.nullcontext()
         if self._encoders:
             encoder = self._encoders[0]
             with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
                 valid = self._valid_steps(tensordict)
                 with self.actor_network_params.to_module(self.actor_network):
                     if self._flattens(valid):  # the embeddings of the real steps only, as rows
-                        embed, next_embed = encoder.unroll_steps(tensordict, valid)
-                        rows = tensordict.select(*self._row_keys(), strict=False)[valid]
-                        rows.set(encoder.embed_key, embed)
-                        rows.set(("next", *encoder.embed_key), next_embed)
+                        embeddings = encoder.unroll_steps(tensordict, valid)
                     else:
                         unrolled = encoder.unroll(tensordict, None if valid is None else valid.sum(-1))
             precomputed = encoder.precomputed()
         outer = self._sequence, self._sequence_rows
-        self._sequence, self._sequence_rows = unrolled, rows
+        self._sequence, self._sequence_rows = unrolled, None
+        if embeddings is not None:  # the rows of `_rows`, with the actor's embeddings added
+            rows = self._rows(unrolled)
+            rows.set(encoder.embed_key, embeddings[0])
+            rows.set(("next", *encoder.embed_key), embeddings[1])
         try:
             with precomputed:
                 yield unrolled

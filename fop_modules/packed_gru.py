@@ -7,9 +7,11 @@ thousands of short sequences (one per agent and replayed slice, of very differen
 that is not sequential to single large matrix products:
 
 - forward: the input projection of every step is one product; a step is one ``addmm`` (the
-  hidden projection) and four fused element-wise operations on the still-running sequences only;
-- backward: a step is one ``addmm`` and six element-wise operations; the gradients of both weight
-  matrices, both biases and the input are then one product or sum each over all steps.
+  hidden projection) and five element-wise operations (``add``, ``sigmoid_``, ``addcmul``,
+  ``tanh_``, ``lerp``) on the still-running sequences only;
+- backward: every step's local derivatives are computed first, in a few passes over all steps; a
+  step is then one broadcast ``mul_``, one ``addcmul_`` and one ``addmm_``; the gradients of both
+  weight matrices, both biases and the input are one product or sum each over all steps.
 
 The maths is ``nn.GRU``'s (gate order r, z, n; the hidden bias of n inside the reset gate)::
 

@@ -188,8 +188,9 @@ class GRUEncoder(TensorDictModuleBase):
         lengths = valid.sum(-1)
         if valid.shape != (B, T) or not torch.equal(valid, torch.arange(T, device=valid.device) < lengths.unsqueeze(-1)):
             raise ValueError(
-                "GRUEncoder.unroll_steps needs a [B, T] mask whose real steps are the first ones of "
-                f"each slice (padding at the end, as SliceSampler pads); got shape {list(valid.shape)}"
+                f"GRUEncoder.unroll_steps needs a [B, T] = {[B, T]} mask whose real steps are the first "
+                f"ones of each slice (padding at the end, as SliceSampler pads); got shape "
+                f"{list(valid.shape)}" + (" with padding before a real step" if valid.shape == (B, T) else "")
             )
         h, (b, t) = self._packed_unroll(tensordict, lengths)
         packed_row = torch.empty(B, T + 1, dtype=torch.long, device=h.device)
@@ -233,7 +234,8 @@ def _slices(tensordict: TensorDictBase) -> tuple[int, int]:
     """(B, T) of a batch of B slices of T steps; raises for any other batch shape."""
     if tensordict.batch_dims != 2:
         raise ValueError(
-            f"GRUEncoder.unroll needs a [B, T] tensordict (time last), got batch {list(tensordict.batch_size)}"
+            f"GRUEncoder's sequence mode (unroll, unroll_steps) needs a [B, T] tensordict (time last), "
+            f"got batch {list(tensordict.batch_size)}"
         )
     return tuple(tensordict.batch_size)
 
