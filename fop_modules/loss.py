@@ -461,13 +461,19 @@ class FOPLoss(LossModule):
         return log_probs.exp(), torch.where(mask, log_probs, torch.zeros_like(log_probs))
 
     def _critic(
-        self, tensordict: TensorDictBase, params: TensorDictBase, k: int, action: Tensor | None = None
+        self, tensordict: TensorDictBase, params: TensorDictBase, k: int, action: Tensor | None = None,
+        frozen: bool = False,
     ) -> Tensor:
-        """Twin k's critic: discrete Q_i(o_i, .) [*B, N, A]; continuous Q_i(o_i, u_i) [*B, N, 1]."""
+        """Twin k's critic: discrete Q_i(o_i, .) [*B, N, A]; continuous Q_i(o_i, u_i) [*B, N, 1].
+
+        ``frozen``: ``params`` are detached and must stay constants. ``to_module`` would otherwise
+        wrap them in new leaf Parameters that require grad (tensordict keeps the module's
+        registrations), and a backward through Q_i would compute critic gradients no one reads.
+        """
         td = tensordict.select(*self.qvalue_network.in_keys, strict=False)
         if action is not None:
             td.set(self.tensor_keys.action, action)
-        with self._twin(params, k).to_module(self.qvalue_network):
+        with self._twin(params, k).to_module(self.qvalue_network, preserve_module_state=not frozen):
             if self._critic_encoders:  # unroll the GRU with these parameters, then the head
                 encoder = self._critic_encoders[0]
                 half = self._critic_input(tensordict)
@@ -533,10 +539,11 @@ class FOPLoss(LossModule):
     def _chosen(q_all: Tensor, action: Tensor) -> Tensor:
         return q_all.gather(-1, action.long().reshape(*q_all.shape[:-1], 1))  # [*B, N, 1]
 
-    def _min_critic(self, td: TensorDictBase, params: TensorDictBase, action: Tensor | None = None):
+    def _min_critic(self, td: TensorDictBase, params: TensorDictBase, action: Tensor | None = None,
+                    frozen: bool = False):
         """min over twins of the critic (all actions if discrete, else at ``action``)."""
         return torch.stack(
-            [self._critic(td, params, k, action) for k in range(self.num_qvalue_nets)]
+            [self._critic(td, params, k, action, frozen) for k in range(self.num_qvalue_nets)]
         ).amin(0)
 
     def _twin_q_jt(self, td: TensorDictBase, action: Tensor, k: int, alpha_i: Tensor, target: bool):
@@ -658,14 +665,15 @@ class FOPLoss(LossModule):
         params = self.qvalue_network_params.detach()  # gradients reach pi_i only
         if self.discrete:
             probs, log_probs = self._policy(tensordict)
-            q_all = self._min_critic(tensordict, params)
+            with torch.no_grad():  # Q_i is a constant of eq. (11): no graph through the critics
+                q_all = self._min_critic(tensordict, params)
             loss = (probs * (alpha_i * log_probs - q_all)).sum(-1, keepdim=True)  # exact E [*B,N,1]
             log_pi = (probs * log_probs).sum(-1, keepdim=True).detach()  # -H(pi_i)
         else:
             dist = self._policy(tensordict)
             action = dist.rsample()  # reparameterised: the gradient flows through Q_i(o_i, u_i)
             log_prob = dist.log_prob(action).unsqueeze(-1)  # [*B, N, 1]
-            q = self._min_critic(tensordict, params, action)
+            q = self._min_critic(tensordict, params, action, frozen=True)  # d Q_i / d u_i only
             loss = alpha_i * log_prob - q
             log_pi = log_prob.detach()
         log_pi_jt = log_pi.sum(-2)  # E log pi_jt = -H(pi_jt) [*B, 1]
