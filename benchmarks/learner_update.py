@@ -10,8 +10,14 @@ the map's limit sampled from the module's own replay buffer (benchmarks/smac_sha
 
 ``bare f+b`` runs the same networks once on the same batch with no loss around them: the actor's
 GRU unroll (over each slice's real steps, as the loss does), then on the real (unpadded) steps
-each twin critic on the root and next steps and each twin mixer, and one backward of the sum. ``ratio`` = update / bare f+b (the loss's overhead: target networks, TD(lambda), several
+each twin critic on the root and next steps and each twin mixer, and one backward of the sum.
+``ratio`` = update / bare f+b (the loss's overhead: target networks, TD(lambda), several
 objectives, optimiser steps).
+
+``GFLOP`` counts the matrix products one update computes (every linear layer, GRU step and their
+gradients, recorded by torch.profiler), and ``products f32 s`` / ``bf16 s`` time those same
+products alone on random operands: the least an update can cost at that precision on this
+machine, whatever else it does.
 """
 
 from __future__ import annotations
@@ -58,15 +64,46 @@ def bare_forward_backward(module, batch) -> None:
     total.backward()
 
 
-def measure(module, env, repeats: int, device: torch.device = torch.device("cpu")) -> tuple[float, float]:
-    """(median update s, median bare forward+backward s) on one batch of the module's replay,
+def matrix_products(module, batch) -> list[tuple[tuple[int, int], tuple[int, int]]]:
+    """The operand shapes ``([m, k], [k, n])`` of every matrix product one update computes
+    (``mm``, ``addmm``, ``addmm_``: every linear layer, GRU step and their gradients), as
+    torch.profiler records them."""
+    from torch.profiler import profile
+
+    with profile(record_shapes=True) as prof:
+        module.update(batch)
+    products = []
+    for event in prof.events():
+        if event.name in ("aten::mm", "aten::addmm", "aten::addmm_"):
+            shapes = event.input_shapes[:2] if event.name == "aten::mm" else event.input_shapes[1:3]
+            products.append((tuple(shapes[0]), tuple(shapes[1])))
+    return products
+
+
+def products_time(products, dtype: torch.dtype, repeats: int, device: torch.device) -> float:
+    """Median seconds of the same matrix products alone, on random operands of ``dtype``: what an
+    update costs at least at that precision, whatever else it does."""
+    generator = torch.Generator(device).manual_seed(0)
+    operands = [(torch.randn(a, dtype=dtype, device=device, generator=generator),
+                 torch.randn(b, dtype=dtype, device=device, generator=generator)) for a, b in products]
+    return timed(lambda: [torch.mm(a, b) for a, b in operands], repeats, device)
+
+
+def measure(module, env, repeats: int, device: torch.device = torch.device("cpu")) -> dict[str, float]:
+    """Median seconds of the update, of the bare forward+backward and of the update's matrix
+    products alone (float32 and bfloat16), and their GFLOP, on one batch of the module's replay
     filled with ``2 x batch_size`` random episodes; module and batch on ``device``."""
     fill(module, env, module.collect.batch_size * 2)
     module.to(device)
     batch = module.sample().to(device)
-    update = timed(lambda: module.update(batch), repeats, device)
-    bare = timed(lambda: bare_forward_backward(module, batch), repeats, device)
-    return update, bare
+    products = matrix_products(module, batch)
+    return {
+        "update": timed(lambda: module.update(batch), repeats, device),
+        "bare": timed(lambda: bare_forward_backward(module, batch), repeats, device),
+        "gflop": sum(2 * a[0] * a[1] * b[1] for a, b in products) / 1e9,
+        "float32": products_time(products, torch.float32, repeats, device),
+        "bfloat16": products_time(products, torch.bfloat16, repeats, device),
+    }
 
 
 def profile_update(module, batch, top: int = 12) -> None:
@@ -132,13 +169,16 @@ def main() -> None:
         parser.error("--device cuda: no GPU is visible to torch here")
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"FOP update, authors' SMAC config, batch 32 episodes; median of {args.repeats}; {where}")
-    print(f"{'map':>11} {'threads':>7} {'update s':>9} {'bare f+b s':>10} {'ratio':>6}")
+    print(f"{'map':>11} {'threads':>7} {'update s':>9} {'bare f+b s':>10} {'ratio':>6} {'GFLOP':>6} "
+          f"{'products f32 s':>14} {'bf16 s':>7}")
     for map_name in args.maps:
         module, env = learner(map_name, ["collect.buffer_size=26000"])  # 64 episodes fit
         for threads in args.threads:
             torch.set_num_threads(threads)
-            update, bare = measure(module, env, args.repeats, device)
-            print(f"{map_name:>11} {threads:>7} {update:>9.3f} {bare:>10.3f} {update / bare:>6.2f}", flush=True)
+            m = measure(module, env, args.repeats, device)
+            print(f"{map_name:>11} {threads:>7} {m['update']:>9.3f} {m['bare']:>10.3f} "
+                  f"{m['update'] / m['bare']:>6.2f} {m['gflop']:>6.1f} {m['float32']:>14.3f} "
+                  f"{m['bfloat16']:>7.3f}", flush=True)
     if args.profile:
         torch.set_num_threads(1)
         module, env = learner(args.maps[0], ["collect.buffer_size=26000"])
