@@ -89,21 +89,25 @@ def products_time(products, dtype: torch.dtype, repeats: int, device: torch.devi
     return timed(lambda: [torch.mm(a, b) for a, b in operands], repeats, device)
 
 
-def measure(module, env, repeats: int, device: torch.device = torch.device("cpu")) -> dict[str, float]:
-    """Median seconds of the update, of the bare forward+backward and of the update's matrix
-    products alone (float32 and bfloat16), and their GFLOP, on one batch of the module's replay
-    filled with ``2 x batch_size`` random episodes; module and batch on ``device``."""
+def measure(module, env, repeats: int, device: torch.device = torch.device("cpu"),
+            products: bool = False) -> dict[str, float]:
+    """Median seconds of the update and of the bare forward+backward (``update``, ``bare``) on one
+    batch of the module's replay filled with ``2 x batch_size`` random episodes, module and batch
+    on ``device``; with ``products``, also the update's matrix products: their ``gflop`` and their
+    time alone in ``float32`` and ``bfloat16``."""
     fill(module, env, module.collect.batch_size * 2)
     module.to(device)
     batch = module.sample().to(device)
-    products = matrix_products(module, batch)
-    return {
-        "update": timed(lambda: module.update(batch), repeats, device),
-        "bare": timed(lambda: bare_forward_backward(module, batch), repeats, device),
-        "gflop": sum(2 * a[0] * a[1] * b[1] for a, b in products) / 1e9,
-        "float32": products_time(products, torch.float32, repeats, device),
-        "bfloat16": products_time(products, torch.bfloat16, repeats, device),
-    }
+    precision = module.trainer.precision_plugin  # trainer.precision: bf16-mixed autocasts, as in fit()
+    with precision.train_step_context():
+        recorded = matrix_products(module, batch) if products else []
+        times = {"update": timed(lambda: module.update(batch), repeats, device),
+                 "bare": timed(lambda: bare_forward_backward(module, batch), repeats, device)}
+    if products:
+        times["gflop"] = sum(2 * a[0] * a[1] * b[1] for a, b in recorded) / 1e9
+        for dtype in (torch.float32, torch.bfloat16):
+            times[str(dtype).removeprefix("torch.")] = products_time(recorded, dtype, repeats, device)
+    return times
 
 
 def profile_update(module, batch, top: int = 12) -> None:
@@ -159,6 +163,8 @@ def main() -> None:
     parser.add_argument("--maps", nargs="+", default=["MMM", "MMM2", "3s_vs_3z", "2c_vs_64zg"])
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--repeats", type=int, default=7, help="timed updates (median)")
+    parser.add_argument("--precision", nargs="+", default=["32-true"], choices=["32-true", "bf16-mixed"],
+                        help="trainer.precision of the learner (bf16-mixed: autocast, as Lightning's fit)")
     parser.add_argument("--device", default="cpu", help="cpu, or cuda for a GPU (threads: the CPU's)")
     parser.add_argument("--profile", action="store_true",
                         help="then profile one update of the first map (torch.profiler, 1 thread)")
@@ -169,16 +175,18 @@ def main() -> None:
         parser.error("--device cuda: no GPU is visible to torch here")
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"FOP update, authors' SMAC config, batch 32 episodes; median of {args.repeats}; {where}")
-    print(f"{'map':>11} {'threads':>7} {'update s':>9} {'bare f+b s':>10} {'ratio':>6} {'GFLOP':>6} "
-          f"{'products f32 s':>14} {'bf16 s':>7}")
+    print(f"{'map':>11} {'threads':>7} {'precision':>10} {'update s':>9} {'bare f+b s':>10} {'ratio':>6} "
+          f"{'GFLOP':>6} {'products f32 s':>14} {'bf16 s':>7}")
     for map_name in args.maps:
-        module, env = learner(map_name, ["collect.buffer_size=26000"])  # 64 episodes fit
-        for threads in args.threads:
-            torch.set_num_threads(threads)
-            m = measure(module, env, args.repeats, device)
-            print(f"{map_name:>11} {threads:>7} {m['update']:>9.3f} {m['bare']:>10.3f} "
-                  f"{m['update'] / m['bare']:>6.2f} {m['gflop']:>6.1f} {m['float32']:>14.3f} "
-                  f"{m['bfloat16']:>7.3f}", flush=True)
+        for precision in args.precision:
+            module, env = learner(map_name, ["collect.buffer_size=26000",  # 64 episodes fit
+                                             f"trainer.precision={precision}"])
+            for threads in args.threads:
+                torch.set_num_threads(threads)
+                m = measure(module, env, args.repeats, device, products=True)
+                print(f"{map_name:>11} {threads:>7} {precision:>10} {m['update']:>9.3f} {m['bare']:>10.3f} "
+                      f"{m['update'] / m['bare']:>6.2f} {m['gflop']:>6.1f} {m['float32']:>14.3f} "
+                      f"{m['bfloat16']:>7.3f}", flush=True)
     if args.profile:
         torch.set_num_threads(1)
         module, env = learner(args.maps[0], ["collect.buffer_size=26000"])

@@ -66,7 +66,8 @@ def main() -> None:
     for n_agents in args.agents:
         # 64 episodes of up to the limit fit; the experiment's 5000 would be allocated up front
         module, env = scaled_learner(n_agents, limit, overrides=[f"collect.buffer_size={64 * limit}"])
-        update, bare = measure(module, env, args.repeats, device)
+        times = measure(module, env, args.repeats, device)
+        update, bare = times["update"], times["bare"]
         state_dim = env.full_observation_spec["state"].shape[-1]
         print(f"{n_agents:>6} {state_dim:>6} {update:>9.3f} {bare:>10.3f} {update / bare:>6.2f}", flush=True)
         agents.append(n_agents)

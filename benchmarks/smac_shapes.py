@@ -96,7 +96,8 @@ def learner(map_name: str, overrides: list[str] = ()) -> tuple[FOPLightningModul
     )
     # a trainer that never fits: its strategy answers the update's finite-loss check
     module.trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                               enable_progress_bar=False, enable_model_summary=False)
+                               enable_progress_bar=False, enable_model_summary=False,
+                               precision=cfg.trainer.precision)
     optimizers = module.configure_optimizers()
     module.optimizers = lambda: optimizers  # what Lightning's fit() would hand back
     module.manual_backward = lambda loss: loss.backward()

@@ -459,7 +459,8 @@ class MARLLightningModule(L.LightningModule):
         policy, env_device = self.policy, env.device or torch.device("cpu")
         if self.device != env_device:  # a learner on GPU, envs on CPU: play with a CPU copy
             policy = copy.deepcopy(policy).to(env_device)
-        with set_exploration_type(ExplorationType.DETERMINISTIC):
+        # float32 play, as the collectors' (trainer.precision=bf16-mixed autocasts the training step)
+        with set_exploration_type(ExplorationType.DETERMINISTIC), torch.autocast(self.device.type, enabled=False):
             if env.batch_size:
                 rollouts = [env.rollout(self.collect.eval_max_steps, policy, break_when_any_done=False)]
             else:

@@ -89,12 +89,32 @@ def _previous_rows(sizes: list[int]) -> Tensor:
         if len(sizes) > 1 else torch.zeros(0, dtype=torch.long)
 
 
+def _autocast_dtype() -> torch.dtype | None:
+    """The dtype of CPU autocast's products if it is on (trainer.precision=bf16-mixed), else None."""
+    return torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None
+
+
+def _product(a: Tensor, b: Tensor, low: torch.dtype | None) -> Tensor:
+    """``a @ b`` in ``a``'s dtype, the operands first rounded to ``low`` if given (as autocast's
+    products, and PyTorch's own RNNs under CPU autocast, compute)."""
+    return a @ b if low is None else (a.to(low) @ b.to(low)).to(a.dtype)
+
+
 class _PackedGRU(torch.autograd.Function):
+    """The step loop runs in float32. Under CPU autocast the products over all steps at once (the
+    input projection; the input and weight gradients) take autocast's dtype, the per-step hidden
+    products stay float32 (small; the recurrence keeps its precision); outputs are float32."""
+
     @staticmethod
-    @torch.amp.custom_fwd(device_type="cpu", cast_inputs=torch.float32)  # under CPU autocast: float32
     def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, sizes):
+        ctx.low, ctx.x_dtype, dtype = _autocast_dtype(), x.dtype, w_ih.dtype
+        with torch.autocast("cpu", enabled=False):  # the recurrence in the parameters' dtype
+            return _PackedGRU._forward(ctx, x.to(dtype), h0.to(dtype), w_ih, w_hh, b_ih, b_hh, sizes)
+
+    @staticmethod
+    def _forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, sizes):
         H = h0.shape[1]
-        gi = torch.addmm(b_ih, x, w_ih.t())  # every step's input projection [P, 3H]
+        gi = _product(x, w_ih.t(), ctx.low).add_(b_ih)  # every step's input projection [P, 3H]
         gh = torch.empty_like(gi)  # hidden projections (their n part is needed by backward)
         rz = x.new_empty(x.shape[0], 2 * H)  # reset and update gates
         n = x.new_empty(x.shape[0], H)  # candidate state
@@ -115,9 +135,14 @@ class _PackedGRU(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    @torch.amp.custom_bwd(device_type="cpu")
     def backward(ctx, grad_out):
+        with torch.autocast("cpu", enabled=False):
+            return _PackedGRU._backward(ctx, grad_out.to(ctx.saved_tensors[2].dtype))
+
+    @staticmethod
+    def _backward(ctx, grad_out):
         x, h0, w_ih, w_hh, gh, rz, n, out = ctx.saved_tensors
+        low = ctx.low
         sizes, H = ctx.sizes, h0.shape[1]
         h_prev = torch.cat([h0, out[_previous_rows(sizes).to(out.device)]])  # h_{t-1} per row
         r, z = rz[:, :H], rz[:, H:]
@@ -143,7 +168,8 @@ class _PackedGRU(torch.autograd.Function):
         d_gi_rz, d_gi_n = d_gh[:, : 2 * H], grad * dn_coef  # r and z enter both projections alike
         dx = None
         if ctx.needs_input_grad[0]:
-            dx = torch.addmm(d_gi_n @ w_ih[2 * H:], d_gi_rz, w_ih[: 2 * H])
-        dw_ih = torch.cat([d_gi_rz.t() @ x, d_gi_n.t() @ x])
+            dx = _product(d_gi_n, w_ih[2 * H:], low).add_(_product(d_gi_rz, w_ih[: 2 * H], low))
+            dx = dx.to(ctx.x_dtype)
+        dw_ih = torch.cat([_product(d_gi_rz.t(), x, low), _product(d_gi_n.t(), x, low)])
         db_ih = torch.cat([d_gi_rz.sum(0), d_gi_n.sum(0)])
-        return dx, dh0, dw_ih, d_gh.t() @ h_prev, db_ih, d_gh.sum(0), None
+        return dx, dh0, dw_ih, _product(d_gh.t(), h_prev, low), db_ih, d_gh.sum(0), None

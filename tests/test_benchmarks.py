@@ -16,8 +16,8 @@ def test_learner_update_benchmark_times_the_real_update():
         capture_output=True, text=True, check=True, timeout=300,
     ).stdout
     row = [line.split() for line in out.splitlines() if line.strip().startswith("3s_vs_3z")]
-    assert row and float(row[0][2]) > 0 and float(row[0][4]) > 0  # update s, ratio
-    gflop, float32, bfloat16 = map(float, row[0][5:8])  # the update's matrix products alone
+    assert row and row[0][2] == "32-true" and float(row[0][3]) > 0 and float(row[0][5]) > 0  # update s, ratio
+    gflop, float32, bfloat16 = map(float, row[0][6:9])  # the update's matrix products alone
     assert gflop > 0.5 and float32 > 0 and bfloat16 > 0
     for stage in ("actor GRU unroll", "eq. 9 loss", "eq. 11 loss", "aten::"):  # the profile
         assert stage in out

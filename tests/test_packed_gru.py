@@ -38,15 +38,24 @@ def test_backward_passes_gradcheck():
     assert torch.autograd.gradcheck(lambda *args: _PackedGRU.apply(*args, sizes), inputs)
 
 
-def test_runs_in_float32_under_cpu_autocast():
+def test_cpu_autocast_rounds_only_the_products_over_all_steps():
+    """Under CPU autocast (trainer.precision=bf16-mixed) the input projection and the input and
+    weight gradients are bfloat16 products, as nn.GRU's under autocast; the recurrence, the
+    outputs and the gradients stay float32 and close to the float32 run."""
     gru, packed, _, h0 = _case([4, 2], dtype=torch.float32)
-    data = packed.data.detach().requires_grad_()
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = packed_gru(data, h0[0], gru, packed.batch_sizes.tolist())
-    assert out.dtype == torch.float32
-    out.sum().backward()
-    assert data.grad is not None and gru.weight_hh_l0.grad.dtype == torch.float32
-    torch.testing.assert_close(out, packed_gru(data, h0[0], gru, packed.batch_sizes.tolist()))
+    sizes = packed.batch_sizes.tolist()
+    results = []
+    for autocast in (False, True):
+        gru.zero_grad()
+        data = packed.data.detach().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            out = packed_gru(data, h0[0], gru, sizes)
+            out.square().sum().backward()
+        results.append([out, data.grad, *(p.grad for p in gru.parameters())])
+    for exact, rounded in zip(*results):
+        assert rounded.dtype == torch.float32
+        assert not torch.equal(exact, rounded)  # the products were rounded ...
+        torch.testing.assert_close(rounded, exact, atol=3e-2, rtol=3e-2)  # ... to bfloat16 only
 
 
 @pytest.mark.parametrize("sizes", [[2, 3], [3, 1], [2, 2]])

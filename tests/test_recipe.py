@@ -7,6 +7,7 @@ The full reproductions (5 seeds of the paper's settings) are marked ``slow``:
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -137,6 +138,32 @@ def test_recurrent_critic_runs_on_the_stand_in_game(tmp_path):
     cfg = _compose(["+experiment=smac_3s_vs_3z", "algorithm.recurrent_critic=true", *_short("smac")])
     summary = json.loads(train.train(cfg, tmp_path).read_text())
     assert summary["updates"] > 0 and 0 <= summary["final_eval_win_rate"] <= 1
+
+
+def test_bf16_mixed_precision_autocasts_the_updates_and_plays_in_float32(tmp_path, monkeypatch):
+    """trainer.precision=bf16-mixed (Lightning's plugin) runs every update under CPU autocast
+    (the GRU actor's and the critics' products in bfloat16), evaluation outside it, and trains."""
+    import torch
+    from torchrl.envs import EnvBase
+
+    from fop_modules.lightning import FOPLightningModule
+
+    seen = {"update": [], "rollout": []}  # autocast on? at each update, and each evaluation's play
+    for owner, method in ((FOPLightningModule, "update"), (EnvBase, "rollout")):
+        original = getattr(owner, method)
+
+        def spy(self, *args, _original=original, _seen=seen[method], **kwargs):
+            _seen.append(torch.is_autocast_enabled("cpu"))
+            return _original(self, *args, **kwargs)
+        monkeypatch.setattr(owner, method, spy)
+    cfg = _compose(["+experiment=smac_3s_vs_3z", "trainer.precision=bf16-mixed", *_short("smac")])
+    summary = json.loads(train.train(cfg, tmp_path).read_text())
+    assert summary["updates"] > 0 and all(seen["update"])
+    assert seen["rollout"] and not any(seen["rollout"])
+    header, *rows = [line.split(",") for line in (tmp_path / "logs" / "metrics.csv").read_text().splitlines()]
+    losses = [float(row[i]) for row in rows for i, name in enumerate(header)
+              if name.startswith("train/loss") and row[i]]
+    assert losses and all(math.isfinite(v) for v in losses)
 
 
 def test_vmas_task_runs_through_the_recipe(tmp_path):
