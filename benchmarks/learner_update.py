@@ -89,15 +89,23 @@ def products_time(products, dtype: torch.dtype, repeats: int, device: torch.devi
     return timed(lambda: [torch.mm(a, b) for a, b in operands], repeats, device)
 
 
+def fixed_batch(module, env):
+    """The map's one benchmark batch: the module's replay emptied, filled with the same
+    ``2 x batch_size`` random episodes and sampled with the same seed at every call (the same
+    batch for every thread count, precision and code version)."""
+    module.buffer.empty()
+    fill(module, env, module.collect.batch_size * 2)
+    torch.manual_seed(0)
+    return module.sample()
+
+
 def measure(module, env, repeats: int, device: torch.device = torch.device("cpu"),
             products: bool = False) -> dict[str, float]:
-    """Median seconds of the update and of the bare forward+backward (``update``, ``bare``) on one
-    batch of the module's replay filled with ``2 x batch_size`` random episodes, module and batch
-    on ``device``; with ``products``, also the update's matrix products: their ``gflop`` and their
+    """Median seconds of the update and of the bare forward+backward (``update``, ``bare``) on the
+    map's :func:`fixed_batch`, module and batch on ``device``; with ``products``, also the update's matrix products: their ``gflop`` and their
     time alone in ``float32`` and ``bfloat16``."""
-    fill(module, env, module.collect.batch_size * 2)
     module.to(device)
-    batch = module.sample().to(device)
+    batch = fixed_batch(module, env).to(device)
     precision = module.trainer.precision_plugin  # trainer.precision: bf16-mixed autocasts, as in fit()
     with precision.train_step_context():
         recorded = matrix_products(module, batch) if products else []
@@ -190,8 +198,7 @@ def main() -> None:
     if args.profile:
         torch.set_num_threads(1)
         module, env = learner(args.maps[0], ["collect.buffer_size=26000"])
-        fill(module, env, module.collect.batch_size * 2)
-        profile_update(module, module.sample())
+        profile_update(module, fixed_batch(module, env))
 
 
 if __name__ == "__main__":
