@@ -94,10 +94,13 @@ def _autocast_dtype() -> torch.dtype | None:
     return torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None
 
 
-def _product(a: Tensor, b: Tensor, low: torch.dtype | None) -> Tensor:
-    """``a @ b`` in ``a``'s dtype, the operands first rounded to ``low`` if given (as autocast's
-    products, and PyTorch's own RNNs under CPU autocast, compute)."""
-    return a @ b if low is None else (a.to(low) @ b.to(low)).to(a.dtype)
+def _product(a: Tensor, b: Tensor, low: torch.dtype | None, bias: Tensor | None = None) -> Tensor:
+    """``bias + a @ b`` in ``a``'s dtype, the operands of the product first rounded to ``low`` if
+    given (as autocast's products, and PyTorch's own RNNs under CPU autocast, compute)."""
+    if low is None:
+        return a @ b if bias is None else torch.addmm(bias, a, b)
+    out = (a.to(low) @ b.to(low)).to(a.dtype)
+    return out if bias is None else out.add_(bias)
 
 
 class _PackedGRU(torch.autograd.Function):
@@ -114,7 +117,7 @@ class _PackedGRU(torch.autograd.Function):
     @staticmethod
     def _forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, sizes):
         H = h0.shape[1]
-        gi = _product(x, w_ih.t(), ctx.low).add_(b_ih)  # every step's input projection [P, 3H]
+        gi = _product(x, w_ih.t(), ctx.low, b_ih)  # every step's input projection [P, 3H]
         gh = torch.empty_like(gi)  # hidden projections (their n part is needed by backward)
         rz = x.new_empty(x.shape[0], 2 * H)  # reset and update gates
         n = x.new_empty(x.shape[0], H)  # candidate state
@@ -168,7 +171,7 @@ class _PackedGRU(torch.autograd.Function):
         d_gi_rz, d_gi_n = d_gh[:, : 2 * H], grad * dn_coef  # r and z enter both projections alike
         dx = None
         if ctx.needs_input_grad[0]:
-            dx = _product(d_gi_n, w_ih[2 * H:], low).add_(_product(d_gi_rz, w_ih[: 2 * H], low))
+            dx = _product(d_gi_rz, w_ih[: 2 * H], low, _product(d_gi_n, w_ih[2 * H:], low))
             dx = dx.to(ctx.x_dtype)
         dw_ih = torch.cat([_product(d_gi_rz.t(), x, low), _product(d_gi_n.t(), x, low)])
         db_ih = torch.cat([d_gi_rz.sum(0), d_gi_n.sum(0)])
