@@ -188,7 +188,8 @@ def main() -> None:
     for map_name in args.maps:
         for precision in args.precision:
             module, env = learner(map_name, ["collect.buffer_size=26000",  # 64 episodes fit
-                                             f"trainer.precision={precision}"])
+                                             f"trainer.precision={precision}",
+                                             f"trainer.accelerator={'gpu' if device.type == 'cuda' else 'cpu'}"])
             for threads in args.threads:
                 torch.set_num_threads(threads)
                 m = measure(module, env, args.repeats, device, products=True)

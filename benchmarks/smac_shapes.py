@@ -94,8 +94,10 @@ def learner(map_name: str, overrides: list[str] = ()) -> tuple[FOPLightningModul
         loss, policy, make_env=None, make_eval_env=None,
         collect=typed.collect, optim=typed.optim, temperature=typed.temperature,
     )
-    # a trainer that never fits: its strategy answers the update's finite-loss check
-    module.trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+    # a trainer that never fits: its strategy answers the update's finite-loss check, and its
+    # precision plugin gives trainer.precision's autocast for the config's accelerator
+    module.trainer = L.Trainer(accelerator=cfg.trainer.accelerator, devices=1, logger=False,
+                               enable_checkpointing=False,
                                enable_progress_bar=False, enable_model_summary=False,
                                precision=cfg.trainer.precision)
     optimizers = module.configure_optimizers()
