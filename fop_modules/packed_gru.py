@@ -110,9 +110,9 @@ class _PackedGRU(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, sizes):
-        ctx.low, ctx.x_dtype, dtype = _autocast_dtype(), x.dtype, w_ih.dtype
+        ctx.low, ctx.x_dtype, ctx.dtype = _autocast_dtype(), x.dtype, w_ih.dtype
         with torch.autocast("cpu", enabled=False):  # the recurrence in the parameters' dtype
-            return _PackedGRU._forward(ctx, x.to(dtype), h0.to(dtype), w_ih, w_hh, b_ih, b_hh, sizes)
+            return _PackedGRU._forward(ctx, x.to(ctx.dtype), h0.to(ctx.dtype), w_ih, w_hh, b_ih, b_hh, sizes)
 
     @staticmethod
     def _forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, sizes):
@@ -140,7 +140,7 @@ class _PackedGRU(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_out):
         with torch.autocast("cpu", enabled=False):
-            return _PackedGRU._backward(ctx, grad_out.to(ctx.saved_tensors[2].dtype))
+            return _PackedGRU._backward(ctx, grad_out.to(ctx.dtype))
 
     @staticmethod
     def _backward(ctx, grad_out):
