@@ -39,6 +39,7 @@ from torchrl.objectives import HardUpdate, LossModule, SoftUpdate
 from fop_modules.checkpointing import gather_ranks, load_replay_state, replay_state
 from fop_modules.collectors import KINDS as COLLECTOR_KINDS
 from fop_modules.collectors import make_collector, needs_weight_sync
+from fop_modules.episodes import EpisodeAssembler, mask_partial_episodes
 from fop_modules.loss import FOPLoss
 from fop_modules.replay import make_replay_buffer
 from fop_modules.temperature import TemperatureSchedule
@@ -247,6 +248,10 @@ class MARLLightningModule(L.LightningModule):
         self.eval_history: list[tuple[int, float, list]] = []
         self.eval_win_rate: float | None = None  # share of won greedy episodes (SMAC, SMAX)
         self.buffer = self._make_buffer(collect)
+        # Sequence replay stores whole episodes, each from its first step, so that a recurrent
+        # network replays every step on the history it acted on (fop_modules.episodes); a slice
+        # that does not start an episode is masked out.
+        self.assembler = EpisodeAssembler() if collect.sequence_length is not None else None
         if optim.target_update == "soft":
             self.target_updater = SoftUpdate(loss_module, tau=optim.tau)
         else:
@@ -261,11 +266,21 @@ class MARLLightningModule(L.LightningModule):
         once; see :func:`fop_modules.replay.make_replay_buffer`)."""
         return make_replay_buffer(collect.buffer_size, collect.batch_size, collect.sequence_length)
 
+    def store(self, batch: TensorDictBase) -> None:
+        """Writes a collected batch to the replay: its transitions, or (sequence replay) the
+        episodes that end in it, whole (the others wait for their end in ``self.assembler``)."""
+        if self.assembler is not None:
+            batch = self.assembler(batch)
+        if batch is not None:
+            self.buffer.extend(batch.reshape(-1))
+
     def sample(self) -> TensorDictBase:
-        """One replay batch: [batch_size] transitions or [batch_size, sequence_length] slices."""
+        """One replay batch: [batch_size] transitions or [batch_size, sequence_length] slices
+        (slices that do not start an episode are masked out)."""
         sample = self.buffer.sample()
         if self.collect.sequence_length is not None:
             sample = sample.reshape(self.collect.batch_size, self.collect.sequence_length)
+            sample = mask_partial_episodes(sample)
         return sample
 
     def train_dataloader(self) -> BaseCollector:
@@ -385,7 +400,7 @@ class MARLLightningModule(L.LightningModule):
         self.env_frames += batch.numel()
         if self.process_batch is not None:
             batch = self.process_batch(batch)
-        self.buffer.extend(batch.reshape(-1))
+        self.store(batch)
         self.before_updates(batch.numel())
         if len(self.buffer) >= self.collect.warmup_frames:
             with self._profile("updates"):  # replay sampling included

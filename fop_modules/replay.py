@@ -22,11 +22,11 @@ that row is the same env's next step. :class:`CompactTensorStorage` is a
    (and checked to be representable on writing). Keys found only under ``"next"`` (reward, the
    done flags) are stored as they are.
 4. **Dropped keys.** ``drop_keys`` (the GRU's carried ``"rnn_hidden"``) are not stored and read
-   back as zeros. :func:`make_replay_buffer` drops it only under its :class:`SliceSampler`,
-   which marks the first step of every slice ``is_init``, so
-   :class:`~fop_modules.recurrent.GRUEncoder` starts every slice from a zero hidden state and never
-   reads the stored one (the sample is otherwise bit-equal to the plain buffer's;
-   ``tests/test_replay.py`` checks both, and that the loss is unchanged).
+   back as zeros. :func:`make_replay_buffer` drops it for sequence replay, whose slices the
+   learner only uses from an episode's first step (:mod:`fop_modules.episodes`), where
+   :class:`~fop_modules.recurrent.GRUEncoder` starts from a zero hidden state and never reads the
+   stored one (the sample is otherwise bit-equal to the plain buffer's; ``tests/test_replay.py``
+   checks both, and that the loss is unchanged).
 
 Reading ``storage[:]`` (what TorchRL's samplers do to find trajectory boundaries) returns the
 stored columns as they are, without rebuilding ``"next"`` (a decoded whole buffer would be the
@@ -49,7 +49,7 @@ from tensordict import NestedKey, TensorDict, TensorDictBase, is_tensor_collecti
 from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
 from torchrl.data.replay_buffers.samplers import SliceSampler
 
-from fop_modules.recurrent import HIDDEN_KEY, IS_INIT_KEY
+from fop_modules.recurrent import HIDDEN_KEY
 
 __all__ = ["CompactTensorStorage", "IntegerCodec", "OneHotCodec", "make_replay_buffer"]
 
@@ -398,12 +398,17 @@ def make_replay_buffer(
 ) -> TensorDictReplayBuffer:
     """The learner's replay buffer: transitions (``sequence_length=None``) or slices of up to
     ``sequence_length`` steps within one trajectory (TorchRL's :class:`SliceSampler`: a slice never
-    crosses an episode or a collector batch; shorter ones are padded and masked by
-    ``("collector", "mask")``, each slice's last step is marked truncated and its first ``is_init``).
+    crosses an episode or a run of the trajectory stored apart; shorter ones are padded and masked by
+    ``("collector", "mask")``, each slice's last step is marked truncated).
+
+    For recurrent agents write whole episodes (:class:`~fop_modules.episodes.EpisodeAssembler`)
+    with ``sequence_length`` at least the longest episode: every slice then starts at an episode's
+    first step, marked ``"is_init"`` by the env's ``InitTracker`` (the sampler keeps that flag), and
+    :func:`~fop_modules.episodes.mask_partial_episodes` masks the rare slice that does not.
 
     Sequence replay uses a :class:`CompactTensorStorage` (``compact=False``: TorchRL's plain
-    ``LazyTensorStorage``) that also drops the GRU's carried ``"rnn_hidden"``: every slice starts
-    ``is_init``, so the GRU starts it from zeros. Transition replay keeps the plain storage.
+    ``LazyTensorStorage``) that also drops the GRU's carried ``"rnn_hidden"``: a slice from an
+    episode's start needs no stored hidden state. Transition replay keeps the plain storage.
 
     Examples:
         >>> buffer = make_replay_buffer(1000, batch_size=4, sequence_length=8)
@@ -417,7 +422,7 @@ def make_replay_buffer(
     sampler = SliceSampler(
         slice_len=sequence_length,
         traj_key=TRAJ_KEY,
-        init_key=IS_INIT_KEY,  # marks every slice start: what makes dropping HIDDEN_KEY exact
+        init_key=None,  # keep the env's episode starts (the default "is_init" marks every slice start)
         strict_length=False,
         pad_output=True,
     )

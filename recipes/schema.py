@@ -312,6 +312,13 @@ def validate(cfg: DictConfig) -> Validated:
             f"collect.frames_per_batch ({collect.frames_per_batch}) must be a multiple of "
             f"env.num_envs ({num_envs}): every collector batch holds whole steps of all envs"
         )
+    limit = cfg.get("episode_limit")
+    if collect.sequence_length is not None and limit is not None and collect.sequence_length < limit:
+        raise ConfigError(
+            f"collect.sequence_length ({collect.sequence_length}) is shorter than episode_limit "
+            f"({limit}): sequence replay replays whole episodes from their first step (what a "
+            f"recurrent agent acted on), so set collect.sequence_length={limit}"
+        )
     if is_baseline(cfg.algorithm):
         temperature = None  # the baselines' own (SAC: learned alpha); the temperature group is FOP's
     else:

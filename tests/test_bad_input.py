@@ -93,6 +93,8 @@ def test_unknown_group_choice_lists_the_available_ones(group):
         (["collect.frames_per_batch=20"], r"collect.frames_per_batch \(20\) must be a multiple of env.num_envs \(16\)"),
         (["algorithm.recurrent=true"], r"algorithm.recurrent / recurrent_critic need collect.sequence_length"),
         (["algorithm.td_lambda=0.8"], r"algorithm.td_lambda needs collect.sequence_length"),
+        (["+experiment=smac_3s_vs_3z", "env.backend=fake", "collect.sequence_length=20"],
+         r"collect.sequence_length \(20\) is shorter than episode_limit \(150\).*collect.sequence_length=150"),
         (["algorithm.learn_alpha=true"], r"algorithm.learn_alpha=true learns alpha, so temperature must be null"),
         (["~temperature"], r"temperature is null but algorithm.learn_alpha is false"),
         (["+env.n_agents=3"], r"env.n_agents: not an argument of fop_modules.envs.MatrixGameEnv; allowed: \['device', 'num_envs', 'payoff'\]"),
@@ -294,7 +296,7 @@ def test_smax_without_jaxmarl_names_the_extra(monkeypatch):
 def test_smax_through_the_recipe_says_what_to_install(monkeypatch, tmp_path):
     _hide(monkeypatch, "jax", "jaxmarl")
     cfg = _compose(["+experiment=smax_3m", "collect.frames_per_batch=16", "env.num_envs=8",
-                    "collect.sequence_length=4", "collect.batch_size=4", "collect.warmup_frames=16"])
+                    "collect.batch_size=4", "collect.warmup_frames=16"])
     with pytest.raises(MissingDependency, match=r'`jax`, which is not installed: pip install -e "\.\[smax\]"'):
         train.train(cfg, tmp_path)
 
