@@ -589,7 +589,7 @@ class FOPLightningModule(MARLLightningModule):
                 self._step(optimizers["actor"], out["loss_actor"], "loss_actor")
         if "loss_actor" in out:
             if "alpha" in optimizers:
-                out["loss_alpha"] = loss.alpha_loss(meta["log_prob_jt"])  # dual temperature
+                out["loss_alpha"] = loss.alpha_loss(meta["log_prob_jt"], meta["target_entropy"])  # dual temperature
                 self._step(optimizers["alpha"], out["loss_alpha"], "loss_alpha")
             out["entropy"] = -meta["log_prob_jt"].mean()
         self.target_updater.step()

@@ -85,10 +85,12 @@ class FOPLoss(LossModule):
         learn_alpha: learn alpha by SAC's dual objective ``loss_alpha`` instead of scheduling it
             (scheduled: assign ``loss.alpha = value`` each step).
         target_entropy: target of the team entropy H(pi_jt) for the dual update. ``"auto"``:
-            ``target_entropy_weight * N * log(num_actions)`` (discrete), ``-N * action_dim``
-            (continuous).
+            discrete, ``target_entropy_weight * sum_i log |A_i|`` over each sample's available
+            actions A_i (``action_mask``; all ``num_actions`` without a mask), so the target
+            stays reachable when masks leave an agent few actions; continuous,
+            ``-N * action_dim``. A number: that fixed target.
         target_entropy_weight: see ``target_entropy``.
-        num_actions: actions per agent (needed for the discrete ``"auto"`` target entropy).
+        num_actions: actions per agent (default: the mixer's ``action_dim``).
         individual_temperature: ``"shared"`` (alpha_i = alpha, the authors' code) or ``"paper"``
             (alpha_i = alpha E_pi_i[Q_i - V_i] / E_pi_jt[lambda_i (Q_i - V_i)], batch averages,
             ratio clamped to ALPHA_I_RATIO_RANGE; needs ``value_network``).
@@ -248,11 +250,12 @@ class FOPLoss(LossModule):
             self.log_alpha = nn.Parameter(torch.tensor(math.log(alpha_init)))
         else:
             self.register_buffer("alpha", torch.tensor(float(alpha_init)))
+        num_actions = mixers[0].action_dim if num_actions is None else num_actions
+        # "auto" with discrete actions: a weight of each sample's log |available actions| (eq. below)
+        self.target_entropy_weight = target_entropy_weight if target_entropy == "auto" and self.discrete else None
         if target_entropy == "auto":
-            if self.discrete:
-                if num_actions is None and learn_alpha:
-                    raise ValueError("target_entropy='auto' with discrete actions needs num_actions")
-                target_entropy = target_entropy_weight * self.n_agents * math.log(num_actions or 1)
+            if self.discrete:  # all actions available: the target without a mask
+                target_entropy = target_entropy_weight * self.n_agents * math.log(num_actions)
             else:
                 target_entropy = -float(self.n_agents * mixers[0].action_dim)
         self.register_buffer("target_entropy", torch.tensor(float(target_entropy)))
@@ -677,13 +680,34 @@ class FOPLoss(LossModule):
             loss = alpha_i * log_prob - q
             log_pi = log_prob.detach()
         log_pi_jt = log_pi.sum(-2)  # E log pi_jt = -H(pi_jt) [*B, 1]
-        return self._reduce_loss(loss, tensordict), {"log_prob_jt": log_pi_jt}
+        target = self._target_entropy(tensordict)  # [*B, 1]
+        valid = self._valid_steps(tensordict)
+        if valid is not None:  # a padded [B, T] batch (a recurrent critic): its real steps only
+            log_pi_jt, target = log_pi_jt[valid], target[valid]
+        return self._reduce_loss(loss, tensordict), {"log_prob_jt": log_pi_jt, "target_entropy": target}
 
-    def alpha_loss(self, log_prob_jt: Tensor) -> Tensor:
-        """Dual update of alpha toward ``target_entropy`` for H(pi_jt) (as SAC); trains log_alpha."""
+    def _target_entropy(self, tensordict: TensorDictBase) -> Tensor:
+        """The dual update's target entropy per sample [*B, 1]: discrete ``"auto"`` with a mask,
+        target_entropy_weight * sum_i log |A_i| over each agent's available actions A_i."""
+        auto = self.target_entropy_weight is not None
+        mask = tensordict.get(self.tensor_keys.action_mask, None) if auto else None
+        if mask is None:
+            return self.target_entropy.expand(*tensordict.batch_size, 1)
+        available = mask.sum(-1, keepdim=True).to(self.target_entropy.dtype)  # |A_i| [*B, N, 1]
+        return self.target_entropy_weight * available.log().sum(-2)
+
+    def alpha_loss(self, log_prob_jt: Tensor, target_entropy: Tensor | None = None) -> Tensor:
+        """Dual update of alpha toward the target entropy for H(pi_jt) (as SAC); trains log_alpha.
+
+        Args:
+            log_prob_jt: E log pi_jt per sample (``actor_loss``'s ``meta["log_prob_jt"]``, detached).
+            target_entropy: the target per sample (``meta["target_entropy"]``, which follows the
+                action masks); ``None``: the loss's fixed ``target_entropy``.
+        """
         if not self.learn_alpha:
             raise RuntimeError("alpha_loss needs learn_alpha=True (alpha is scheduled here)")
-        return self._reduce_loss(-self.log_alpha * (log_prob_jt + self.target_entropy).detach())
+        target = self.target_entropy if target_entropy is None else target_entropy
+        return self._reduce_loss(-self.log_alpha * (log_prob_jt + target).detach())
 
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
         with self.shared_unroll(tensordict) as tensordict:
@@ -693,7 +717,7 @@ class FOPLoss(LossModule):
                 out["loss_value"] = self.value_loss(tensordict)[0]
             out["loss_actor"], actor_meta = self.actor_loss(tensordict)
             if self.learn_alpha:
-                out["loss_alpha"] = self.alpha_loss(actor_meta["log_prob_jt"])
+                out["loss_alpha"] = self.alpha_loss(actor_meta["log_prob_jt"], actor_meta["target_entropy"])
             alpha_i = self.individual_alphas(self._rows(tensordict)).squeeze(-1)
         out.update(
             alpha=self.alpha_value.clone(),

@@ -805,6 +805,52 @@ def test_auto_target_entropy():
     assert continuous_loss(nq=1, learn_alpha=True).target_entropy.item() == -N * D
 
 
+def test_learned_alpha_reads_the_action_count_from_the_mixer():
+    loss = FOPLoss(networks.discrete_actor(N, OBS, A, hidden=HIDDEN), networks.discrete_critic(N, OBS, A, hidden=HIDDEN),
+                   FOPMixer(N, S, A), action_space="discrete", learn_alpha=True)  # no num_actions
+    assert loss.target_entropy.item() == pytest.approx(0.98 * N * LN3)
+
+
+def test_auto_target_entropy_follows_the_available_actions():
+    """Discrete "auto": weight * sum_i log |available_i| per sample (here 2 and 1 of 3 actions)."""
+    loss = discrete_loss(nq=1, learn_alpha=True, target_entropy_weight=0.5)
+    mask = torch.tensor([[True, True, False], [True, False, False]]).expand(B, N, A)
+    _, meta = loss.actor_loss(discrete_td(mask=mask))
+    torch.testing.assert_close(meta["target_entropy"], torch.full((B, 1), 0.5 * (math.log(2) + 0.0)))
+    _, meta = loss.actor_loss(discrete_td())  # every action available: 0.5 * N * log 3
+    torch.testing.assert_close(meta["target_entropy"], torch.full((B, 1), 0.5 * N * LN3))
+    fixed = discrete_loss(nq=1, learn_alpha=True, target_entropy=-1.0)  # a number: fixed
+    torch.testing.assert_close(fixed.actor_loss(discrete_td(mask=mask))[1]["target_entropy"], torch.full((B, 1), -1.0))
+
+
+def test_learned_alpha_stays_bounded_when_masks_leave_few_actions():
+    """Masks leave 2 of 10 actions: H(pi_i) <= log 2, so a target of 0.98 N log 10 is out of
+    reach and log alpha would rise at every step. The masked target keeps alpha bounded."""
+    n_actions, updates = 10, 2000
+    loss = FOPLoss(networks.discrete_actor(N, OBS, n_actions, hidden=HIDDEN),
+                   networks.discrete_critic(N, OBS, n_actions, hidden=HIDDEN),
+                   FOPMixer(N, S, n_actions, n_heads=2, v_hidden=8), action_space="discrete",
+                   num_qvalue_nets=1, learn_alpha=True, alpha_init=0.5)
+    mask = torch.zeros(64, N, n_actions, dtype=torch.bool)
+    first = torch.randint(n_actions - 1, (64, N, 1))
+    mask.scatter_(-1, first, True).scatter_(-1, first + 1, True)  # two available actions each
+    batch = discrete_td(batch=(64,), mask=mask)
+    actor = torch.optim.Adam(loss.actor_network_params.values(True, True), lr=1e-2)
+    alpha = torch.optim.Adam([loss.log_alpha], lr=1e-2)
+    highest = 0.0
+    for _ in range(updates):  # eq. (11), then the dual step, as FOPLightningModule.update
+        actor_loss, meta = loss.actor_loss(batch)
+        actor.zero_grad()
+        actor_loss.backward()
+        actor.step()
+        alpha.zero_grad()
+        loss.alpha_loss(meta["log_prob_jt"], meta["target_entropy"]).backward()
+        alpha.step()
+        highest = max(highest, loss.alpha_value.item())
+    assert highest < 2.0, f"alpha rose to {highest} (from 0.5)"
+    assert -meta["log_prob_jt"].mean() == pytest.approx(0.98 * N * math.log(2), abs=0.05)  # target met
+
+
 def test_individual_temperature_shared():
     loss = discrete_loss(nq=2, alpha_init=0.35)
     td = discrete_td()
@@ -1047,9 +1093,6 @@ def test_repr_does_not_crash():
         (lambda: discrete_loss(individual_temperature="agent"), "individual_temperature"),
         (lambda: discrete_loss(alpha_init=-0.1), "alpha_init"),
         (lambda: discrete_loss(learn_alpha=True, alpha_init=0.0), "alpha_init"),
-        (lambda: FOPLoss(networks.discrete_actor(N, OBS, A), networks.discrete_critic(N, OBS, A),
-                         FOPMixer(N, S, A), action_space="discrete", learn_alpha=True),
-         "num_actions"),
     ],
 )
 def test_constructor_errors(build, match):

@@ -281,3 +281,27 @@ def test_shared_unroll_gives_the_losses_of_separate_unrolls():
         shared = loss.actor_loss(seq)[0], loss.qvalue_loss(seq)[0]
         assert loss._sequence is seq
     torch.testing.assert_close(shared, separate)
+
+
+def test_alpha_loss_and_entropy_leave_out_padded_steps_with_a_recurrent_critic():
+    """A GRU critic unrolls the padded [B, T] batch: the dual objective and the logged entropy
+    still average over the real steps only (padding holds whatever the sampler put there)."""
+    from fop_modules.recurrent import recurrent_discrete_critic
+
+    torch.manual_seed(0)
+    loss = FOPLoss(recurrent_discrete_actor(N, OBS, A, hidden=H), recurrent_discrete_critic(N, OBS, A, hidden=H),
+                   FOPMixer(N, state_dim=N * OBS, action_dim=A), action_space="discrete", learn_alpha=True,
+                   alpha_init=0.5)
+    batch = _padded_batch([6, 2])
+    _, meta = loss.actor_loss(batch)
+    assert meta["log_prob_jt"].shape == meta["target_entropy"].shape == (8, 1)  # 6 + 2 real steps
+    torch.manual_seed(1)
+    out = loss(batch)
+    other = batch.clone()
+    padding = ~other["collector", "mask"]
+    other["agents", "observation"][padding] = 100 * torch.randn_like(other["agents", "observation"][padding])
+    other["agents", "action_mask"][padding] = torch.tensor([True, False, False, False])  # target entropy 0
+    torch.manual_seed(1)
+    moved = loss(other)
+    for key in ("entropy", "loss_alpha", "loss_actor"):
+        torch.testing.assert_close(moved[key], out[key])
