@@ -40,7 +40,7 @@ from fop_modules.checkpointing import gather_ranks, load_replay_state, replay_st
 from fop_modules.collectors import KINDS as COLLECTOR_KINDS
 from fop_modules.collectors import make_collector, needs_weight_sync
 from fop_modules.episodes import EpisodeAssembler, mask_partial_episodes
-from fop_modules.loss import FOPLoss
+from fop_modules.loss import FOPLoss, trainable
 from fop_modules.replay import make_replay_buffer
 from fop_modules.temperature import TemperatureSchedule
 
@@ -190,12 +190,6 @@ class Objective:
                 raise ValueError(f"objective {self.loss_key!r} has a parameter group with no parameters")
             if not group["lr"] > 0:
                 raise ValueError(f"objective {self.loss_key!r} needs lr > 0, got {group['lr']}")
-
-
-def trainable(*groups: TensorDictBase) -> list[nn.Parameter]:
-    """The parameters of a loss's functional parameter groups (``loss.actor_network_params``,
-    ...) that require gradients, in order: what one objective's optimiser steps."""
-    return [p for g in groups for p in g.values(True, True) if p.requires_grad]
 
 
 class MARLLightningModule(L.LightningModule):
@@ -544,26 +538,11 @@ class FOPLightningModule(MARLLightningModule):
 
     @staticmethod
     def fop_objectives(loss: FOPLoss, optim: OptimConfig) -> dict[str, Objective]:
-        """FOP's optimisers in Algorithm 1 order, rates from ``optim`` (the mixer in a group of
-        its own when ``optim.lr_mixer`` is set)."""
-        mixer = trainable(loss.mixer_params)
-        critics = trainable(loss.qvalue_network_params)
-        qvalue = (
-            [{"params": critics, "lr": optim.lr_qvalue}, {"params": mixer, "lr": optim.lr_mixer}]
-            if optim.lr_mixer is not None
-            else [{"params": critics + mixer, "lr": optim.lr_qvalue}]
-        )
-        objectives = {"qvalue": Objective("loss_qvalue", qvalue)}
-        if loss.value_network is not None:
-            objectives["value"] = Objective(
-                "loss_value", [{"params": trainable(loss.value_network_params), "lr": optim.lr_value}]
-            )
-        objectives["actor"] = Objective(
-            "loss_actor", [{"params": trainable(loss.actor_network_params), "lr": optim.lr_actor}]
-        )
-        if loss.learn_alpha:
-            objectives["alpha"] = Objective("loss_alpha", [{"params": [loss.log_alpha], "lr": optim.lr_alpha}])
-        return objectives
+        """FOP's optimisers in Algorithm 1 order (:meth:`FOPLoss.param_groups`), rates from
+        ``optim`` (the mixer in a group of its own when ``optim.lr_mixer`` is set)."""
+        groups = loss.param_groups(lr_qvalue=optim.lr_qvalue, lr_mixer=optim.lr_mixer, lr_value=optim.lr_value,
+                                   lr_actor=optim.lr_actor, lr_alpha=optim.lr_alpha)
+        return {key.removeprefix("loss_"): Objective(key, group) for key, group in groups.items()}
 
     def before_updates(self, frames: int) -> None:
         if self.temperature is not None:

@@ -56,6 +56,12 @@ def _twins(module: nn.Module | Sequence[nn.Module], n: int) -> list[nn.Module]:
     return modules
 
 
+def trainable(*groups: TensorDictBase) -> list[nn.Parameter]:
+    """The parameters of a loss's functional parameter groups (``loss.actor_network_params``,
+    ...) that require gradients, in order: what one objective's optimiser steps."""
+    return [p for g in groups for p in g.values(True, True) if p.requires_grad]
+
+
 def _check_shape(tensor: Tensor, key: NestedKey, pattern: str, expected: list[int], what: str) -> None:
     """Raises ValueError naming ``key`` unless ``tensor`` has shape ``expected`` (no data read)."""
     if list(tensor.shape) != expected:
@@ -275,6 +281,67 @@ class FOPLoss(LossModule):
     def out_keys(self) -> list[str]:
         keys = ["loss_qvalue"] + ["loss_value"] * (self.value_network is not None) + ["loss_actor"]
         return keys + ["loss_alpha"] * self.learn_alpha + ["alpha", "alpha_i", "entropy", "q_jt", "td_error"]
+
+    # ------------------------------------------------------------------ optimisation
+    def param_groups(
+        self,
+        lr_qvalue: float = 3e-4,
+        lr_mixer: float | None = 3e-2,
+        lr_value: float = 1e-3,
+        lr_actor: float = 3e-3,
+        lr_alpha: float = 1e-3,
+    ) -> dict[str, list[dict]]:
+        """The trainable parameters of each objective, in Algorithm 1's order, as torch
+        optimiser parameter groups: ``{loss key: [{"params": [...], "lr": ...}, ...]}``.
+
+        ============== =================================================== =======================
+        key            parameters                                          rate
+        ============== =================================================== =======================
+        loss_qvalue    critics Q_i (``qvalue_network_params``, every twin)  ``lr_qvalue``
+                       and mixers (``mixer_params``: lambda net, V_jt)     ``lr_mixer`` (own group)
+        loss_value     V_i networks (``value_network_params``; paper form) ``lr_value``
+        loss_actor     policies pi_i (``actor_network_params``)            ``lr_actor``
+        loss_alpha     ``log_alpha`` (``learn_alpha=True``)                ``lr_alpha``
+        ============== =================================================== =======================
+
+        Target parameters are never trained (``SoftUpdate`` / ``HardUpdate`` copy them). The
+        default rates are the didactic games' (``configs/config.yaml``): a slow critic and a fast
+        mixer keep the stop-gradient fit of eq. (7) stable as alpha falls (docs/results.md);
+        ``lr_mixer=None`` puts the mixer in the critics' group.
+
+        Examples:
+            >>> from fop_modules import FOPLoss, FOPMixer, networks
+            >>> loss = FOPLoss(networks.discrete_actor(2, 3, 4), networks.discrete_critic(2, 3, 4),
+            ...                FOPMixer(2, state_dim=5, action_dim=4), action_space="discrete")
+            >>> groups = loss.param_groups()
+            >>> list(groups), [g["lr"] for g in groups["loss_qvalue"]]
+            (['loss_qvalue', 'loss_actor'], [0.0003, 0.03])
+        """
+        critics, mixer = trainable(self.qvalue_network_params), trainable(self.mixer_params)
+        groups = {"loss_qvalue": [{"params": critics, "lr": lr_qvalue}, {"params": mixer, "lr": lr_mixer}]
+                  if lr_mixer is not None else [{"params": critics + mixer, "lr": lr_qvalue}]}
+        if self.value_network is not None:
+            groups["loss_value"] = [{"params": trainable(self.value_network_params), "lr": lr_value}]
+        groups["loss_actor"] = [{"params": trainable(self.actor_network_params), "lr": lr_actor}]
+        if self.learn_alpha:
+            groups["loss_alpha"] = [{"params": [self.log_alpha], "lr": lr_alpha}]
+        return groups
+
+    def make_optimizers(
+        self, optimizer: type[torch.optim.Optimizer] = torch.optim.Adam, *, eps: float = 1e-5, **rates: float | None
+    ) -> dict[str, torch.optim.Optimizer]:
+        """One optimiser per objective (``{loss key: optimizer}``, Algorithm 1's order) over
+        :meth:`param_groups` (``rates``: its ``lr_*`` arguments). Step each after its own loss,
+        in this order; with separate optimisers a gradient-norm clip applies per objective.
+
+        Examples:
+            >>> from fop_modules import FOPLoss, FOPMixer, networks
+            >>> loss = FOPLoss(networks.discrete_actor(2, 3, 4), networks.discrete_critic(2, 3, 4),
+            ...                FOPMixer(2, state_dim=5, action_dim=4), action_space="discrete")
+            >>> {key: type(opt).__name__ for key, opt in loss.make_optimizers(lr_actor=1e-3).items()}
+            {'loss_qvalue': 'Adam', 'loss_actor': 'Adam'}
+        """
+        return {key: optimizer(groups, eps=eps) for key, groups in self.param_groups(**rates).items()}
 
     # ------------------------------------------------------------------ temperatures
     @property
@@ -621,7 +688,13 @@ class FOPLoss(LossModule):
         return target if valid is None else target[valid]
 
     def qvalue_loss(self, tensordict: TensorDictBase) -> tuple[Tensor, dict[str, Tensor]]:
-        """Eq. (9): joint soft TD error of every twin's Q_jt; trains critics and mixers only."""
+        """Eq. (9): joint soft TD error of every twin's Q_jt; trains critics and mixers only.
+
+        Returns:
+            ``(loss, meta)``: the scalar loss (summed over twins) and, detached, ``meta["q_jt"]``
+            (twin 0's Q_jt at the batch's actions, [M, 1]) and ``meta["td_error"]``
+            (|Q_jt - y|, [M, 1]); M is the batch, or its real steps for a padded [B, T] batch.
+        """
         self._check_input(tensordict)
         with self._unrolled(tensordict, grad=False) as tensordict:  # the policy is only sampled
             rows = self._rows(tensordict)
@@ -638,7 +711,11 @@ class FOPLoss(LossModule):
         return loss, {"q_jt": q_jt, "td_error": (q_jt - target).abs()}
 
     def value_loss(self, tensordict: TensorDictBase) -> tuple[Tensor, dict[str, Tensor]]:
-        """Eq. (10): V_i regresses E_{u_i~pi_i}[Q_i - alpha_i log pi_i]; trains V_i only."""
+        """Eq. (10): V_i regresses E_{u_i~pi_i}[Q_i - alpha_i log pi_i]; trains V_i only.
+
+        Returns:
+            ``(loss, meta)``: the scalar loss and ``meta["state_value"]``, V_i [M, N, 1], detached.
+        """
         if self.value_network is None:
             raise RuntimeError("value_loss needs a value_network (this loss uses the analytic V_i)")
         with torch.no_grad(), self._unrolled(tensordict) as unrolled:
@@ -659,7 +736,15 @@ class FOPLoss(LossModule):
         return self._reduce_loss(loss, unrolled), {"state_value": v.detach()}
 
     def actor_loss(self, tensordict: TensorDictBase) -> tuple[Tensor, dict[str, Tensor]]:
-        """Eq. (11): E_{u_i~pi_i}[alpha_i log pi_i(u_i) - Q_i(u_i)] with min over twins; trains pi_i."""
+        """Eq. (11): E_{u_i~pi_i}[alpha_i log pi_i(u_i) - Q_i(u_i)] with min over twins; trains pi_i.
+
+        Returns:
+            ``(loss, meta)``: the scalar loss and, detached, per sample (the real steps of a padded
+            [B, T] batch), ``meta["log_prob_jt"]``: E log pi_jt = -H(pi_jt) [M, 1] (exact over
+            discrete actions, one sample for continuous ones), and ``meta["target_entropy"]``: the
+            dual update's target [M, 1]. ``alpha_loss(meta["log_prob_jt"], meta["target_entropy"])``
+            reads both.
+        """
         with self._unrolled(tensordict) as unrolled:
             return self._actor_loss(self._rows(unrolled))
 

@@ -805,6 +805,27 @@ def test_auto_target_entropy():
     assert continuous_loss(nq=1, learn_alpha=True).target_entropy.item() == -N * D
 
 
+@pytest.mark.parametrize("value", [False, True])
+def test_param_groups_partition_the_trainable_parameters_by_objective(value):
+    loss = discrete_loss(value=value, nq=2, learn_alpha=True)
+    groups = loss.param_groups(lr_qvalue=1e-4, lr_mixer=1e-2)
+    assert list(groups) == ["loss_qvalue"] + ["loss_value"] * value + ["loss_actor", "loss_alpha"]
+    owned = {key: {id(p) for g in gs for p in g["params"]} for key, gs in groups.items()}
+    trainable = {id(p) for name, p in loss.named_parameters() if not name.startswith("target_")}
+    assert set().union(*owned.values()) == trainable  # every trainable parameter, targets excluded
+    assert sum(map(len, owned.values())) == len(trainable)  # each in one objective only
+    assert [g["lr"] for g in groups["loss_qvalue"]] == [1e-4, 1e-2]
+    out = loss(discrete_td())
+    for key in groups:  # an objective's gradient reaches its own group only
+        loss.zero_grad(set_to_none=True)
+        out = loss(discrete_td())
+        out[key].backward()
+        reached = {id(p) for p in loss.parameters() if p.grad is not None and p.grad.any()}
+        assert reached and reached <= owned[key], key
+    optimizers = loss.make_optimizers(torch.optim.RMSprop, lr_actor=1e-3)
+    assert list(optimizers) == list(groups) and optimizers["loss_actor"].param_groups[0]["lr"] == 1e-3
+
+
 def test_learned_alpha_reads_the_action_count_from_the_mixer():
     loss = FOPLoss(networks.discrete_actor(N, OBS, A, hidden=HIDDEN), networks.discrete_critic(N, OBS, A, hidden=HIDDEN),
                    FOPMixer(N, S, A), action_space="discrete", learn_alpha=True)  # no num_actions

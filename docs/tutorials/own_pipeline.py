@@ -37,9 +37,9 @@ loss = FOPLoss(
 loss.make_value_estimator(gamma=0.99)  # one-step soft TD target of eq. (9)
 target_updater = SoftUpdate(loss, tau=0.01)  # polyak averaging of the target critics and mixer
 schedule = LinearTemperature(start=0.1, end=0.01, steps=3_000)  # alpha over env frames
-# Each objective only reaches its own parameters, so one optimiser over the summed losses
-# takes the same gradient steps as one optimiser per objective.
-optimizer = torch.optim.Adam(loss.parameters(), lr=3e-4)
+# One optimiser per objective, with the recommended rates (loss.param_groups() lists which
+# parameters each objective trains): a slow critic, a fast mixer in its own group, a fast actor.
+optimizers = loss.make_optimizers()  # {"loss_qvalue": ..., "loss_value": ..., "loss_actor": ...}
 # --8<-- [end:loss]
 
 # --8<-- [start:data]
@@ -56,10 +56,14 @@ for batch in collector:  # [E, T] frames from the current policy
     loss.alpha = schedule(frames)  # a scheduled alpha is a buffer of the loss
     for _ in range(4):  # updates per collected batch
         losses = loss(buffer.sample())
-        total = sum(value for key, value in losses.items() if key.startswith("loss_"))
-        optimizer.zero_grad()
-        total.backward()
-        optimizer.step()
+        for optimizer in optimizers.values():
+            optimizer.zero_grad()
+        # each objective reaches only its own parameters: one backward of the sum gives every
+        # objective its own gradient, and each optimiser then steps (and clips) its own
+        sum(losses[key] for key in optimizers).backward()
+        for optimizer in optimizers.values():
+            torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], 10.0)
+            optimizer.step()
         target_updater.step()
     reward = batch["next", "reward"].mean().item()
     print(
