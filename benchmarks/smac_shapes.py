@@ -84,9 +84,8 @@ class ScaledSMACShapes(SMACEnv):
         raise NotImplementedError("ScaledSMACShapes has specs only (fake_tensordict); it is never stepped")
 
 
-def learner(map_name: str, overrides: list[str] = ()) -> tuple[FOPLightningModule, object]:
-    """(module with its optimisers attached, env) in the authors' configuration for ``map_name``."""
-    cfg = config(map_name, overrides)
+def recipe_learner(cfg: DictConfig) -> tuple[FOPLightningModule, object]:
+    """(module, env) as ``recipes/train.py`` builds them for the composed ``cfg``."""
     typed = schema.validate(cfg)
     env = make_env(cfg.env, cfg.algorithm)
     loss, policy = build_loss(env, typed.algorithm)
@@ -94,17 +93,29 @@ def learner(map_name: str, overrides: list[str] = ()) -> tuple[FOPLightningModul
         loss, policy, make_env=None, make_eval_env=None,
         collect=typed.collect, optim=typed.optim, temperature=typed.temperature,
     )
-    # a trainer that never fits: its strategy answers the update's finite-loss check, and its
-    # precision plugin gives trainer.precision's autocast for the config's accelerator
+    return module, env
+
+
+def attach_optimizers(module: FOPLightningModule, cfg: DictConfig) -> None:
+    """What Lightning's ``fit()`` would give ``module.update``: optimisers, backward, clipping.
+    A trainer that never fits: its strategy answers the update's finite-loss check, and its
+    precision plugin gives trainer.precision's autocast for the config's accelerator."""
     module.trainer = L.Trainer(accelerator=cfg.trainer.accelerator, devices=1, logger=False,
                                enable_checkpointing=False,
                                enable_progress_bar=False, enable_model_summary=False,
                                precision=cfg.trainer.precision)
     optimizers = module.configure_optimizers()
-    module.optimizers = lambda: optimizers  # what Lightning's fit() would hand back
+    module.optimizers = lambda: optimizers
     module.manual_backward = lambda loss: loss.backward()
     module.clip_gradients = lambda opt, gradient_clip_val: torch.nn.utils.clip_grad_norm_(
         [p for g in opt.param_groups for p in g["params"]], gradient_clip_val)
+
+
+def learner(map_name: str, overrides: list[str] = ()) -> tuple[FOPLightningModule, object]:
+    """(module with its optimisers attached, env) in the authors' configuration for ``map_name``."""
+    cfg = config(map_name, overrides)
+    module, env = recipe_learner(cfg)
+    attach_optimizers(module, cfg)
     return module, env
 
 

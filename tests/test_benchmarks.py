@@ -52,3 +52,14 @@ def test_throughput_benchmark_splits_a_real_training_run():
     row = [line.split() for line in out.splitlines() if line.strip().startswith("matrix_game")]
     assert row and int(row[0][1]) == 160 and int(row[0][2]) > 0  # frames, updates
     assert float(row[0][4]) > 0 and row[0][-1] in ("collect", "learn", "eval")  # frames/s, bottleneck
+
+
+def test_update_cost_benchmark_checks_the_hand_written_update_is_the_same_update():
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "update_cost.py"), "--tasks", "matrix_game",
+         "--rounds", "1", "--repeats", "2"],
+        capture_output=True, text=True, check=True, timeout=300,
+    ).stdout
+    row = [line.split() for line in out.splitlines() if line.strip().startswith("matrix_game")]
+    assert row and float(row[0][1]) < 1e-5  # one update of each from the same state: same parameters
+    assert float(row[0][2]) > 0 and float(row[0][3]) > 0 and float(row[0][4]) > 0
