@@ -242,9 +242,12 @@ def _slices(tensordict: TensorDictBase) -> tuple[int, int]:
 
 def recurrent_discrete_actor(
     n_agents: int, obs_dim: int, n_actions: int, *, hidden: int = 64, agent_id: bool = True,
-    last_action: bool = True,
+    last_action: bool = True, neg_inf: float = float("-inf"),
 ) -> ProbabilisticActor:
     """The authors' GRU actor: GRUEncoder -> Linear -> masked softmax over available actions.
+
+    ``neg_inf`` is the logit of unavailable actions (-inf: probability 0 exactly; TorchRL's
+    ``DiscreteSACLoss`` needs a finite one, as it multiplies probabilities by logits).
 
     Examples:
         >>> import torch
@@ -266,15 +269,19 @@ def recurrent_discrete_actor(
         in_keys={"logits": ("agents", "logits"), "mask": MASK_KEY},
         out_keys=[ACTION_KEY],
         distribution_class=MaskedCategorical,
+        distribution_kwargs={"neg_inf": neg_inf},
     )
 
 
 def recurrent_discrete_critic(
-    n_agents: int, obs_dim: int, n_actions: int, *, hidden: int = 64, agent_id: bool = True
+    n_agents: int, obs_dim: int, n_actions: int, *, hidden: int = 64, agent_id: bool = True,
+    embed_key: tuple[str, str] = CRITIC_EMBED_KEY, hidden_key: str = "critic_rnn_hidden",
 ) -> TensorDictSequential:
-    """The re-release's GRU critic: Q_i(tau_i, .) [*B, N, A] from a GRU over (observation, last
-    action, agent id). It is only run by the loss, on [B, T] slices (whole episodes: a slice that
-    starts mid-episode starts from a zero hidden state).
+    """The re-release's GRU critic: Q_i(tau_i, .) [*B, N, A] at ``("agents", "action_value")``
+    from a GRU over (observation, last action, agent id). FOPLoss only runs it on [B, T] slices
+    (whole episodes: a slice that starts mid-episode starts from a zero hidden state). With
+    ``embed_key=EMBED_KEY, hidden_key=HIDDEN_KEY`` (the actor's keys, which the collectors carry
+    between steps) it is the PyMARL agent of QMIX and VDN, acting in collectors.
 
     Examples:
         >>> import torch
@@ -287,8 +294,8 @@ def recurrent_discrete_critic(
         torch.Size([5, 2, 4])
     """
     encoder = GRUEncoder(n_agents, obs_dim, n_actions, hidden=hidden, agent_id=agent_id,
-                         embed_key=CRITIC_EMBED_KEY, hidden_key="critic_rnn_hidden")
-    head = TensorDictModule(nn.Linear(hidden, n_actions), in_keys=[CRITIC_EMBED_KEY],
+                         embed_key=embed_key, hidden_key=hidden_key)
+    head = TensorDictModule(nn.Linear(hidden, n_actions), in_keys=[embed_key],
                             out_keys=[("agents", "action_value")])
     return TensorDictSequential(encoder, head)
 
