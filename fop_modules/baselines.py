@@ -8,6 +8,12 @@ maddpg      ``DDPGLoss``                           continuous  ``AdditiveGaussia
 qmix, vdn   ``QMixerLoss`` + ``QMixer``/``VDNMixer``  discrete  ``EGreedyModule`` (masked)
 ==========  =====================================  ==========  ==================================
 
+With ``recurrent=True`` (discrete actions) the agents are PyMARL's GRU agents
+(:mod:`fop_modules.recurrent`: observation, last action and agent id -> GRU -> Q_i or policy
+logits) that act step by step in the collectors and learn from replayed episodes through
+:mod:`fop_modules.episode_losses` (QMIX/VDN: PyMARL's double Q and two-layer hypernetworks by
+default; MASAC: a GRU actor beside its critic on observations).
+
 Every builder reads the env's specs and returns a :class:`Baseline`: the loss, the collection
 policy, the objectives for :class:`~fop_modules.lightning.MARLLightningModule` and what the loss
 needs of each batch. Actors and per-agent critics share parameters across agents with a one-hot
@@ -36,9 +42,10 @@ from torchrl.modules import (
     TanhModule,
     VDNMixer,
 )
-from torchrl.objectives import DDPGLoss, DiscreteSACLoss, LossModule, QMixerLoss, SACLoss, ValueEstimators
+from torchrl.objectives import DDPGLoss, LossModule, SACLoss, ValueEstimators
 
-from fop_modules import networks
+from fop_modules import networks, recurrent
+from fop_modules.episode_losses import EpisodeDiscreteSACLoss, EpisodeQMixerLoss
 from fop_modules.lightning import Objective, trainable
 
 __all__ = [
@@ -47,6 +54,7 @@ __all__ = [
     "MASACConfig",
     "MADDPGConfig",
     "ValueDecompositionConfig",
+    "HyperQMixer",
     "ALGORITHMS",
     "build_baseline",
     "masac",
@@ -58,6 +66,10 @@ __all__ = [
 OBS_KEY, ACTION_KEY, MASK_KEY = networks.OBS_KEY, networks.ACTION_KEY, networks.MASK_KEY
 MASK_LOGIT = -18.0  # masked actions' logit in the SAC actor (-inf gives NaN in sum p log p; BenchMARL's value)
 ANNEAL_SHARE = 1 / 3  # exploration anneals over this share of the run when not given (BenchMARL)
+# PyMARL's QMIX (src/config/algs/qmix.yaml), the defaults of GRU agents' null keys:
+PYMARL_ANNEAL_FRAMES = 50_000  # epsilon_anneal_time
+PYMARL_HYPERNET_EMBED = 64  # hypernet_layers: 2, hypernet_embed: 64
+PYMARL_DOUBLE_Q = True  # double_q
 
 
 class WrongActionSpace(ValueError):
@@ -93,6 +105,8 @@ class MASACConfig:
 
     hidden: list[int] = field(default_factory=lambda: [256, 256])
     agent_id: bool = True
+    recurrent: bool = False
+    rnn_hidden: int = 64
     centralised_critic: bool = True
     num_qvalue_nets: int = 2
     loss_function: str = "l2"
@@ -127,13 +141,28 @@ class ValueDecompositionConfig:
 
     hidden: list[int] = field(default_factory=lambda: [64, 64])
     agent_id: bool = True
+    recurrent: bool = False
+    rnn_hidden: int = 64
     mixing_embed_dim: int = 32
+    hypernet_embed: int | None = None
+    double_q: bool | None = None
     loss_function: str = "l2"
     gamma: float = 0.99
     lr: float = 5e-4
     eps_init: float = 1.0
     eps_end: float = 0.05
     anneal_frames: int | None = None
+
+    def resolved(self, total_frames: int) -> tuple[int, int, bool]:
+        """(anneal_frames, hypernet_embed, double_q) with nulls filled: PyMARL's values for GRU
+        agents (50k frames, 64, true), BenchMARL's for MLP agents (a third of the run, 0: TorchRL's
+        one-layer hypernetworks, false)."""
+        if self.recurrent:
+            defaults = (PYMARL_ANNEAL_FRAMES, PYMARL_HYPERNET_EMBED, PYMARL_DOUBLE_Q)
+        else:
+            defaults = (int(total_frames * ANNEAL_SHARE), 0, False)
+        given = (self.anneal_frames, self.hypernet_embed, self.double_q)
+        return tuple(d if g is None else g for g, d in zip(given, defaults))
 
 
 def team_reward_per_agent(batch: TensorDictBase) -> TensorDictBase:
@@ -189,13 +218,17 @@ def masac(env: EnvBase, cfg: MASACConfig) -> Baseline:
     if discrete:
         n_actions = action_spec.space.n
         masked = MASK_KEY in env.full_observation_spec.keys(True)
-        actor = networks.discrete_actor(n_agents, obs_dim, n_actions, masked=masked, neg_inf=MASK_LOGIT, **net)
+        if cfg.recurrent:  # PyMARL's GRU agent as the actor, on replayed episodes
+            actor = recurrent.recurrent_discrete_actor(n_agents, obs_dim, n_actions, hidden=cfg.rnn_hidden,
+                                                       agent_id=cfg.agent_id, neg_inf=MASK_LOGIT)
+        else:
+            actor = networks.discrete_actor(n_agents, obs_dim, n_actions, masked=masked, neg_inf=MASK_LOGIT, **net)
         if cfg.centralised_critic:
             critic = TensorDictModule(_centralised(obs_dim, n_actions, n_agents, cfg.hidden),
                                       in_keys=[OBS_KEY], out_keys=[("agents", "action_value")])
         else:
             critic = networks.discrete_critic(n_agents, obs_dim, n_actions, **net)
-        loss = DiscreteSACLoss(
+        loss = EpisodeDiscreteSACLoss(
             actor, critic, action_space="categorical", num_actions=n_actions,
             num_qvalue_nets=cfg.num_qvalue_nets, loss_function=cfg.loss_function,
             alpha_init=cfg.alpha_init, fixed_alpha=cfg.fixed_alpha,
@@ -203,6 +236,11 @@ def masac(env: EnvBase, cfg: MASACConfig) -> Baseline:
         )
         _per_agent_keys(loss, action_value=("agents", "action_value"), action=ACTION_KEY)
     else:
+        if cfg.recurrent:
+            raise WrongActionSpace(
+                f"algorithm=masac with recurrent=true (GRU agents) needs discrete actions, but "
+                f"{type(env).__name__} has continuous actions {ACTION_KEY}: set algorithm.recurrent=false"
+            )
         action_dim = action_spec.shape[-1]
         low, high = action_spec.space.low.min().item(), action_spec.space.high.max().item()
         actor = networks.continuous_actor(n_agents, obs_dim, action_dim, low=low, high=high, **net)
@@ -265,41 +303,77 @@ def maddpg(env: EnvBase, cfg: MADDPGConfig, total_frames: int) -> Baseline:
                     process_batch=team_reward_per_agent, exploration=noise)
 
 
+class HyperQMixer(QMixer):
+    """TorchRL's ``QMixer`` with PyMARL's two-layer hypernetworks (``hypernet_layers: 2``): the
+    mixing weights W_1(s), W_final(s) are ``Linear -> ReLU -> Linear`` of the state with
+    ``hypernet_embed`` hidden units; ``hypernet_embed=0`` keeps TorchRL's one layer.
+
+    Examples:
+        >>> import torch
+        >>> mixer = HyperQMixer(state_shape=(5,), mixing_embed_dim=32, n_agents=3, hypernet_embed=64)
+        >>> mixer(torch.randn(7, 3, 1), torch.randn(7, 5)).shape
+        torch.Size([7, 1])
+    """
+
+    def __init__(self, state_shape, mixing_embed_dim: int, n_agents: int, hypernet_embed: int = 0,
+                 device="cpu") -> None:
+        super().__init__(state_shape=state_shape, mixing_embed_dim=mixing_embed_dim, n_agents=n_agents,
+                         device=device)
+        if hypernet_embed < 0:
+            raise ValueError(f"hypernet_embed must be >= 0 (0: one-layer hypernetworks), got {hypernet_embed}")
+        if hypernet_embed:
+            def two_layers(n_out: int) -> nn.Sequential:
+                return nn.Sequential(nn.Linear(self.state_dim, hypernet_embed, device=device), nn.ReLU(),
+                                     nn.Linear(hypernet_embed, n_out, device=device))
+            self.hyper_w_1 = two_layers(mixing_embed_dim * n_agents)
+            self.hyper_w_final = two_layers(mixing_embed_dim)
+
+
 def value_decomposition(
     env: EnvBase, cfg: ValueDecompositionConfig, total_frames: int, mixer: str = "qmix"
 ) -> Baseline:
     """QMIX (``mixer="qmix"``: monotonic mixer on the state) or VDN (``"vdn"``: the sum):
-    TorchRL's ``QMixerLoss`` on shared per-agent Q networks with agent id, greedy over the
-    available actions, epsilon-greedy while collecting."""
+    TorchRL's ``QMixerLoss`` (:class:`~fop_modules.episode_losses.EpisodeQMixerLoss`) on shared
+    per-agent Q networks with agent id (MLP, or PyMARL's GRU agent with ``cfg.recurrent``), greedy
+    over the available actions, epsilon-greedy while collecting."""
     n_agents, obs_dim, state_dim, discrete = _sizes(env)
     if mixer not in ("qmix", "vdn"):
         raise ValueError(f"mixer must be 'qmix' or 'vdn', got {mixer!r}")
     if not discrete:
         raise WrongActionSpace(_wrong_actions(mixer, env, "continuous", "masac or maddpg (or fop)"))
     action_spec = env.full_action_spec_unbatched[ACTION_KEY]  # [N]: any number of envs
+    n_actions = action_spec.space.n
     masked = MASK_KEY in env.full_observation_spec.keys(True)
-    mask_key = MASK_KEY if masked else None
-    critic = networks.discrete_critic(n_agents, obs_dim, action_spec.space.n, hidden=cfg.hidden,
-                                      agent_id=cfg.agent_id)  # ("agents", "action_value") [*B, N, A]
-    local = TensorDictSequential(critic, QValueModule(
-        action_space="categorical", action_value_key=("agents", "action_value"), action_mask_key=mask_key,
-        out_keys=[ACTION_KEY, ("agents", "action_value"), ("agents", "chosen_action_value")],
-    ))
+    anneal_frames, hypernet_embed, double_q = cfg.resolved(total_frames)
+    if cfg.recurrent:  # ("agents", "action_value") [*B, N, A] from the collectors' hidden state
+        q_net = recurrent.recurrent_discrete_critic(
+            n_agents, obs_dim, n_actions, hidden=cfg.rnn_hidden, agent_id=cfg.agent_id,
+            embed_key=recurrent.EMBED_KEY, hidden_key=recurrent.HIDDEN_KEY)
+    else:
+        q_net = networks.discrete_critic(n_agents, obs_dim, n_actions, hidden=cfg.hidden, agent_id=cfg.agent_id)
+
+    def greedy(mask_key) -> TensorDictSequential:  # Q_i, then the greedy available action and its value
+        return TensorDictSequential(q_net, QValueModule(
+            action_space="categorical", action_value_key=("agents", "action_value"), action_mask_key=mask_key,
+            out_keys=[ACTION_KEY, ("agents", "action_value"), ("agents", "chosen_action_value")],
+        ))
+
     if mixer == "qmix":
-        mixer_net, in_keys = QMixer(state_shape=(state_dim,), mixing_embed_dim=cfg.mixing_embed_dim,
-                                    n_agents=n_agents, device="cpu"), [("agents", "chosen_action_value"), "state"]
+        mixer_net = HyperQMixer(state_shape=(state_dim,), mixing_embed_dim=cfg.mixing_embed_dim,
+                                n_agents=n_agents, hypernet_embed=hypernet_embed)
+        in_keys = [("agents", "chosen_action_value"), "state"]
     else:
         mixer_net, in_keys = VDNMixer(n_agents=n_agents, device="cpu"), [("agents", "chosen_action_value")]
     mixer_module = TensorDictModule(mixer_net, in_keys=in_keys, out_keys=["chosen_action_value"])  # Q_tot [*B, 1]
-    loss = QMixerLoss(local, mixer_module, loss_function=cfg.loss_function, delay_value=True,
-                      action_space="categorical")
+    # the loss's greedy step always reads a mask (all true where the env has none; double Q's one-hot)
+    loss = EpisodeQMixerLoss(greedy(MASK_KEY), mixer_module, num_actions=n_actions, double_q=double_q,
+                             loss_function=cfg.loss_function, delay_value=True, action_space="categorical")
     loss.set_keys(action_value=("agents", "action_value"), local_value=("agents", "chosen_action_value"),
                   global_value="chosen_action_value", action=ACTION_KEY)
     loss.make_value_estimator(ValueEstimators.TD0, gamma=cfg.gamma)
     egreedy = EGreedyModule(
-        spec=action_spec, eps_init=cfg.eps_init, eps_end=cfg.eps_end,
-        annealing_num_steps=cfg.anneal_frames or int(total_frames * ANNEAL_SHARE),
-        action_key=ACTION_KEY, action_mask_key=mask_key,
+        spec=action_spec, eps_init=cfg.eps_init, eps_end=cfg.eps_end, annealing_num_steps=anneal_frames,
+        action_key=ACTION_KEY, action_mask_key=MASK_KEY if masked else None,
     )
     params = trainable(loss.local_value_network_params, loss.mixer_network_params)
     objectives = {"qvalue": Objective("loss", [{"params": params, "lr": cfg.lr}])}
@@ -314,7 +388,8 @@ def value_decomposition(
         with loss.mixer_network_params.to_module(loss.mixer_network):
             return {"q_i": q_i, "q_jt": loss.mixer_network(td).get("chosen_action_value")}
 
-    return Baseline(loss, TensorDictSequential(local, egreedy), objectives, exploration=egreedy, joint_q=joint_q)
+    policy = TensorDictSequential(greedy(MASK_KEY if masked else None), egreedy)
+    return Baseline(loss, policy, objectives, exploration=egreedy, joint_q=None if cfg.recurrent else joint_q)
 
 
 def _wrong_actions(name: str, env: EnvBase, space: str, instead: str) -> str:

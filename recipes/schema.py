@@ -255,29 +255,46 @@ def is_baseline(algo: DictConfig) -> bool:
     return algo.get("name") in baselines.ALGORITHMS
 
 
+def baseline_gru(algo: DictConfig) -> bool:
+    """Whether a baseline's agents are GRUs: ``algorithm.recurrent``, where the baseline has the key
+    (an experiment's FOP key ``recurrent`` does not make MADDPG recurrent)."""
+    return "recurrent" in {f.name for f in fields(baselines.ALGORITHMS[algo.name])} and bool(algo.get("recurrent"))
+
+
 def baseline_section(algo: DictConfig, collect: CollectConfig):
     """The typed config of a baseline from its section.
 
     Experiments hold FOP's settings (e.g. smax_authors: a GRU actor, TD(lambda)); a baseline keeps
-    its own keys, ignores FOP's other keys (and says so) and rejects unknown ones.
+    its own keys (``recurrent`` and ``rnn_hidden`` among them, where it has GRU agents), ignores
+    FOP's other keys (and says so) and rejects unknown ones. GRU agents learn from replayed
+    episodes (``collect.sequence_length``), MLP agents from transitions.
     """
-    if collect.sequence_length is not None:
-        raise ConfigError(
-            f"algorithm={algo.name} replays transitions (MLP agents), but collect.sequence_length is "
-            f"{collect.sequence_length}: add collect.sequence_length=null"
-        )
     cls = baselines.ALGORITHMS[algo.name]
     known = {f.name for f in fields(cls)}
     fop_keys = {f.name for f in fields(AlgorithmConfig)}
     ignored = sorted((set(algo) - known - {"name"}) & fop_keys)
-    if ignored:
-        print(f"note: algorithm={algo.name} has MLP agents and ignores FOP's keys {ignored}", flush=True)
     unknown = sorted(set(algo) - known - fop_keys)
     if unknown:
         raise ConfigError(f"algorithm.{unknown[0]}: unknown key for algorithm={algo.name}; known: {sorted(known)}")
     values = OmegaConf.to_container(algo, resolve=True)
     with startup_errors("algorithm", algo):
-        return cls(**{k: v for k, v in values.items() if k in known})
+        typed = cls(**{k: v for k, v in values.items() if k in known})
+    recurrent = getattr(typed, "recurrent", False)
+    if recurrent and collect.sequence_length is None:
+        raise ConfigError(
+            f"algorithm={algo.name} with algorithm.recurrent=true (GRU agents) learns from replayed "
+            "episodes: set collect.sequence_length (the episode limit), or algorithm.recurrent=false"
+        )
+    if not recurrent and collect.sequence_length is not None:
+        instead = " or algorithm.recurrent=true (GRU agents)" if "recurrent" in known else ""
+        raise ConfigError(
+            f"algorithm={algo.name} replays transitions (MLP agents), but collect.sequence_length is "
+            f"{collect.sequence_length}: add collect.sequence_length=null{instead}"
+        )
+    if ignored:
+        agents = "GRU" if recurrent else "MLP"
+        print(f"note: algorithm={algo.name} has {agents} agents and ignores FOP's keys {ignored}", flush=True)
+    return typed
 
 
 def validate(cfg: DictConfig) -> Validated:

@@ -44,9 +44,11 @@ OmegaConf.register_new_resolver("if_null", lambda value, default: default if val
 
 
 def uses_gru(algo: DictConfig) -> bool:
-    """Whether FOP's actor or critic is recurrent (then the env needs the GRU transforms and
-    the replay needs sequences); the baselines have MLP agents."""
-    return not schema.is_baseline(algo) and bool(algo.recurrent or algo.recurrent_critic)
+    """Whether the agents are recurrent: FOP's actor or critic, a baseline's GRU agents (then the
+    env needs the GRU transforms and the replay needs sequences)."""
+    if schema.is_baseline(algo):
+        return schema.baseline_gru(algo)
+    return bool(algo.recurrent or algo.recurrent_critic)
 
 
 def make_env(env_cfg: DictConfig, algo: DictConfig, num_envs: int | None = None):
@@ -217,7 +219,7 @@ def train(cfg: DictConfig, run_dir: Path, callbacks: Sequence[L.Callback] = ()) 
         summary["final_eval_win_rate"] = module.eval_win_rate
     # every greedy evaluation: [env frames, return, first env's greedy joint action]
     summary["eval_history"] = [[frames, ret, action] for frames, ret, action in curve]
-    if isinstance(game, MatrixGameEnv):
+    if isinstance(game, MatrixGameEnv) and joint_q is not None:  # (GRU agents: no one-step Q table)
         tables = probes.matrix_game_tables(joint_q, env, policy)
         summary.update(tables)
         plots.matrix_game_tables(tables, env.payoff, run_dir / "q_tables.png")
