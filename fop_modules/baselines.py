@@ -25,7 +25,7 @@ masac and maddpg. Per-agent critics (MASAC, MADDPG) learn the team reward, copie
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import torch
@@ -70,6 +70,8 @@ ANNEAL_SHARE = 1 / 3  # exploration anneals over this share of the run when not 
 PYMARL_ANNEAL_FRAMES = 50_000  # epsilon_anneal_time
 PYMARL_HYPERNET_EMBED = 64  # hypernet_layers: 2, hypernet_embed: 64
 PYMARL_DOUBLE_Q = True  # double_q
+# JaxMARL's QMIX-RNN on SMAX (baselines/QLearning/config/alg/qmix_rnn_smax.yaml): MIXER_INIT_SCALE
+JAXMARL_MIXER_INIT_SCALE = 0.001
 
 
 class WrongActionSpace(ValueError):
@@ -146,6 +148,7 @@ class ValueDecompositionConfig:
     mixing_embed_dim: int = 32
     hypernet_embed: int | None = None
     double_q: bool | None = None
+    mixer_init_scale: float | None = None
     loss_function: str = "l2"
     gamma: float = 0.99
     lr: float = 5e-4
@@ -153,16 +156,23 @@ class ValueDecompositionConfig:
     eps_end: float = 0.05
     anneal_frames: int | None = None
 
-    def resolved(self, total_frames: int) -> tuple[int, int, bool]:
-        """(anneal_frames, hypernet_embed, double_q) with nulls filled: PyMARL's values for GRU
-        agents (50k frames, 64, true), BenchMARL's for MLP agents (a third of the run, 0: TorchRL's
-        one-layer hypernetworks, false)."""
+    def resolved(self, total_frames: int) -> "ValueDecompositionConfig":
+        """A copy with the null keys filled: the reference settings of the agents' kind. GRU
+        agents: PyMARL's QMIX (anneal over 50k frames, hypernetworks of 64, double Q) with
+        JaxMARL's SMAX mixer init (0.001). MLP agents: BenchMARL's (a third of the run, TorchRL's
+        one-layer hypernetworks, no double Q, PyTorch's init).
+
+        Examples:
+            >>> ValueDecompositionConfig(recurrent=True).resolved(10**6).anneal_frames
+            50000
+        """
         if self.recurrent:
-            defaults = (PYMARL_ANNEAL_FRAMES, PYMARL_HYPERNET_EMBED, PYMARL_DOUBLE_Q)
+            defaults = dict(anneal_frames=PYMARL_ANNEAL_FRAMES, hypernet_embed=PYMARL_HYPERNET_EMBED,
+                            double_q=PYMARL_DOUBLE_Q, mixer_init_scale=JAXMARL_MIXER_INIT_SCALE)
         else:
-            defaults = (int(total_frames * ANNEAL_SHARE), 0, False)
-        given = (self.anneal_frames, self.hypernet_embed, self.double_q)
-        return tuple(d if g is None else g for g, d in zip(given, defaults))
+            defaults = dict(anneal_frames=int(total_frames * ANNEAL_SHARE), hypernet_embed=0, double_q=False,
+                            mixer_init_scale=0.0)
+        return replace(self, **{k: v for k, v in defaults.items() if getattr(self, k) is None})
 
 
 def team_reward_per_agent(batch: TensorDictBase) -> TensorDictBase:
@@ -308,6 +318,10 @@ class HyperQMixer(QMixer):
     mixing weights W_1(s), W_final(s) are ``Linear -> ReLU -> Linear`` of the state with
     ``hypernet_embed`` hidden units; ``hypernet_embed=0`` keeps TorchRL's one layer.
 
+    ``init_scale > 0`` starts every layer orthogonal with that gain and zero bias (JaxMARL's
+    ``MIXER_INIT_SCALE``), so that Q_tot starts near 0 whatever the scale of the state (SMAX's world
+    state is not normalised: values up to about 25); 0 keeps PyTorch's initialisation.
+
     Examples:
         >>> import torch
         >>> mixer = HyperQMixer(state_shape=(5,), mixing_embed_dim=32, n_agents=3, hypernet_embed=64)
@@ -316,7 +330,7 @@ class HyperQMixer(QMixer):
     """
 
     def __init__(self, state_shape, mixing_embed_dim: int, n_agents: int, hypernet_embed: int = 0,
-                 device="cpu") -> None:
+                 init_scale: float = 0.0, device="cpu") -> None:
         super().__init__(state_shape=state_shape, mixing_embed_dim=mixing_embed_dim, n_agents=n_agents,
                          device=device)
         if hypernet_embed < 0:
@@ -327,6 +341,13 @@ class HyperQMixer(QMixer):
                                      nn.Linear(hypernet_embed, n_out, device=device))
             self.hyper_w_1 = two_layers(mixing_embed_dim * n_agents)
             self.hyper_w_final = two_layers(mixing_embed_dim)
+        if init_scale < 0:
+            raise ValueError(f"init_scale must be >= 0 (0: PyTorch's initialisation), got {init_scale}")
+        if init_scale:
+            for layer in self.modules():
+                if isinstance(layer, nn.Linear):
+                    nn.init.orthogonal_(layer.weight, gain=init_scale)
+                    nn.init.zeros_(layer.bias)
 
 
 def value_decomposition(
@@ -344,7 +365,7 @@ def value_decomposition(
     action_spec = env.full_action_spec_unbatched[ACTION_KEY]  # [N]: any number of envs
     n_actions = action_spec.space.n
     masked = MASK_KEY in env.full_observation_spec.keys(True)
-    anneal_frames, hypernet_embed, double_q = cfg.resolved(total_frames)
+    cfg = cfg.resolved(total_frames)
     if cfg.recurrent:  # ("agents", "action_value") [*B, N, A] from the collectors' hidden state
         q_net = recurrent.recurrent_discrete_critic(
             n_agents, obs_dim, n_actions, hidden=cfg.rnn_hidden, agent_id=cfg.agent_id,
@@ -360,19 +381,20 @@ def value_decomposition(
 
     if mixer == "qmix":
         mixer_net = HyperQMixer(state_shape=(state_dim,), mixing_embed_dim=cfg.mixing_embed_dim,
-                                n_agents=n_agents, hypernet_embed=hypernet_embed)
+                                n_agents=n_agents, hypernet_embed=cfg.hypernet_embed,
+                                init_scale=cfg.mixer_init_scale)
         in_keys = [("agents", "chosen_action_value"), "state"]
     else:
         mixer_net, in_keys = VDNMixer(n_agents=n_agents, device="cpu"), [("agents", "chosen_action_value")]
     mixer_module = TensorDictModule(mixer_net, in_keys=in_keys, out_keys=["chosen_action_value"])  # Q_tot [*B, 1]
     # the loss's greedy step always reads a mask (all true where the env has none; double Q's one-hot)
-    loss = EpisodeQMixerLoss(greedy(MASK_KEY), mixer_module, num_actions=n_actions, double_q=double_q,
+    loss = EpisodeQMixerLoss(greedy(MASK_KEY), mixer_module, num_actions=n_actions, double_q=cfg.double_q,
                              loss_function=cfg.loss_function, delay_value=True, action_space="categorical")
     loss.set_keys(action_value=("agents", "action_value"), local_value=("agents", "chosen_action_value"),
                   global_value="chosen_action_value", action=ACTION_KEY)
     loss.make_value_estimator(ValueEstimators.TD0, gamma=cfg.gamma)
     egreedy = EGreedyModule(
-        spec=action_spec, eps_init=cfg.eps_init, eps_end=cfg.eps_end, annealing_num_steps=anneal_frames,
+        spec=action_spec, eps_init=cfg.eps_init, eps_end=cfg.eps_end, annealing_num_steps=cfg.anneal_frames,
         action_key=ACTION_KEY, action_mask_key=MASK_KEY if masked else None,
     )
     params = trainable(loss.local_value_network_params, loss.mixer_network_params)

@@ -234,11 +234,13 @@ ONE_PER_ENV = {"matrix_game", "mtq", "smac_mmm", "smax_3m"}  # building every ma
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 @pytest.mark.parametrize("algorithm", BASELINES)
 def test_every_baseline_composes_with_every_experiment_and_builds_or_says_why_not(algorithm, experiment):
-    sequences = experiment.startswith(("smac", "smax"))  # GRU presets: the baselines replay transitions
+    # GRU presets: QMIX, VDN and MASAC take them as they are (GRU agents); MADDPG replays transitions
+    sequences = experiment.startswith(("smac", "smax")) and algorithm == "maddpg"
     cfg = _compose([f"+experiment={experiment}", f"algorithm={algorithm}",
                     *(["env.backend=fake"] * experiment.startswith("smac")),
                     *(["collect.sequence_length=null"] * sequences)])
     config = schema.validate(cfg).algorithm
+    assert getattr(config, "recurrent", False) == (experiment.startswith(("smac", "smax")) and not sequences)
     if experiment not in ONE_PER_ENV:
         return
     env = train.make_env(cfg.env, cfg.algorithm)

@@ -254,7 +254,9 @@ def test_the_sequence_experiments_take_a_baseline_with_no_other_override(algorit
     config = schema.validate(cfg).algorithm
     assert config.recurrent and config.rnn_hidden == 64 and cfg.collect.sequence_length == cfg.episode_limit
     if algorithm != "masac":  # PyMARL's QMIX settings, cited in configs/algorithm/qmix.yaml
-        assert config.resolved(cfg.collect.total_frames) == (50_000, 64, True)
+        filled = config.resolved(cfg.collect.total_frames)
+        assert (filled.anneal_frames, filled.hypernet_embed, filled.double_q, filled.mixer_init_scale) == (
+            50_000, 64, True, 0.001)
         assert (cfg.optim.name, cfg.optim.target_update, cfg.optim.hard_update_interval) == ("rmsprop", "hard", 200)
         assert (cfg.collect.batch_size, cfg.collect.buffer_size // cfg.episode_limit) == (32, 5000)
 
@@ -262,7 +264,9 @@ def test_the_sequence_experiments_take_a_baseline_with_no_other_override(algorit
 def test_mlp_baselines_keep_transitions_and_benchmarl_settings():
     cfg = _compose(["+experiment=matrix_game", "algorithm=qmix"])
     config = schema.validate(cfg).algorithm
-    assert not config.recurrent and config.resolved(10_000) == (3333, 0, False)
+    filled = config.resolved(10_000)
+    assert not config.recurrent and (filled.anneal_frames, filled.hypernet_embed, filled.double_q,
+                                     filled.mixer_init_scale) == (3333, 0, False, 0.0)
     with pytest.raises(schema.ConfigError, match=r"collect.sequence_length=null or algorithm.recurrent=true"):
         schema.validate(_compose(["+experiment=smax_3m", "algorithm=vdn", "algorithm.recurrent=false"]))
     with pytest.raises(schema.ConfigError, match=r"set collect.sequence_length"):
