@@ -318,9 +318,12 @@ class HyperQMixer(QMixer):
     mixing weights W_1(s), W_final(s) are ``Linear -> ReLU -> Linear`` of the state with
     ``hypernet_embed`` hidden units; ``hypernet_embed=0`` keeps TorchRL's one layer.
 
-    ``init_scale > 0`` starts every layer orthogonal with that gain and zero bias (JaxMARL's
-    ``MIXER_INIT_SCALE``), so that Q_tot starts near 0 whatever the scale of the state (SMAX's world
-    state is not normalised: values up to about 25); 0 keeps PyTorch's initialisation.
+    ``init_scale > 0`` starts the layers that output W_1(s), W_final(s), b_1(s) and V(s)
+    orthogonal with that gain and zero bias (JaxMARL's ``MIXER_INIT_SCALE``), so that Q_tot starts
+    near 0 whatever the scale of the state (SMAX's world state is not normalised: values up to about
+    25); the hypernetworks' first layers keep PyTorch's initialisation (JaxMARL scales them too,
+    which, under RMSprop with eps 1e-5 rather than JaxMARL's RAdam, leaves the agents' gradients at
+    about 1e-8). 0 keeps PyTorch's initialisation everywhere.
 
     Examples:
         >>> import torch
@@ -343,11 +346,11 @@ class HyperQMixer(QMixer):
             self.hyper_w_final = two_layers(mixing_embed_dim)
         if init_scale < 0:
             raise ValueError(f"init_scale must be >= 0 (0: PyTorch's initialisation), got {init_scale}")
-        if init_scale:
-            for layer in self.modules():
-                if isinstance(layer, nn.Linear):
-                    nn.init.orthogonal_(layer.weight, gain=init_scale)
-                    nn.init.zeros_(layer.bias)
+        if init_scale:  # the layers that output W_1(s), W_final(s), b_1(s) and V(s)
+            for layer in (self.hyper_w_1, self.hyper_w_final, self.hyper_b_1, self.V[-1]):
+                layer = layer[-1] if isinstance(layer, nn.Sequential) else layer
+                nn.init.orthogonal_(layer.weight, gain=init_scale)
+                nn.init.zeros_(layer.bias)
 
 
 def value_decomposition(
