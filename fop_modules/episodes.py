@@ -102,7 +102,8 @@ def mask_partial_episodes(slices: TensorDictBase) -> TensorDictBase:
     Args:
         slices: a ``[B, T]`` batch of slices (time last) with ``"is_init"`` as the env wrote it
             (a :class:`~torchrl.data.replay_buffers.samplers.SliceSampler` built without
-            ``init_key``, which would overwrite it) and the sampler's ``("collector", "mask")``.
+            ``init_key``, which would overwrite it) and the sampler's ``("collector", "mask")``
+            (every step real where it is absent: no slice was padded).
 
     Returns:
         ``slices``, whose mask is now False on every step of the slices that start mid-episode.
@@ -118,5 +119,7 @@ def mask_partial_episodes(slices: TensorDictBase) -> TensorDictBase:
     if slices.batch_dims != 2:
         raise ValueError(f"mask_partial_episodes needs [B, T] slices, got batch {list(slices.batch_size)}")
     starts = slices.get(IS_INIT_KEY)[:, 0].reshape(-1, 1)  # [B, 1]
-    slices.set(MASK_KEY, slices.get(MASK_KEY) & starts)
+    mask = slices.get(MASK_KEY, None)  # absent when no slice needed padding
+    mask = torch.ones(slices.batch_size, dtype=torch.bool, device=starts.device) if mask is None else mask
+    slices.set(MASK_KEY, mask & starts)
     return slices

@@ -139,6 +139,8 @@ def test_slices_that_do_not_start_an_episode_are_masked():
     assert mask_partial_episodes(slices)["collector", "mask"].tolist() == [[True, True, False], [False] * 3]
     with pytest.raises(ValueError, match=r"\[B, T\]"):
         mask_partial_episodes(slices[0])
+    unpadded = slices.exclude("collector")  # no slice needed padding: the sampler wrote no mask
+    assert mask_partial_episodes(unpadded)["collector", "mask"].tolist() == [[True] * 3, [False] * 3]
 
 
 def test_a_slice_left_by_an_overwritten_episode_head_is_masked(collected):
