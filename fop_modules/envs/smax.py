@@ -43,6 +43,8 @@ from torchrl.envs import EnvBase
 
 from fop_modules.optional import require
 
+__all__ = ["SMAXEnv"]
+
 GROUP = "agents"
 ACTION_KEY = (GROUP, "action")
 INFO_KEY = "info"
