@@ -80,6 +80,22 @@ def test_tutorial_runs(script, tmp_path):
     assert result.returncode == 0, f"{script.name} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
 
 
+def _readme_block(heading: str) -> str:
+    """The first ```python block after ``heading`` in README.md."""
+    text = (ROOT / "README.md").read_text()
+    after = text[text.index(heading):]
+    return re.search(r"```python\n(.*?)```", after, re.S).group(1)
+
+
+def test_readme_loss_snippet_runs_as_written():
+    """The README's "FOPLoss in your own TorchRL code" block, executed on its own."""
+    namespace: dict = {}
+    exec(compile(_readme_block("### FOPLoss in your own TorchRL code"), "README.md", "exec"), namespace)
+    losses = namespace["losses"]
+    assert {"loss_qvalue", "loss_actor"} <= set(losses.keys())
+    assert all(bool(losses[key].isfinite().all()) for key in losses.keys())
+
+
 def test_api_pages_cover_every_module():
     modules = {
         ".".join(p.relative_to(ROOT).with_suffix("").parts)
