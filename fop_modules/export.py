@@ -102,8 +102,9 @@ class AgentPolicy(nn.Module):
         elif _one(policy, TanhModule) is not None:
             tanh = _one(policy, TanhModule)
             self.kind, outputs, self.masked = "deterministic", ["action"], False
-            self.register_buffer("low", tanh.low.detach().clone())
-            self.register_buffer("high", tanh.high.detach().clone())
+            key = "_".join(tanh.out_keys[0]) if isinstance(tanh.out_keys[0], tuple) else tanh.out_keys[0]
+            self.register_buffer("low", getattr(tanh, f"{key}_low").detach().clone())  # [N, d] or []
+            self.register_buffer("high", getattr(tanh, f"{key}_high").detach().clone())
         elif _one(policy, NormalParamExtractor) is not None:
             dist = next(m for m in policy.modules() if getattr(m, "distribution_class", None) is TanhNormal)
             self.kind, outputs, self.masked = "continuous", ["action", "loc", "scale"], False
@@ -117,6 +118,8 @@ class AgentPolicy(nn.Module):
             dist = next(m for m in policy.modules() if hasattr(m, "distribution_class"))
             self.kind, outputs = "discrete", ["action", "probs"]
             self.masked = dist.distribution_class is MaskedCategorical
+            # MASAC's actor gives masked actions a finite logit (baselines.MASK_LOGIT): play as it does
+            self.neg_inf = float((dist.distribution_kwargs or {}).get("neg_inf", float("-inf")))
         self.n_actions = None if self.kind in ("continuous", "deterministic") else mlp.mlp[-1].out_features
         self.input_names = ["observation", "agent"] + ["action_mask"] * self.masked
         self.output_names = outputs
@@ -127,11 +130,12 @@ class AgentPolicy(nn.Module):
             return x
         return torch.cat([x, nn.functional.one_hot(agent, self.n_agents).to(x.dtype)], -1)
 
-    @staticmethod
-    def _greedy(scores: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
-        """Argmax over the available actions [B] and the scores with unavailable ones at -inf."""
+    neg_inf: float = float("-inf")  # the score of an unavailable action
+
+    def _greedy(self, scores: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Argmax over the available actions [B] and the scores with unavailable ones at ``neg_inf``."""
         if mask is not None:
-            scores = scores.masked_fill(~mask, float("-inf"))
+            scores = scores.masked_fill(~mask, self.neg_inf)
         return scores.argmax(-1), scores
 
     def forward(self, observation: Tensor, agent: Tensor, *rest: Tensor) -> tuple[Tensor, ...]:
@@ -153,13 +157,15 @@ class AgentPolicy(nn.Module):
             action, _ = self._greedy(y, mask)
             return action, y
         if self.kind == "deterministic":  # TorchRL's TanhModule
-            return (self._onto_box(y),)
+            return (self._onto_box(y, agent),)
         loc, scale = self.params(y)  # the TanhNormal's deterministic action: its mean through tanh
-        return self._onto_box(loc), loc, scale
+        return self._onto_box(loc, agent), loc, scale
 
-    def _onto_box(self, y: Tensor) -> Tensor:
-        """tanh(y) mapped affinely onto [low, high], as TanhNormal and TanhModule do."""
-        return (self.high + self.low) / 2 + (self.high - self.low) / 2 * torch.tanh(y)
+    def _onto_box(self, y: Tensor, agent: Tensor) -> Tensor:
+        """tanh(y) mapped affinely onto [low, high] (the agent's row of per-agent bounds [N, d]),
+        as TanhNormal and TanhModule do."""
+        low, high = (self.low[agent], self.high[agent]) if self.low.dim() == 2 else (self.low, self.high)
+        return (high + low) / 2 + (high - low) / 2 * torch.tanh(y)
 
     def example_inputs(self, batch: int = 2) -> tuple[Tensor, ...]:
         """Inputs of the right shapes and types (zeros; every action available)."""
