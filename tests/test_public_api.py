@@ -31,7 +31,7 @@ def test_every_public_definition_is_exported(name):
 
 
 def test_the_envs_package_exports_the_team_reward_transform():
-    """A user bringing their own VMAS env (docs/how-to/own_env.md) needs it."""
+    """A user bringing their own VMAS env (docs/tutorials/own_env.md) needs it."""
     from fop_modules.envs import TeamReward
     from fop_modules.envs.vmas import TeamReward as defined
 
