@@ -43,7 +43,8 @@ def load_run(run_dir: Path, checkpoint: Path | None = None) -> tuple[DictConfig,
     env = train.make_env(cfg.env, cfg.algorithm)
     module, policy, _ = train.build_module(cfg, typed, env)
     env.close()
-    state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+    # mmap: only the weights are read from disk, not the replay buffer saved beside them (GBs on SMAC)
+    state = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)["state_dict"]
     module.load_state_dict(state)  # strict: the same networks as the run's, or a clear error
     return cfg, policy.eval()
 

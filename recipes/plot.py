@@ -35,9 +35,9 @@ from hydra.utils import instantiate  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
 from fop_modules import plots  # noqa: E402
-from fop_modules.evaluation import t_quantile  # noqa: E402
+from fop_modules.evaluation import t_quantile  # noqa: E402  (two-sided 95% Student-t quantiles)
 
-# Two-sided 95% quantiles of Student's t by degrees of freedom (df > 30: the normal 1.96).
+
 def find_runs(paths: list[Path]) -> list[Path]:
     """Run directories (with logs/metrics.csv) at or under ``paths``; finished or still running."""
     runs = []

@@ -129,3 +129,12 @@ def test_smax_battle_evaluated_with_win_rate_and_rendered(tmp_path):
     low, high = result["win_rate_ci95"]
     assert 0 <= low <= result["win_rate"] <= high <= 1 and high - low > 0.2  # 6 battles: a wide interval
     assert _frames(video) > 21  # several frames per env step (SMAX's sub-steps)
+
+
+def test_smac_stand_in_battles_are_played_one_after_another(tmp_path):
+    """SMAC runs one game per process (an unbatched env): episodes are played in turn."""
+    _train(["+experiment=smac_3s_vs_3z", "env.backend=fake", *SHORT, "collect.frames_per_batch=16",
+            "collect.batch_size=4", "collect.eval_envs=2"], tmp_path / "run")
+    result = _evaluate(tmp_path / "run", tmp_path, "--episodes", "2")
+    assert result["episodes"] == 2 and 0 <= result["win_rate"] <= 1
+    assert result["win_rate_ci95"][0] <= result["win_rate"] <= result["win_rate_ci95"][1]
