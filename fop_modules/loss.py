@@ -33,7 +33,7 @@ from torchrl.objectives.utils import ValueEstimators, dispatch_value_estimator, 
 from fop_modules.mixer import FOPMixer, LinearMixer
 from fop_modules.recurrent import find_encoder
 
-__all__ = ["FOPLoss"]
+__all__ = ["FOPLoss", "trainable"]
 
 ALPHA_I_RATIO_RANGE = (0.1, 10.0)  # clamp of alpha_i / alpha from the paper's formula (noisy ratio)
 
