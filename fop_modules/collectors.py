@@ -30,7 +30,7 @@ from torch import nn
 from torchrl.collectors import BaseCollector, Collector, MultiAsyncCollector, MultiSyncCollector
 from torchrl.envs import EnvBase
 
-__all__ = ["CollectorKind", "FrameBudget", "make_collector", "needs_weight_sync"]
+__all__ = ["CollectorKind", "FrameBudget", "make_collector", "needs_weight_sync", "SeededEnvFactory"]
 
 CollectorKind = Literal["single", "multi_sync", "multi_async", "distributed"]
 KINDS = ("single", "multi_sync", "multi_async", "distributed")

@@ -40,6 +40,7 @@ from fop_modules.checkpointing import gather_ranks, load_replay_state, replay_st
 from fop_modules.collectors import KINDS as COLLECTOR_KINDS
 from fop_modules.collectors import make_collector, needs_weight_sync
 from fop_modules.episodes import EpisodeAssembler, mask_partial_episodes
+from fop_modules.evaluation import first_episodes
 from fop_modules.loss import FOPLoss, trainable
 from fop_modules.replay import make_replay_buffer
 from fop_modules.temperature import TemperatureSchedule
@@ -476,14 +477,11 @@ class MARLLightningModule(L.LightningModule):
                 rollouts = [env.rollout(self.collect.eval_max_steps, policy).unsqueeze(0)
                             for _ in range(self.collect.eval_envs)]
         returns, wins = [], []
-        for rollout in rollouts:  # [E, T]
-            done = rollout.get(("next", "done")).squeeze(-1)
-            # count each env's first episode only: steps up to and including its first done
-            alive = torch.cumsum(done.int(), dim=-1) - done.int() == 0
-            returns.append((rollout.get(("next", "reward")).squeeze(-1) * alive).sum(-1))
-            won = rollout.get(("next", "info", "battle_won"), None)
+        for rollout in rollouts:  # [E, T]: each env's first episode counts
+            episode_return, _, won = first_episodes(rollout)
+            returns.append(episode_return)
             if won is not None:
-                wins.append((won.squeeze(-1) & done & alive).any(-1).float())
+                wins.append(won)
         episode_return = torch.cat(returns).mean().item()
         greedy_action = rollouts[0].get(("agents", "action"))[0, 0].tolist()
         env.close()

@@ -33,7 +33,7 @@ from torchrl.objectives.utils import ValueEstimators, dispatch_value_estimator, 
 from fop_modules.mixer import FOPMixer, LinearMixer
 from fop_modules.recurrent import find_encoder
 
-__all__ = ["FOPLoss"]
+__all__ = ["FOPLoss", "trainable"]
 
 ALPHA_I_RATIO_RANGE = (0.1, 10.0)  # clamp of alpha_i / alpha from the paper's formula (noisy ratio)
 
@@ -268,13 +268,20 @@ class FOPLoss(LossModule):
 
     @property
     def in_keys(self) -> list[NestedKey]:
-        """Every key the loss reads (TorchRL convention; also what ``repr`` shows)."""
-        keys = {*self.actor_network.in_keys, *self.qvalue_network.in_keys, self.tensor_keys.state,
-                self.tensor_keys.action}
+        """Every key the loss reads (TorchRL convention; also what ``repr`` shows): the networks'
+        inputs and the state at the root and under ``"next"``, the taken action at the root only
+        (next actions are sampled from the policy), the action mask at both (discrete; read when
+        present) and the team reward, done and terminated under ``"next"``."""
+        keys = {*self.actor_network.in_keys, *self.qvalue_network.in_keys, self.tensor_keys.state}
         if self.value_network is not None:
             keys.update(self.value_network.in_keys)
-        keys.update(("next", key) for key in list(keys))
-        keys.update(("next", getattr(self.tensor_keys, name)) for name in ("reward", "done", "terminated"))
+        if self.discrete:
+            keys.add(self.tensor_keys.action_mask)
+        action = unravel_key(self.tensor_keys.action)  # a continuous critic reads it too
+        keys = {unravel_key(key) for key in keys} - {action}
+        keys.update([unravel_key(("next", key)) for key in keys])
+        keys.add(action)
+        keys.update(unravel_key(("next", getattr(self.tensor_keys, name))) for name in ("reward", "done", "terminated"))
         return sorted(keys, key=str)
 
     @property

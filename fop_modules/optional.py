@@ -17,6 +17,9 @@ INSTALL = {
     "tensorboard": 'pip install -e ".[tensorboard]"',
     "wandb": 'pip install -e ".[wandb]"',
     "vmas": 'pip install "vmas>=1.5"',  # a core dependency: `pip install -e .` installs it too
+    "render": 'pip install -e ".[render]"',  # imageio and PyAV: videos of VMAS teams and SMAX battles
+    "export": 'pip install -e ".[export]"',  # onnx, onnxscript and onnxruntime: ONNX actors
+    "pettingzoo": 'pip install -e ".[pettingzoo]"',  # PettingZoo and MPE2 (docs/tutorials/own_env.md)
 }
 
 

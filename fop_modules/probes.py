@@ -19,7 +19,7 @@ from torchrl.envs import ExplorationType, set_exploration_type
 if TYPE_CHECKING:
     from fop_modules.envs import DifferentialGameEnv, MatrixGameEnv
 
-__all__ = ["matrix_game_tables", "format_matrix_game_tables", "differential_game_result"]
+__all__ = ["matrix_game_tables", "format_matrix_game_tables", "differential_game_result", "greedy_action"]
 
 
 def _round(x: torch.Tensor, digits: int = 3):

@@ -48,6 +48,7 @@ __all__ = [
     "recurrent_discrete_actor",
     "recurrent_discrete_critic",
     "recurrent_transforms",
+    "find_encoder",
 ]
 
 LAST_ACTION_KEY = ("agents", "last_action")

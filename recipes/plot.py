@@ -35,15 +35,7 @@ from hydra.utils import instantiate  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
 from fop_modules import plots  # noqa: E402
-
-# Two-sided 95% quantiles of Student's t by degrees of freedom (df > 30: the normal 1.96).
-T_95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
-        9: 2.262, 10: 2.228, 15: 2.131, 20: 2.086, 30: 2.042}
-
-
-def t_quantile(df: int) -> float:
-    """The 95% two-sided Student-t quantile for ``df`` degrees of freedom (conservative between keys)."""
-    return next((T_95[k] for k in sorted(T_95) if k >= df), 1.96)
+from fop_modules.evaluation import t_quantile  # noqa: E402  (two-sided 95% Student-t quantiles)
 
 
 def find_runs(paths: list[Path]) -> list[Path]:

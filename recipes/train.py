@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 
@@ -133,6 +133,28 @@ def build_loss(env, algo: DictConfig) -> tuple[FOPLoss, torch.nn.Module]:
     return loss, actor
 
 
+def build_module(cfg: DictConfig, typed, env) -> tuple[MARLLightningModule, torch.nn.Module, Callable]:
+    """The Lightning module of ``cfg.algorithm`` (FOP or a baseline) for ``env``, its policy and
+    its joint-Q probe; ``typed`` is ``schema.validate(cfg)``. recipes/evaluate.py and
+    recipes/export.py rebuild a run's networks with it before loading its checkpoint."""
+    envs = {"make_env": partial(make_env, cfg.env, cfg.algorithm),
+            "make_eval_env": partial(make_env, cfg.env, cfg.algorithm)}
+    if schema.is_baseline(cfg.algorithm):
+        baseline = baselines.build_baseline(cfg.algorithm.name, env, typed.algorithm, typed.collect.total_frames)
+        module = MARLLightningModule(
+            baseline.loss, baseline.policy, baseline.objectives, **envs, collect=typed.collect, optim=typed.optim,
+            seed=cfg.seed, process_batch=baseline.process_batch, exploration=baseline.exploration,
+        )
+        return module, baseline.policy, baseline.joint_q
+    with startup_errors("algorithm"):  # the networks' and FOPLoss's own checks
+        loss, policy = build_loss(env, typed.algorithm)
+    module = FOPLightningModule(
+        loss, policy, **envs, collect=typed.collect, optim=typed.optim,
+        temperature=typed.temperature, seed=cfg.seed,
+    )
+    return module, policy, loss.joint_q
+
+
 def make_logger(name: str, run_dir: Path, run_name: str):
     """Lightning's CSV, TensorBoard or W&B logger writing under ``run_dir``."""
     if name == "csv":
@@ -170,23 +192,7 @@ def train(cfg: DictConfig, run_dir: Path, callbacks: Sequence[L.Callback] = ()) 
             f"episode_limit is {cfg.episode_limit} in the config but {game.episode_limit} for "
             f"this env: set episode_limit={game.episode_limit}"
         )
-    envs = {"make_env": partial(make_env, cfg.env, cfg.algorithm),
-            "make_eval_env": partial(make_env, cfg.env, cfg.algorithm)}
-    if schema.is_baseline(cfg.algorithm):
-        baseline = baselines.build_baseline(cfg.algorithm.name, env, typed.algorithm, typed.collect.total_frames)
-        policy, joint_q = baseline.policy, baseline.joint_q
-        module = MARLLightningModule(
-            baseline.loss, policy, baseline.objectives, **envs, collect=typed.collect, optim=typed.optim,
-            seed=cfg.seed, process_batch=baseline.process_batch, exploration=baseline.exploration,
-        )
-    else:
-        with startup_errors("algorithm"):  # the networks' and FOPLoss's own checks
-            loss, policy = build_loss(env, typed.algorithm)
-        joint_q = loss.joint_q
-        module = FOPLightningModule(
-            loss, policy, **envs, collect=typed.collect, optim=typed.optim,
-            temperature=typed.temperature, seed=cfg.seed,
-        )
+    module, policy, joint_q = build_module(cfg, typed, env)
     module.checkpoint_replay = cfg.checkpoint.replay_buffer
     ranks = RankConsistency()  # DDP: the ranks' parameters must end identical
     with startup_errors("trainer", cfg.trainer):  # Lightning's own checks (devices, accelerator)

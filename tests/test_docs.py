@@ -62,10 +62,25 @@ def test_every_tutorial_page_has_its_script():
     assert pages == {p.stem for p in ENTRY_SCRIPTS}, "each tutorial page NAME.md runs NAME.py or NAME.sh"
 
 
+RUN_TIME = re.compile(r"about (\d+) s on one\s+(?:CPU\s+)?core")
+
+
+@pytest.mark.parametrize("script", ENTRY_SCRIPTS, ids=lambda p: p.name)
+def test_tutorial_page_and_script_state_the_same_run_time(script):
+    """The run time a tutorial page states is the one its script's header states (measured:
+    CPU seconds of one run on one core)."""
+    page = RUN_TIME.findall(script.with_suffix(".md").read_text())
+    own = RUN_TIME.findall(script.read_text())
+    assert len(page) == 1 and len(own) == 1, f"{script.stem}: state the run time once on the page and once in the script"
+    assert page == own, f"{script.stem}: the page says about {page[0]} s, the script about {own[0]} s"
+
+
 @pytest.mark.parametrize("script", ENTRY_SCRIPTS, ids=lambda p: p.name)
 def test_tutorial_runs(script, tmp_path):
     if script.stem == "starcraft" and importlib.util.find_spec("jaxmarl") is None:
         pytest.skip("the StarCraft tutorial trains on SMAX: pip install -e '.[smax]'")
+    if script.stem == "own_env" and not all(importlib.util.find_spec(m) for m in ("pettingzoo", "mpe2")):
+        pytest.skip("the own-env tutorial's second env is PettingZoo's MPE2: pip install -e '.[pettingzoo]'")
     env = {
         **os.environ,
         "RUNS": str(tmp_path),  # the scripts' output folder
@@ -78,6 +93,22 @@ def test_tutorial_runs(script, tmp_path):
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
                             timeout=TUTORIAL_TIMEOUT_S)
     assert result.returncode == 0, f"{script.name} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+
+
+def _readme_block(heading: str) -> str:
+    """The first ```python block after ``heading`` in README.md."""
+    text = (ROOT / "README.md").read_text()
+    after = text[text.index(heading):]
+    return re.search(r"```python\n(.*?)```", after, re.S).group(1)
+
+
+def test_readme_loss_snippet_runs_as_written():
+    """The README's "FOPLoss in your own TorchRL code" block, executed on its own."""
+    namespace: dict = {}
+    exec(compile(_readme_block("### FOPLoss in your own TorchRL code"), "README.md", "exec"), namespace)
+    losses = namespace["losses"]
+    assert {"loss_qvalue", "loss_actor"} <= set(losses.keys())
+    assert all(bool(losses[key].isfinite().all()) for key in losses.keys())
 
 
 def test_api_pages_cover_every_module():

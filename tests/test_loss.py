@@ -9,6 +9,7 @@ import pytest
 import torch
 from tensordict import TensorDict
 from tensordict.nn import TensorDictModule
+from tensordict.utils import unravel_key
 from torch import nn
 from torchrl.modules import MaskedCategorical, ProbabilisticActor
 from torchrl.objectives import HardUpdate, SoftUpdate, ValueEstimators
@@ -916,6 +917,37 @@ def test_individual_temperature_paper_continuous():
 
 
 # ============================================================================ TorchRL conventions
+
+
+def _unmasked_actor():
+    net = TensorDictModule(networks.AgentMLP(OBS, A, N, hidden=HIDDEN), in_keys=[OBS_KEY],
+                           out_keys=[("agents", "logits")])
+    return ProbabilisticActor(net, in_keys={"logits": ("agents", "logits")}, out_keys=[ACTION_KEY],
+                              distribution_class=torch.distributions.Categorical)
+
+
+@pytest.mark.parametrize("variant", [*VARIANTS, "discrete-unmasked-actor"])
+def test_in_keys_are_exactly_what_the_loss_reads(variant):
+    """A batch cut down to ``loss.in_keys`` gives the same losses as the whole batch (so the mask,
+    which the loss reads even when the actor does not, is listed), and the next action, which
+    the loss samples instead of reading, is not listed."""
+    if variant == "discrete-unmasked-actor":
+        loss = FOPLoss(_unmasked_actor(), networks.discrete_critic(N, OBS, A, hidden=HIDDEN),
+                       FOPMixer(N, S, A), action_space="discrete")
+        td = discrete_td(mask=_mixed_masks(), next_mask=_one_action_mask())
+    else:
+        make_loss, make_td = VARIANTS[variant]
+        loss, td = make_loss(), make_td()
+    keys = {unravel_key(key) for key in loss.in_keys}
+    assert ("next", *ACTION_KEY) not in keys and ACTION_KEY in keys
+    assert (MASK_KEY in keys and ("next", *MASK_KEY) in keys) == variant.startswith("discrete")
+    td["next", ACTION_KEY] = td[ACTION_KEY]  # present in collected data, never read
+    outs = []
+    for batch in (td, td.select(*keys)):
+        torch.manual_seed(1)
+        outs.append(loss(batch))
+    for key in loss.out_keys:
+        assert torch.equal(outs[0][key], outs[1][key]), key
 
 
 def test_set_keys_unknown_name_raises():

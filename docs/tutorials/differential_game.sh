@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Tutorial 3: the differential game Max of Two Quadratics (paper sec. 5.1, Fig. 2-3). Run from the
-# repository root: `bash docs/tutorials/differential_game.sh` (about 60 s on one core).
+# repository root: `bash docs/tutorials/differential_game.sh` (about 95 s on one core).
 set -euo pipefail
 RUNS=${RUNS:-outputs/tutorials}
 mkdir -p "$RUNS"

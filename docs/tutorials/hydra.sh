@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Tutorial 5: configuring runs with Hydra. Run from the repository root: `bash docs/tutorials/hydra.sh`
-# (about 50 s on one core; 1,000-frame runs: a demonstration, not results).
+# (about 95 s on one core; 1,000-frame runs: a demonstration, not results).
 set -euo pipefail
 RUNS=${RUNS:-outputs/tutorials}
 mkdir -p "$RUNS"

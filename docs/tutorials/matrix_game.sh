@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Tutorial 2: the matrix game of the paper's Tables 1-2. Run from the repository root:
-# `bash docs/tutorials/matrix_game.sh` (about 40 s on one core). RUNS sets where runs go.
+# `bash docs/tutorials/matrix_game.sh` (about 55 s on one core). RUNS sets where runs go.
 set -euo pipefail
 RUNS=${RUNS:-outputs/tutorials}
 mkdir -p "$RUNS"

@@ -1,6 +1,6 @@
 """Tutorial 1: FOPLoss in your own TorchRL pipeline (VMAS, no Lightning, no Hydra).
 
-Run from the repository root: `python docs/tutorials/own_pipeline.py` (about 30 s on one core).
+Run from the repository root: `python docs/tutorials/own_pipeline.py` (about 14 s on one core).
 """
 
 # --8<-- [start:env]

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Tutorial 4: StarCraft. Run from the repository root: `bash docs/tutorials/starcraft.sh`
-# (about 60 s on one core; the SMAX part needs `pip install -e ".[smax]"`).
+# (about 50 s on one core; the SMAX part needs `pip install -e ".[smax]"`).
 set -euo pipefail
 RUNS=${RUNS:-outputs/tutorials}
 mkdir -p "$RUNS"

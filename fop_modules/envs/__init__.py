@@ -7,7 +7,7 @@ from fop_modules.envs.matrix_game import QTRAN_PAYOFF, MatrixGameEnv
 from fop_modules.envs.smac import SMACEnv, StarCraftNotAvailable
 from fop_modules.envs.smac_fake import FakeStarCraft2Env
 from fop_modules.envs.smax import SMAXEnv  # imports jax only when built
-from fop_modules.envs.vmas import make_vmas_env
+from fop_modules.envs.vmas import TeamReward, make_vmas_env
 
 __all__ = [
     "MatrixGameEnv",
@@ -19,4 +19,5 @@ __all__ = [
     "FakeStarCraft2Env",
     "SMAXEnv",
     "make_vmas_env",
+    "TeamReward",
 ]

@@ -21,6 +21,8 @@ from torchrl.data import Bounded
 
 from fop_modules.envs.one_step import OneStepGameEnv
 
+__all__ = ["DifferentialGameEnv", "MTQ_QUADRATICS"]
+
 MTQ_QUADRATICS = (
     {"centre": (-5.0, -5.0), "width": 3.0, "scale": 0.8, "height": 0.0},  # f1: wide local optimum
     {"centre": (5.0, 5.0), "width": 1.0, "scale": 1.0, "height": 10.0},  # f2: narrow global one

@@ -20,6 +20,8 @@ from torchrl.data import Categorical
 
 from fop_modules.envs.one_step import OneStepGameEnv
 
+__all__ = ["MatrixGameEnv", "QTRAN_PAYOFF"]
+
 QTRAN_PAYOFF = (
     (8.0, -12.0, -12.0),
     (-12.0, 0.0, 0.0),

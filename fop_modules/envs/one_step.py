@@ -31,6 +31,8 @@ from tensordict import TensorDict, TensorDictBase
 from torchrl.data import Binary, Categorical, Composite, TensorSpec, Unbounded
 from torchrl.envs import EnvBase
 
+__all__ = ["OneStepGameEnv"]
+
 GROUP = "agents"
 ACTION_KEY = (GROUP, "action")
 STATE_KEY = "state"

@@ -41,6 +41,8 @@ from torchrl.envs import EnvBase
 
 from fop_modules.envs.smac_fake import GAME_ERRORS
 
+__all__ = ["SMACEnv", "StarCraftNotAvailable"]
+
 logger = logging.getLogger(__name__)
 
 GROUP = "agents"

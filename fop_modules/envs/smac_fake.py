@@ -56,6 +56,11 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+__all__ = [
+    "FakeStarCraft2Env", "FakeUnit", "UnitStats", "Point",
+    "ProtocolError", "SC2ConnectionError", "ConnectError",  # pysc2's own classes where it is installed
+]
+
 try:  # pysc2's classes when installed, so that one ``except`` catches the real and the fake game
     from pysc2.lib.protocol import ConnectionError as SC2ConnectionError
     from pysc2.lib.protocol import ProtocolError

@@ -43,6 +43,8 @@ from torchrl.envs import EnvBase
 
 from fop_modules.optional import require
 
+__all__ = ["SMAXEnv"]
+
 GROUP = "agents"
 ACTION_KEY = (GROUP, "action")
 INFO_KEY = "info"
@@ -246,6 +248,18 @@ class SMAXEnv(EnvBase):
     def episode_limit(self) -> int:
         """Longest possible episode in env steps: ``max_steps + 1`` (SMAX's off-by-one)."""
         return int(self._smax.max_steps) + 1
+
+    @property
+    def jax_env(self) -> Any:
+        """The JaxMARL env these copies run (``HeuristicEnemySMAX`` or ``SMAX``), e.g. for
+        ``jaxmarl.viz.visualizer.SMAXVisualizer``."""
+        return self._smax
+
+    def jax_state(self, index: int = 0) -> Any:
+        """The current JAX state pytree of copy ``index`` (what ``jax_env.step_env`` takes)."""
+        if not 0 <= index < self.batch_size[0]:
+            raise IndexError(f"copy {index} of {self.batch_size[0]}")
+        return self._jax.tree.map(lambda leaf: leaf[index], self._state)
 
     def _make_specs(self) -> None:
         E, N, A, dev = self.batch_size[0], self.n_agents, self.n_actions, self.device

@@ -40,6 +40,8 @@ from torchrl.envs.utils import MarlGroupMapType
 
 from fop_modules.optional import require
 
+__all__ = ["TeamReward", "make_vmas_env"]
+
 GROUP = "agents"
 OBSERVATION_KEY = (GROUP, "observation")
 AGENT_REWARD_KEY = (GROUP, "reward")

@@ -1,0 +1,168 @@
+"""Greedy evaluation of a trained team: episode returns and wins, with 95% confidence intervals.
+
+:func:`play_greedy` plays ``episodes`` episodes with the policy's deterministic action (the mode:
+argmax over available actions, the tanh-Gaussian's mean) and returns an :class:`EpisodeStats`;
+:func:`first_episodes` reads each env's first episode out of an ``[E, T]`` rollout (what
+:meth:`~fop_modules.lightning.MARLLightningModule.evaluate` logs as ``eval/return`` and
+``eval/win_rate``). The mean return's interval is Student's t,
+``mean +- t_{0.975, n-1} s / sqrt(n)``; the win rate's is Wilson's score interval, which stays
+inside [0, 1] and is not empty at 0 or n wins.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from tensordict import TensorDictBase
+from torch import Tensor, nn
+from torchrl.envs import EnvBase, ExplorationType, set_exploration_type
+
+__all__ = ["EpisodeStats", "first_episodes", "play_greedy", "t_quantile", "wilson_interval"]
+
+Z_95 = 1.959964  # standard normal 97.5% quantile
+# Student-t 97.5% quantiles by degrees of freedom; between keys the next larger key's (wider) value
+T_95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
+        9: 2.262, 10: 2.228, 15: 2.131, 20: 2.086, 30: 2.042, 60: 2.000, 120: 1.980}
+WON_KEY = ("next", "info", "battle_won")  # SMAC's and SMAX's adapters
+
+
+def t_quantile(df: int) -> float:
+    """The two-sided 95% Student-t quantile for ``df`` degrees of freedom (the next tabulated
+    ``df`` at or above it, so the interval is never too narrow; the normal's beyond 120).
+
+    Examples:
+        >>> t_quantile(4), t_quantile(12), t_quantile(1000)
+        (2.776, 2.131, 1.959964)
+    """
+    if df < 1:
+        raise ValueError(f"a t interval needs at least 1 degree of freedom (2 samples), got {df}")
+    return next((T_95[k] for k in sorted(T_95) if k >= df), Z_95)
+
+
+def wilson_interval(successes: int, n: int) -> tuple[float, float]:
+    """Wilson's 95% score interval of a success probability from ``successes`` out of ``n``.
+
+    Examples:
+        >>> [round(x, 3) for x in wilson_interval(0, 10)]
+        [0.0, 0.278]
+        >>> [round(x, 3) for x in wilson_interval(5, 10)]
+        [0.237, 0.763]
+    """
+    if n < 1 or not 0 <= successes <= n:
+        raise ValueError(f"need 0 <= successes <= n and n >= 1, got {successes} of {n}")
+    p, z2 = successes / n, Z_95**2
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = Z_95 * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def first_episodes(rollout: TensorDictBase) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Each env's first episode in an ``[E, T]`` rollout: its return ``[E]``, whether it ended
+    within the ``T`` steps ``[E]`` (bool), and whether it was won ``[E]`` (float 0/1; None
+    where the env reports no ``("info", "battle_won")``). Steps after an env's first ``done``
+    belong to its next episode and are not counted.
+
+    Examples:
+        >>> from tensordict import TensorDict
+        >>> done = torch.tensor([[False, True, False], [False, False, False]])[..., None]
+        >>> rollout = TensorDict({"next": {"reward": torch.ones(2, 3, 1), "done": done}}, [2, 3])
+        >>> returns, ended, won = first_episodes(rollout)
+        >>> returns.tolist(), ended.tolist(), won
+        ([2.0, 3.0], [True, False], None)
+    """
+    done = rollout.get(("next", "done")).squeeze(-1)  # [E, T]
+    alive = torch.cumsum(done.int(), dim=-1) - done.int() == 0  # steps up to and including the first done
+    returns = (rollout.get(("next", "reward")).squeeze(-1) * alive).sum(-1)
+    ended = (done & alive).any(-1)
+    won = rollout.get(WON_KEY, None)
+    wins = None if won is None else (won.squeeze(-1) & done & alive).any(-1).float()
+    return returns, ended, wins
+
+
+@dataclass
+class EpisodeStats:
+    """Per-episode results of :func:`play_greedy`.
+
+    Attributes:
+        returns: team return of each episode ``[n]``.
+        ended: whether each episode ended within the step limit ``[n]`` (bool); one that did
+            not counts with the return it had reached.
+        wins: 1.0 for a won battle, else 0.0 ``[n]``; None where the env reports no wins.
+    """
+
+    returns: Tensor
+    ended: Tensor
+    wins: Tensor | None = None
+
+    def summary(self) -> dict[str, float | int | list[float] | None]:
+        """Mean return with its 95% Student-t interval and the win rate with its 95% Wilson
+        interval (None without wins); a single episode gives no return interval (None).
+
+        Examples:
+            >>> stats = EpisodeStats(torch.tensor([1.0, 2.0, 3.0]), torch.ones(3, dtype=torch.bool),
+            ...                      torch.tensor([1.0, 0.0, 1.0]))
+            >>> s = stats.summary()
+            >>> s["mean_return"], [round(x, 3) for x in s["return_ci95"]], round(s["win_rate"], 3)
+            (2.0, [-0.484, 4.484], 0.667)
+        """
+        n = self.returns.numel()
+        mean = self.returns.mean().item()
+        interval = None
+        if n > 1:
+            half = t_quantile(n - 1) * self.returns.std().item() / math.sqrt(n)
+            interval = [mean - half, mean + half]
+        out = {"episodes": n, "ended": int(self.ended.sum()), "mean_return": mean, "return_ci95": interval,
+               "win_rate": None, "win_rate_ci95": None}
+        if self.wins is not None:
+            won = int(self.wins.sum().item())
+            out.update(win_rate=won / n, win_rate_ci95=list(wilson_interval(won, n)))
+        return out
+
+
+@torch.no_grad()
+def play_greedy(env: EnvBase, policy: nn.Module, episodes: int, max_steps: int) -> EpisodeStats:
+    """Plays ``episodes`` greedy episodes of at most ``max_steps`` steps.
+
+    A batched env (``batch_size == [E]``) plays ``E`` episodes per rollout, as many rollouts as
+    needed (the last one's surplus is dropped); an unbatched one (one game per process, as
+    SMAC) plays them one after another. Seed the env first for repeatable episodes.
+
+    Args:
+        env: the env, with the transforms the policy needs (e.g. a GRU's hidden state).
+        policy: a TorchRL policy; its deterministic mode is played.
+        episodes: number of episodes.
+        max_steps: step limit of each episode (at least the env's episode limit, so that
+            every episode ends).
+
+    Returns:
+        The episodes' :class:`EpisodeStats`.
+
+    Examples:
+        >>> from fop_modules import networks
+        >>> from fop_modules.envs import MatrixGameEnv
+        >>> env = MatrixGameEnv(num_envs=4)
+        >>> stats = play_greedy(env, networks.discrete_actor(2, 1, 3), episodes=6, max_steps=1)
+        >>> stats.returns.shape, bool(stats.ended.all()), stats.wins
+        (torch.Size([6]), True, None)
+    """
+    if episodes < 1 or max_steps < 1:
+        raise ValueError(f"episodes and max_steps must be >= 1, got {episodes} and {max_steps}")
+    returns, ended, wins = [], [], []
+    played = 0
+    with set_exploration_type(ExplorationType.DETERMINISTIC):
+        while played < episodes:
+            if env.batch_size:
+                rollout = env.rollout(max_steps, policy, break_when_any_done=False)
+            else:
+                rollout = env.rollout(max_steps, policy).unsqueeze(0)
+            episode_return, episode_ended, won = first_episodes(rollout)
+            returns.append(episode_return)
+            ended.append(episode_ended)
+            if won is not None:
+                wins.append(won)
+            played += episode_return.numel()
+    return EpisodeStats(
+        torch.cat(returns)[:episodes], torch.cat(ended)[:episodes], torch.cat(wins)[:episodes] if wins else None
+    )
