@@ -321,3 +321,78 @@ def test_logger_without_its_package_names_the_extra(logger, monkeypatch, tmp_pat
     _hide(monkeypatch, logger)
     with pytest.raises(MissingDependency, match=rf'logger={logger} needs .*pip install -e "\.\[{logger}\]"'):
         train.train(_compose([f"logger={logger}"]), tmp_path)
+
+
+def _corrupt(td, key, value):
+    """``td`` with ``value(tensor)`` at ``key``."""
+    td.set(key, value(td.get(key)))
+    return td
+
+
+def _one_nan(tensor):
+    tensor = tensor.clone()
+    tensor.view(-1)[0] = float("nan")
+    return tensor
+
+
+def _first_index_is(value):
+    def change(action):
+        action = action.clone()
+        action.view(-1)[0] = value
+        return action
+    return change
+
+
+@pytest.mark.parametrize(
+    ("key", "change", "error", "match"),
+    [
+        (("agents", "action_mask"), lambda m: torch.ones(B, N, A + 1, dtype=torch.bool), ValueError,
+         r"\('agents', 'action_mask'\) \(available actions\) must have shape \[\*B, n_agents, n_actions\] = \[6, 2, 3\], got \[6, 2, 4\]"),
+        (("agents", "action_mask"), lambda m: m.float(), TypeError, r"\('agents', 'action_mask'\) .* must be a bool tensor, got torch.float32"),
+        (("agents", "action"), _first_index_is(A), ValueError, r"\('agents', 'action'\) holds action indices from 0 to 3; with 3 actions they must lie in \[0, 2\]"),
+        (("agents", "action"), _first_index_is(-1), ValueError, r"\('agents', 'action'\) holds action indices from -1 to \d; .* \[0, 2\]"),
+        (("agents", "action"), lambda a: a.float() + 0.7, TypeError, r"\('agents', 'action'\) must hold integer action indices \(int64\), got torch.float32"),
+        (("next", "done"), lambda d: d.float(), TypeError, r"\('next', 'done'\) must be a bool tensor .* got torch.float32: convert it with .bool\(\)"),
+        (("next", "terminated"), lambda d: d.long(), TypeError, r"\('next', 'terminated'\) must be a bool tensor"),
+        (("agents", "observation"), _one_nan, ValueError, r"\('agents', 'observation'\) holds 1 NaN or infinite value\(s\)"),
+        (("next", "agents", "observation"), _one_nan, ValueError, r"\('next', \('agents', 'observation'\)\) holds 1 NaN"),
+        ("state", _one_nan, ValueError, r"'state' holds 1 NaN or infinite value\(s\)"),
+        (("next", "reward"), lambda r: r / 0.0, ValueError, r"\('next', 'reward'\) holds 6 NaN or infinite value\(s\)"),
+    ],
+)
+def test_loss_names_the_key_of_a_bad_value_or_dtype(key, change, error, match):
+    with pytest.raises(error, match=match):
+        _loss()(_corrupt(_batch(), key, change))
+
+
+def test_loss_value_checks_can_be_switched_off():
+    loss = _loss()
+    loss.check_values = False  # the documented switch: no NaN scan, the NaN reaches the losses
+    out = loss(_corrupt(_batch(), "state", _one_nan))
+    assert out["loss_qvalue"].isnan()
+
+
+def test_a_huge_but_finite_batch_is_not_taken_for_nan():
+    big = _corrupt(_batch(), ("agents", "observation"), lambda o: torch.full_like(o, 3e38))  # its sum overflows
+    _loss().qvalue_loss(big)  # no error: only a real NaN or inf is refused
+
+
+def test_loss_refuses_an_empty_batch():
+    with pytest.raises(ValueError, match=r"FOPLoss: the batch is empty \(batch_size \[0\]\)"):
+        _loss()(_batch()[:0])
+
+
+@pytest.mark.parametrize(
+    ("change", "error", "match"),
+    [
+        (dict(action=_first_index_is(4)), ValueError, r"FOPMixer: \('agents', 'action'\) holds action indices from 0 to 4; with action_dim=4 they must lie in \[0, 3\]"),
+        (dict(action=lambda a: a.float()), TypeError, r"FOPMixer: \('agents', 'action'\) must hold integer action indices, got torch.float32"),
+        (dict(state=_one_nan), ValueError, r"FOPMixer: 'state' holds NaN or infinite values"),
+    ],
+)
+def test_mixer_names_the_key_of_a_bad_value(change, error, match):
+    td = _mixer_td()
+    for key, value in change.items():
+        _corrupt(td, ("agents", "action") if key == "action" else key, value)
+    with pytest.raises(error, match=match):
+        FOPMixer(n_agents=2, state_dim=3, action_dim=4)(td)
