@@ -74,8 +74,8 @@ def test_unknown_group_choice_lists_the_available_ones(group):
         (["+collect.frames=3"], r"collect.frames: unknown key; known: \['total_frames'"),
         (["+optim.learning_rate=3"], r"optim.learning_rate: unknown key"),
         (["+algorithm.mixer=qmix"], r"algorithm.mixer: unknown key"),
-        (["optim.lr_actor=-0.1"], r"optim.lr_actor must be > 0, got -0.1"),
-        (["optim.eps=0"], r"optim.eps must be > 0"),
+        (["optim.lr_actor=-0.1"], r"optim.lr_actor must be finite and > 0, got -0.1"),
+        (["optim.eps=0"], r"optim.eps must be finite and > 0"),
         (["optim.tau=2"], r"optim.tau must be in \(0, 1\], got 2"),
         (["algorithm.gamma=1.5"], r"algorithm.gamma must be in \[0, 1\], got 1.5"),
         (["algorithm.gamma=-0.1"], r"algorithm.gamma must be in \[0, 1\]"),
@@ -86,11 +86,11 @@ def test_unknown_group_choice_lists_the_available_ones(group):
         (["algorithm.gamma=high"], r"algorithm.gamma: .*could not be converted to Float"),  # section
         (["algorithm.decomposition=qmix"], r"algorithm.decomposition: .*expected one of \[fop, linear\]"),  # may be a baseline's
         (["algorithm.activation=gelu"], r"algorithm.activation: .*expected one of \[relu, tanh\]"),
-        (["algorithm.target_entropy=high"], r"algorithm.target_entropy must be a number or 'auto'"),
+        (["algorithm.target_entropy=high"], r"algorithm.target_entropy must be a finite number or 'auto'"),
         (["collect.batch_size=100000"], r"collect.batch_size \(100000\) .* larger than collect.buffer_size \(10000\)"),
         (["collect.warmup_frames=8"], r"collect.warmup_frames \(8\) must be >= collect.batch_size \(64\)"),
         (["collect.eval_envs=0"], r"collect.eval_envs must be >= 1, got 0"),
-        (["collect.frames_per_batch=20"], r"collect.frames_per_batch \(20\) must be a multiple of env.num_envs \(16\)"),
+        (["collect.frames_per_batch=20", "collect.total_frames=80"], r"collect.frames_per_batch \(20\) must be a multiple of env.num_envs \(16\)"),
         (["algorithm.recurrent=true"], r"algorithm.recurrent / recurrent_critic need collect.sequence_length"),
         (["algorithm.td_lambda=0.8"], r"algorithm.td_lambda needs collect.sequence_length"),
         (["+experiment=smac_3s_vs_3z", "env.backend=fake", "collect.sequence_length=20"],
@@ -102,12 +102,53 @@ def test_unknown_group_choice_lists_the_available_ones(group):
         (["temperature.start=-1"], r"temperature: LinearTemperature start and end must be >= 0"),
         (["+trainer.max_step=3"], r"trainer.max_step: not an argument of lightning.Trainer"),
         (["+trainer.max_epochs=3"], r"trainer.max_epochs: set by the recipe; a run is one pass over the collector"),
+        # runs that could not train
+        (["collect.total_frames=72"], r"collect.total_frames \(72\) must be a multiple of collect.frames_per_batch \(16\).* would run 80 frames; set collect.total_frames=80"),
+        (["collect.total_frames=8"], r"collect.total_frames \(8\) must be a multiple of collect.frames_per_batch \(16\)"),
+        (["collect.total_frames=48"], r"collect.total_frames \(48\) is below collect.warmup_frames \(64\): the run would end before its first update"),
+        (["collect.policy_warmup_frames=80"], r"collect.policy_warmup_frames \(80\) is above collect.total_frames \(64\)"),
+        # values that pass a `> 0` check
+        (["optim.lr_actor=inf"], r"optim.lr_actor must be finite and > 0, got inf"),
+        (["optim.lr_mixer=inf"], r"optim.lr_mixer must be finite and > 0, or null"),
+        (["optim.eps=inf"], r"optim.eps must be finite and > 0"),
+        (["algorithm.alpha_init=inf"], r"algorithm.alpha_init must be finite and >= 0"),
+        (["algorithm.target_entropy=-inf"], r"algorithm.target_entropy must be a finite number or 'auto'"),
+        (["collect.sequence_length=10"], r"collect.sequence_length=10 replays trajectory slices, which only a recurrent FOP .* add collect.sequence_length=null"),
+        (["trainer.strategy=ddp"], r"trainer.strategy=ddp fails at the first update.* set trainer.strategy=ddp_find_unused_parameters_true"),
+        (["trainer.strategy=ddp_spawn_find_unused_parameters_false"], r"set trainer.strategy=ddp_spawn_find_unused_parameters_true"),
     ],
 )
 def test_validate_names_the_key_and_what_is_allowed(overrides, match):
     cfg = _compose(overrides)
     with pytest.raises(schema.ConfigError, match=match):
         schema.validate(cfg)
+
+
+@pytest.mark.parametrize("accelerator", ["gpu", "cuda"])
+def test_a_gpu_accelerator_without_a_gpu_is_refused(accelerator, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    with pytest.raises(schema.ConfigError, match=rf"trainer.accelerator={accelerator}: torch .* sees no GPU on this machine; set trainer.accelerator=cpu"):
+        schema.validate(_compose([f"trainer.accelerator={accelerator}"]))
+
+
+def test_several_learners_get_the_ddp_strategy_that_works(capsys):
+    from lightning.pytorch.strategies import DDPStrategy
+
+    trainer = train.make_trainer(_compose(["trainer.devices=3"]).trainer, logger=False)
+    assert isinstance(trainer.strategy, DDPStrategy) and trainer.world_size == 3
+    assert trainer.strategy._ddp_kwargs == {"find_unused_parameters": True}  # what plain DDP lacks
+    assert "note: 3 learner processes: trainer.strategy=auto runs ddp_find_unused_parameters_true" in capsys.readouterr().out
+    assert type(train.make_trainer(_compose([]).trainer, logger=False).strategy).__name__ == "SingleDeviceStrategy"
+
+
+def test_every_experiment_trains_whole_batches():
+    for path in sorted((ROOT / "configs" / "experiment").glob("*.yaml")):
+        cfg = _compose([f"+experiment={path.stem}"])
+        if cfg.get("collect") is None:
+            continue
+        collect = cfg.collect
+        assert collect.total_frames % collect.frames_per_batch == 0, path.name  # else refused at start-up
 
 
 def test_validate_accepts_the_default_config_and_types_it():
