@@ -25,6 +25,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 from torchrl.envs import Compose, TransformedEnv
@@ -156,14 +157,14 @@ def train(cfg: DictConfig, run_dir: Path, callbacks: Sequence[L.Callback] = ()) 
     ckpt_dir = run_dir / "checkpoints"
     resume = resume_point(run_dir, typed.collect.total_frames) if cfg.resume is not None else None
     if resume is not None and resume.finished:  # nothing to train: change nothing
-        print(f"resume={cfg.resume}: the run is finished ({resume.env_frames} env frames); nothing to do", flush=True)
+        print(resume.finished_message(cfg.resume), flush=True)
         return run_dir / "summary.json"
     for note in resume.notes if resume is not None else []:
         print(note, flush=True)
     run_dir.mkdir(parents=True, exist_ok=True)
     before_resume = None
-    if resume is not None and cfg.logger == "csv":  # CSVLogger deletes an existing metrics.csv: keep it aside
-        before_resume = keep_before_resume(run_dir / "logs" / "metrics.csv")
+    if resume is not None and cfg.logger == "csv" and rank_zero_only.rank == 0:  # DDP: rank 0's files
+        before_resume = keep_before_resume(run_dir / "logs" / "metrics.csv")  # CSVLogger would delete it
     logger = make_logger(cfg.logger, run_dir, cfg.name)  # a missing package fails before building
     if before_resume is not None:  # the new metrics.csv starts with the history up to the checkpoint
         continue_history(logger, before_resume, resume.env_frames)
@@ -278,6 +279,9 @@ class ResumePoint:
     finished: bool
     notes: list[str]
 
+    def finished_message(self, run_dir: Path) -> str:
+        return f"resume={run_dir}: the run is finished ({self.env_frames} env frames); nothing to do"
+
 
 def resume_point(run_dir: Path, total_frames: int) -> ResumePoint:
     """The newest checkpoint of ``run_dir`` that loads (``last.ckpt``, else the previous one).
@@ -348,7 +352,9 @@ def resumed_config(cfg: DictConfig, task_overrides: list[str]) -> DictConfig:
 def check_resume_before_hydra(argv: list[str]) -> None:
     """``resume=<run dir>`` on the command line: its checks before Hydra writes into (or creates)
     that directory. A refusal exits with code 2, a finished run with 0, both changing nothing."""
-    overrides = [a for a in argv if not a.startswith("-")]
+    flags_with_value = ("--config-name", "-cn", "--config-path", "-cp", "--config-dir", "-cd")
+    overrides = [a for i, a in enumerate(argv)
+                 if not a.startswith("-") and not (i and argv[i - 1] in flags_with_value)]
     resume = [o.split("=", 1)[1] for o in overrides if o.lstrip("+").startswith("resume=")]
     if len(resume) != 1 or resume[0] in ("", "null"):
         return
@@ -359,7 +365,7 @@ def check_resume_before_hydra(argv: list[str]) -> None:
         print(f"error: {error}", file=sys.stderr, flush=True)
         sys.exit(2)
     if point.finished:
-        print(f"resume={resume[0]}: the run is finished ({point.env_frames} env frames); nothing to do", flush=True)
+        print(point.finished_message(resume[0]), flush=True)
         print(f"summary: {Path(resume[0]) / 'summary.json'}", flush=True)
         sys.exit(0)
 
