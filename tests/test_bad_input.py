@@ -93,7 +93,8 @@ def test_unknown_group_choice_lists_the_available_ones(group):
         (["collect.frames_per_batch=20", "collect.total_frames=80"], r"collect.frames_per_batch \(20\) must be a multiple of env.num_envs \(16\)"),
         (["algorithm.recurrent=true"], r"algorithm.recurrent / recurrent_critic need collect.sequence_length"),
         (["algorithm.td_lambda=0.8"], r"algorithm.td_lambda needs collect.sequence_length"),
-        (["+experiment=smac_3s_vs_3z", "env.backend=fake", "collect.sequence_length=20"],
+        (["+experiment=smac_3s_vs_3z", "env.backend=fake", "collect.sequence_length=20",
+          "collect.frames_per_batch=16", "collect.warmup_frames=64"],
          r"collect.sequence_length \(20\) is shorter than episode_limit \(150\).*collect.sequence_length=150"),
         (["algorithm.learn_alpha=true"], r"algorithm.learn_alpha=true learns alpha, so temperature must be null"),
         (["~temperature"], r"temperature is null but algorithm.learn_alpha is false"),
@@ -171,7 +172,8 @@ def test_validate_accepts_the_default_config_and_types_it():
         (["+experiment=mtq", "algorithm.recurrent=true", "collect.sequence_length=1"],
          r"algorithm.recurrent and recurrent_critic need discrete actions"),
         (["+experiment=smac_mmm", "env.backend=fake", "episode_limit=99", "collect.frames_per_batch=99",
-          "collect.sequence_length=99", "collect.eval_max_steps=99"], r"episode_limit=150"),
+          "collect.sequence_length=99", "collect.eval_max_steps=99", "collect.total_frames=198",
+          "collect.warmup_frames=99"], r"episode_limit=150"),
     ],
 )
 def test_env_and_networks_reject_their_config_at_start_up(overrides, match, tmp_path):
