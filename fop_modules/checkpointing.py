@@ -32,6 +32,7 @@ import random
 import signal
 import tempfile
 import threading
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -141,6 +142,12 @@ def newest_loadable(path: str | Path) -> tuple[Path, dict[str, Any], list[str]]:
     for candidate in (path, previous_path(path)):
         if not candidate.is_file():
             skipped.append(f"{candidate} does not exist")
+            continue
+        if candidate.stat().st_size == 0:
+            skipped.append(f"{candidate} does not load (it is empty)")
+            continue
+        if not zipfile.is_zipfile(candidate):  # torch.save writes a zip archive, its index last
+            skipped.append(f"{candidate} does not load (no zip index: truncated, or not a torch checkpoint)")
             continue
         try:
             content = torch.load(candidate, map_location="cpu", weights_only=True, mmap=True)
