@@ -252,8 +252,9 @@ def make_trainer(trainer_cfg: DictConfig, **recipe_args) -> L.Trainer:
     with startup_errors("trainer", trainer_cfg):  # Lightning's own checks (devices, accelerator)
         trainer = L.Trainer(**args)
         if args.get("strategy", "auto") == "auto" and trainer.world_size > 1:
-            print(f"note: {trainer.world_size} learner processes: trainer.strategy=auto runs "
-                  f"{DDP_STRATEGY}", flush=True)
+            if rank_zero_only.rank == 0:  # the launched ranks run this too
+                print(f"note: {trainer.world_size} learner processes: trainer.strategy=auto runs "
+                      f"{DDP_STRATEGY}", flush=True)
             trainer = L.Trainer(**{**args, "strategy": DDP_STRATEGY})
     return trainer
 
