@@ -10,13 +10,17 @@ adds the rest, and the helpers the module's hooks use (:func:`replay_state`,
 
 - :class:`EnvFrameCheckpoint`: a :class:`~lightning.pytorch.callbacks.ModelCheckpoint` that saves
   ``last.ckpt`` every ``every_frames`` env frames (Lightning's ``every_n_train_steps`` counts
-  optimiser steps, ``n_objectives`` per update and none during warm-up) and at the end of training.
+  optimiser steps, ``n_objectives`` per update and none during warm-up), at the end of training,
+  and after the batch during which SIGINT (Ctrl-C) or SIGTERM (a cluster's preemption notice)
+  arrived, then stops the run (``trainer.should_stop``).
+- :func:`newest_loadable`: the newest checkpoint of a folder that loads (``last.ckpt``, else the
+  ``last.previous.ckpt`` that :class:`AtomicCheckpointIO` keeps), for a resume.
 - :class:`RNGCheckpoint`: the python, numpy and torch generators (CUDA too where there is one),
   saved with the checkpoint and put back in ``on_train_start``, the last hook before the resumed
   run collects its first batch (the module's own ``on_train_start`` draws nothing on resume).
 - :class:`AtomicCheckpointIO`: writes to a temporary file in the checkpoint's own folder, flushes
-  it to disk, then renames it over the old one, so a kill at any moment leaves either the old or
-  the new checkpoint, never half of one. (Lightning's own writer goes through an fsspec
+  it to disk, then renames it over the old one (which it keeps as ``<name>.previous.ckpt``), so a
+  kill at any moment leaves either the old or the new checkpoint, never half of one. (Lightning's own writer goes through an fsspec
   transaction whose temporary file lives in the system temp dir: when that is another file
   system, the final move is a copy, which a kill can cut short.)
 """
@@ -25,7 +29,10 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 import tempfile
+import threading
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +41,7 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities import rank_zero_info
 from tensordict import TensorDict
 from torchrl.data import ReplayBuffer
 
@@ -41,19 +49,20 @@ from fop_modules.replay import CompactTensorStorage
 
 __all__ = [
     "AtomicCheckpointIO", "EnvFrameCheckpoint", "RNGCheckpoint", "gather_ranks", "get_rng_states",
-    "load_replay_state", "replay_state", "set_rng_states",
+    "load_replay_state", "newest_loadable", "previous_path", "replay_state", "set_rng_states",
 ]
 
 RNG_KEY = "rng_states"  # checkpoint entry of RNGCheckpoint
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """``torch.save`` to ``<dir>/.<name>.XXXX.tmp``, ``fsync``, then ``os.replace`` onto ``path``.
+    """``torch.save`` to ``<dir>/.<name>.XXXX.tmp``, ``fsync``, then ``os.replace`` onto ``path``,
+    the file it replaces kept as :func:`previous_path` (a fallback, should the new one not load).
 
     ``os.replace`` within one folder is atomic on POSIX file systems: readers (and a resumed run)
     see the old file or the new one. A kill during ``torch.save`` leaves only the temporary file,
-    which the next save in that folder does not touch and ``ckpt_path="last"`` never picks
-    (it ends in ``.tmp``).
+    which ``ckpt_path="last"`` never picks (it ends in ``.tmp``) and :class:`EnvFrameCheckpoint`
+    removes when the next run in that folder starts.
 
     Examples:
         >>> import tempfile, torch
@@ -61,8 +70,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         >>> io = AtomicCheckpointIO()
         >>> folder = Path(tempfile.mkdtemp())
         >>> io.save_checkpoint({"step": torch.tensor(3)}, folder / "last.ckpt")
+        >>> io.save_checkpoint({"step": torch.tensor(4)}, folder / "last.ckpt")
         >>> int(io.load_checkpoint(folder / "last.ckpt")["step"]), sorted(p.name for p in folder.iterdir())
-        (3, ['last.ckpt'])
+        (4, ['last.ckpt', 'last.previous.ckpt'])
     """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
@@ -77,10 +87,79 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 f.flush()
                 os.fsync(f.fileno())
             os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
+            if path.exists():  # a kill between the two renames leaves both in previous_path
+                os.replace(path, previous_path(path))
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+
+
+def previous_path(path: str | Path) -> Path:
+    """Where :class:`AtomicCheckpointIO` keeps the checkpoint a save replaced.
+
+    Examples:
+        >>> previous_path("run/checkpoints/last.ckpt").name
+        'last.previous.ckpt'
+    """
+    path = Path(path)
+    return path.with_name(f"{path.stem}.previous{path.suffix}")
+
+
+def orphan_writes(folder: str | Path) -> list[Path]:
+    """Temporary files of :class:`AtomicCheckpointIO` writes that a kill cut short."""
+    folder = Path(folder)
+    return sorted(folder.glob(".*.ckpt.*.tmp")) if folder.is_dir() else []
+
+
+RUN_KEYS = ("state_dict", "loops", "fop_run")  # what a checkpoint of this library always holds
+
+
+def newest_loadable(path: str | Path) -> tuple[Path, dict[str, Any], list[str]]:
+    """The newest of ``path`` and its :func:`previous_path` that loads and holds a run.
+
+    Each candidate is read with ``torch.load(mmap=True, weights_only=True)``: the file's index and
+    pickled structure are checked, its tensors only mapped (cheap even for a large replay buffer).
+
+    Returns:
+        (that file, its content, one line per newer file that did not load, saying why).
+
+    Raises:
+        FileNotFoundError: when neither file loads (the message says why for each).
+
+    Examples:
+        >>> import tempfile
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> AtomicCheckpointIO().save_checkpoint({k: {} for k in RUN_KEYS}, folder / "last.ckpt")
+        >>> AtomicCheckpointIO().save_checkpoint({k: {} for k in RUN_KEYS}, folder / "last.ckpt")
+        >>> _ = (folder / "last.ckpt").write_bytes(b"half a checkpoint")
+        >>> found, content, skipped = newest_loadable(folder / "last.ckpt")
+        >>> found.name, len(skipped)
+        ('last.previous.ckpt', 1)
+    """
+    path = Path(path)
+    skipped = []
+    for candidate in (path, previous_path(path)):
+        if not candidate.is_file():
+            skipped.append(f"{candidate} does not exist")
+            continue
+        if candidate.stat().st_size == 0:
+            skipped.append(f"{candidate} does not load (it is empty)")
+            continue
+        if not zipfile.is_zipfile(candidate):  # torch.save writes a zip archive, its index last
+            skipped.append(f"{candidate} does not load (no zip index: truncated, or not a torch checkpoint)")
+            continue
+        try:
+            content = torch.load(candidate, map_location="cpu", weights_only=True, mmap=True)
+            missing = [k for k in RUN_KEYS if not isinstance(content, dict) or k not in content]
+            if missing:
+                raise ValueError(f"it holds no {missing[0]!r} entry")
+        except Exception as error:  # noqa: BLE001 - any failure to read makes the file unusable
+            first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            skipped.append(f"{candidate} does not load ({first_line[:200]})")
+            continue
+        return candidate, content, skipped
+    raise FileNotFoundError("; ".join(skipped))
 
 
 def _umask() -> int:
@@ -91,43 +170,108 @@ def _umask() -> int:
 
 class EnvFrameCheckpoint(ModelCheckpoint):
     """Saves ``<dirpath>/last.ckpt`` whenever the run's env-frame count crosses a multiple of
-    ``every_frames``, and at the end of training.
+    ``every_frames``, at the end of training, and when a stop signal arrives.
+
+    SIGTERM (what SLURM and other schedulers send before they kill a job) is caught by Lightning's
+    own handler (``trainer.received_sigterm``); SIGINT (Ctrl-C) by one this callback installs for
+    the training loop. Either way the current training batch finishes, its checkpoint is written
+    (the same one a periodic save writes, which ``resume`` continues exactly), the loggers are
+    flushed, and ``trainer.should_stop`` ends the run; :attr:`stopped_by` then holds the signal.
+    A second Ctrl-C interrupts at once, without a checkpoint. Under DDP the ranks agree on the stop
+    at every batch end. Orphan temporary files of writes a kill cut short are removed at start-up.
 
     Args:
         dirpath: folder of ``last.ckpt`` (the recipe: ``<run dir>/checkpoints``).
         every_frames: env frames between checkpoints (0: only at the end of training). Reads the
             module's ``env_frames``; a batch that crosses several multiples saves once.
+        stop_signals: the signals that save and stop (SIGINT, SIGTERM; empty: neither). A
+            SIGINT the process inherited as ignored (``nohup``, background jobs) stays ignored.
 
     Examples:
         >>> cb = EnvFrameCheckpoint("/tmp/ckpts", every_frames=1000)
-        >>> cb.every_frames, cb.save_last, cb.save_top_k
-        (1000, True, 0)
+        >>> cb.every_frames, cb.save_last, cb.save_top_k, cb.stopped_by
+        (1000, True, 0, None)
     """
 
-    def __init__(self, dirpath: str | Path, every_frames: int) -> None:
+    def __init__(
+        self,
+        dirpath: str | Path,
+        every_frames: int,
+        stop_signals: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM),
+    ) -> None:
         if every_frames < 0:
             raise ValueError(f"checkpoint.every_frames must be >= 0, got {every_frames}")
         # save_top_k=0: no history, only last.ckpt; every_n_epochs=1: also at the end of the
         # single epoch the recipe runs (the end of training)
         super().__init__(dirpath=dirpath, save_last=True, save_top_k=0, every_n_epochs=1)
         self.every_frames = every_frames
+        self.stop_signals = tuple(signal.Signals(s) for s in stop_signals)
+        self.stopped_by: signal.Signals | None = None  # the signal that stopped the run, if one did
         self._frames_before_batch = 0
+        self._received: int = 0  # signal number caught on this process (0: none)
+        self._previous_sigint: Any = None
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        if trainer.is_global_zero:  # before any save: no write of this run can be in flight
+            for orphan in orphan_writes(self.dirpath):
+                orphan.unlink(missing_ok=True)
+                rank_zero_info(f"removed {orphan}, a checkpoint write cut short by a kill")
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.stopped_by, self._received = None, 0
+        if (signal.SIGINT in self.stop_signals and threading.current_thread() is threading.main_thread()
+                and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
+            self._previous_sigint = signal.signal(signal.SIGINT, self._on_sigint)
+
+    def _on_sigint(self, signum: int, frame) -> None:
+        self._received = signum
+        signal.signal(signal.SIGINT, self._previous_sigint)  # a second Ctrl-C interrupts at once
+        rank_zero_info("SIGINT: saving a checkpoint after this training batch, then stopping "
+                       "(Ctrl-C again stops at once, without it)")
+
+    def _restore_sigint(self) -> None:
+        if self._previous_sigint is not None and signal.getsignal(signal.SIGINT) == self._on_sigint:
+            signal.signal(signal.SIGINT, self._previous_sigint)
+        self._previous_sigint = None
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._restore_sigint()
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        self._restore_sigint()
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self._frames_before_batch = pl_module.env_frames
 
+    def _stop_signal(self, trainer, pl_module) -> int:
+        """The stop signal any rank received (0: none); one all-reduce per batch under DDP."""
+        received = self._received
+        if not received and signal.SIGTERM in self.stop_signals and trainer.received_sigterm:
+            received = int(signal.SIGTERM)
+        if trainer.world_size > 1:
+            number = torch.tensor(float(received), device=pl_module.device)
+            received = int(trainer.strategy.reduce(number, reduce_op="max").item())
+        return received
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         every = self.every_frames
-        if not every or pl_module.env_frames // every == self._frames_before_batch // every:
+        crossed = bool(every) and pl_module.env_frames // every != self._frames_before_batch // every
+        stop = self._stop_signal(trainer, pl_module) if self.stop_signals else 0
+        if trainer.sanity_checking or trainer.fast_dev_run or not (crossed or stop):
             return
-        if trainer.sanity_checking or trainer.fast_dev_run:
-            return
+        for logger in trainer.loggers:  # the rows logged so far on disk, with the checkpoint
+            logger.save()
         self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        if stop:
+            self.stopped_by = signal.Signals(stop)
+            trainer.should_stop = True
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         # ModelCheckpoint's own end-of-epoch save writes last.ckpt only beside a top-k one (none
-        # here): save it directly, unless this step is saved already
-        if not self._should_skip_saving_checkpoint(trainer):
+        # here): save it directly, unless this step is saved already or a signal stopped the run
+        # (its checkpoint is the batch's, from which a resume continues the epoch)
+        if self.stopped_by is None and not self._should_skip_saving_checkpoint(trainer):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
 

@@ -22,6 +22,7 @@ as ``[<module class>]evaluate``, beside Lightning's ``[_TrainingEpochLoop].train
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Callable
@@ -93,10 +94,10 @@ class OptimConfig:
 
     def __post_init__(self) -> None:
         for name in ("lr_qvalue", "lr_value", "lr_actor", "lr_alpha"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"optim.{name} must be > 0, got {getattr(self, name)}")
-        if self.lr_mixer is not None and not self.lr_mixer > 0:
-            raise ValueError(f"optim.lr_mixer must be > 0 or null, got {self.lr_mixer}")
+            if not 0 < getattr(self, name) < math.inf:
+                raise ValueError(f"optim.{name} must be finite and > 0, got {getattr(self, name)}")
+        if self.lr_mixer is not None and not 0 < self.lr_mixer < math.inf:
+            raise ValueError(f"optim.lr_mixer must be finite and > 0, or null, got {self.lr_mixer}")
         if self.name not in ("adam", "rmsprop"):
             raise ValueError(f"optim.name must be 'adam' or 'rmsprop', got {self.name!r}")
         if self.target_update not in ("soft", "hard"):
@@ -105,10 +106,10 @@ class OptimConfig:
             raise ValueError(f"optim.tau must be in (0, 1], got {self.tau}")
         if self.on_nonfinite not in ("raise", "skip"):
             raise ValueError(f"optim.on_nonfinite must be 'raise' or 'skip', got {self.on_nonfinite!r}")
-        if self.grad_clip is not None and not self.grad_clip > 0:
-            raise ValueError(f"optim.grad_clip must be > 0 or null, got {self.grad_clip}")
-        if not self.eps > 0:
-            raise ValueError(f"optim.eps must be > 0, got {self.eps}")
+        if self.grad_clip is not None and not 0 < self.grad_clip < math.inf:
+            raise ValueError(f"optim.grad_clip must be finite and > 0, or null (no clipping), got {self.grad_clip}")
+        if not 0 < self.eps < math.inf:
+            raise ValueError(f"optim.eps must be finite and > 0, got {self.eps}")
         if not 0 <= self.rmsprop_alpha < 1:
             raise ValueError(f"optim.rmsprop_alpha must be in [0, 1), got {self.rmsprop_alpha}")
         if self.hard_update_interval < 1:
@@ -164,6 +165,23 @@ class CollectConfig:
             raise ValueError(
                 f"collect.warmup_frames ({self.warmup_frames}) must be >= collect.batch_size "
                 f"({self.batch_size}) so the first update has a full batch"
+            )
+        if self.total_frames % self.frames_per_batch:  # TorchRL's collector would round it up
+            whole = -(-self.total_frames // self.frames_per_batch) * self.frames_per_batch
+            raise ValueError(
+                f"collect.total_frames ({self.total_frames}) must be a multiple of "
+                f"collect.frames_per_batch ({self.frames_per_batch}): the collector only stops after "
+                f"whole batches and would run {whole} frames; set collect.total_frames={whole}"
+            )
+        if self.total_frames < self.warmup_frames:
+            raise ValueError(
+                f"collect.total_frames ({self.total_frames}) is below collect.warmup_frames "
+                f"({self.warmup_frames}): the run would end before its first update"
+            )
+        if self.policy_warmup_frames > self.total_frames:
+            raise ValueError(
+                f"collect.policy_warmup_frames ({self.policy_warmup_frames}) is above "
+                f"collect.total_frames ({self.total_frames}): the policies would never be trained"
             )
 
 

@@ -20,7 +20,8 @@ import contextlib
 import math
 from copy import deepcopy
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from functools import partial
+from typing import Callable, Literal, Sequence
 
 import torch
 from tensordict import TensorDict, TensorDictBase, TensorDictParams
@@ -70,6 +71,15 @@ def _check_shape(tensor: Tensor, key: NestedKey, pattern: str, expected: list[in
         )
 
 
+def _nonfinite_message(key: NestedKey, tensor: Tensor) -> str | None:
+    """The error for NaN or inf values in ``tensor`` (None if it has none)."""
+    count = (~torch.isfinite(tensor)).sum().item()
+    if not count:
+        return None
+    return (f"FOPLoss: {key!r} holds {count} NaN or infinite value(s): the losses and gradients "
+            "would be NaN (loss.check_values=False skips this check)")
+
+
 class FOPLoss(LossModule):
     """FOP's joint TD, V, policy and dual-temperature objectives.
 
@@ -107,9 +117,13 @@ class FOPLoss(LossModule):
 
     Raises:
         KeyError: when the batch lacks a key the loss reads (named, with its expected shape).
-        ValueError: when the action, state, team reward/done/terminated of the batch, or a
-            critic's or V network's output, has the wrong shape (the key and expected shape are
-            named, e.g. ``("agents", "state_action_value")`` ``[*B, n_agents, 1]``).
+        ValueError: when the action, action mask, state, team reward/done/terminated of the
+            batch, or a critic's or V network's output, has the wrong shape (the key and expected
+            shape are named, e.g. ``("agents", "state_action_value")`` ``[*B, n_agents, 1]``); when
+            the batch is empty; and, while ``check_values`` is True (the default), when a float
+            entry it reads holds NaN or inf, or a discrete action index is outside [0, A).
+        TypeError: when done/terminated flags or an action mask are not bool, or discrete actions
+            are not integer indices.
 
     Examples:
         >>> import torch
@@ -382,9 +396,25 @@ class FOPLoss(LossModule):
         return alpha * ratio
 
     # ------------------------------------------------------------------ input checks
+    _values_checked = True
+
+    @property
+    def check_values(self) -> bool:
+        """Whether the loss (and its mixer) also read the batch's values: floats finite, action
+        indices in range (True; costs one device synchronisation and a sum over each float entry
+        per call; ``loss.check_values = False`` skips it)."""
+        return self._values_checked
+
+    @check_values.setter
+    def check_values(self, on: bool) -> None:
+        self._values_checked = self.mixer.check_values = bool(on)
+
     def _check_input(self, tensordict: TensorDictBase) -> None:
-        """Names a missing key or a wrong shape of the batch before any network runs."""
+        """Names a missing key, a wrong shape or dtype, or (with ``check_values``) a NaN/inf value
+        or an out-of-range action index of the batch, before any network runs."""
         keys, batch, n = self.tensor_keys, list(tensordict.batch_size), self.n_agents
+        if tensordict.batch_size.numel() == 0:
+            raise ValueError(f"FOPLoss: the batch is empty (batch_size {batch}): give it at least one sample")
         if self.discrete:
             action = ("[*B, n_agents]", [*batch, n], "action indices")
         else:
@@ -409,6 +439,57 @@ class FOPLoss(LossModule):
             if key == keys.action and self.discrete and list(tensor.shape) == [*shape, 1]:
                 continue  # indices with a trailing singleton, as TorchRL's specs may give them
             _check_shape(tensor, key, pattern, shape, what)
+        self._check_dtypes(tensordict)
+        if self.check_values:
+            self._check_values(tensordict)
+
+    def _check_dtypes(self, tensordict: TensorDictBase) -> None:
+        """Done flags and masks are bool, discrete actions integer indices; masks [*B, N, A]."""
+        keys = self.tensor_keys
+        for key in (("next", keys.done), ("next", keys.terminated)):
+            if tensordict.get(key).dtype != torch.bool:
+                raise TypeError(
+                    f"FOPLoss: {key!r} must be a bool tensor (TorchRL's done flags), got "
+                    f"{tensordict.get(key).dtype}: convert it with .bool()"
+                )
+        if not self.discrete:
+            return
+        dtype = tensordict.get(keys.action).dtype
+        if dtype.is_floating_point or dtype.is_complex or dtype == torch.bool:
+            raise TypeError(
+                f"FOPLoss: {keys.action!r} must hold integer action indices (int64), got {dtype}; "
+                "float indices are not rounded: convert them with .long() if they are whole numbers"
+            )
+        expected = [*tensordict.batch_size, self.n_agents, self.mixer.action_dim]
+        for key in (keys.action_mask, ("next", keys.action_mask)):
+            mask = tensordict.get(key, None)
+            if mask is None:
+                continue
+            _check_shape(mask, key, "[*B, n_agents, n_actions]", expected, "available actions")
+            if mask.dtype != torch.bool:
+                raise TypeError(f"FOPLoss: {key!r} (available actions) must be a bool tensor, got {mask.dtype}")
+
+    def _check_values(self, tensordict: TensorDictBase) -> None:
+        """Every floating-point entry the loss reads is finite and discrete actions lie in
+        [0, n_actions). One device synchronisation reads all flags; a float entry is scanned
+        element by element only when its sum is not finite (NaN and inf propagate through a sum;
+        an overflow of the sum alone raises nothing)."""
+        checks: list[tuple[Tensor, Callable[[], str | None]]] = []  # (suspect flag, message or None)
+        if self.discrete:
+            key, n_actions = self.tensor_keys.action, self.mixer.action_dim
+            index = tensordict.get(key)
+            checks.append((((index < 0) | (index >= n_actions)).any(), lambda key=key, index=index: (
+                f"FOPLoss: {key!r} holds action indices from {index.min().item()} to "
+                f"{index.max().item()}; with {n_actions} actions they must lie in [0, {n_actions - 1}]"
+            )))
+        for key in self.in_keys:
+            tensor = tensordict.get(key, None)
+            if isinstance(tensor, Tensor) and tensor.is_floating_point():
+                checks.append((~tensor.sum().isfinite(), partial(_nonfinite_message, key, tensor)))
+        suspects = torch.stack([flag.cpu() for flag, _ in checks]).tolist() if checks else []
+        for suspect, (_, message) in zip(suspects, checks):
+            if suspect and (text := message()) is not None:
+                raise ValueError(text)
 
     # ------------------------------------------------------------------ network calls
     @contextlib.contextmanager

@@ -112,6 +112,10 @@ class QattenWeights(nn.Module):
 class _MixerBase(TensorDictModuleBase):
     """Key handling and input checks shared by the mixers."""
 
+    # Also read the values: discrete action indices in range, a finite state (one synchronisation
+    # per call; set False on the instance to skip it).
+    check_values: bool = True
+
     def __init__(
         self,
         n_agents: int,
@@ -162,16 +166,42 @@ class _MixerBase(TensorDictModuleBase):
                     f"{type(self).__name__}: {self.in_keys[3]!r} must hold action indices of "
                     f"shape {[*batch, n]}, got {list(action.shape)}"
                 )
+            if action.dtype.is_floating_point or action.dtype.is_complex or action.dtype == torch.bool:
+                raise TypeError(
+                    f"{type(self).__name__}: {self.in_keys[3]!r} must hold integer action indices, "
+                    f"got {action.dtype} (float indices are not rounded: convert them with .long())"
+                )
             index = action.reshape(*batch, n).long()
-            features = F.one_hot(index, self.action_dim).to(q.dtype)  # [*B, N, A]
         else:
             if tuple(action.shape) != (*batch, n, self.action_dim):
                 raise ValueError(
                     f"{type(self).__name__}: {self.in_keys[3]!r} must have shape "
                     f"{[*batch, n, self.action_dim]}, got {list(action.shape)}"
                 )
-            features = action.to(q.dtype)
-        return features.flatten(-2)  # [*B, N * action_dim]
+            index = None
+        if self.check_values:
+            self._check_values(index, state)
+        features = action.to(q.dtype) if index is None else F.one_hot(index, self.action_dim).to(q.dtype)
+        return features.flatten(-2)  # [*B, N * action_dim] (one-hot [*B, N, A] when discrete)
+
+    def _check_values(self, index: Tensor | None, state: Tensor) -> None:
+        """Discrete action indices in [0, action_dim) and a finite state; one device
+        synchronisation (the state is scanned element-wise only if its sum is not finite)."""
+        out_of_range = state.new_zeros((), dtype=torch.bool)
+        if index is not None:
+            out_of_range = ((index < 0) | (index >= self.action_dim)).any().to(state.device)
+        out_of_range, suspect = torch.stack([out_of_range, ~state.sum().isfinite()]).tolist()
+        if out_of_range:
+            raise ValueError(
+                f"{type(self).__name__}: {self.in_keys[3]!r} holds action indices from "
+                f"{index.min().item()} to {index.max().item()}; with action_dim={self.action_dim} "
+                f"they must lie in [0, {self.action_dim - 1}]"
+            )
+        if suspect and not torch.isfinite(state).all():
+            raise ValueError(
+                f"{type(self).__name__}: {self.in_keys[2]!r} holds NaN or infinite values "
+                "(check_values=False skips this check)"
+            )
 
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
         q, v, state, action = (tensordict.get(key) for key in self.in_keys)

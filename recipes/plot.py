@@ -73,17 +73,28 @@ def finished_summaries(runs: list[Path]) -> dict[str, list[dict]]:
     return dict(sorted(groups.items()))
 
 
+def metric_files(run: Path) -> list[Path]:
+    """The run's metrics files, oldest first: ``metrics.before_resume_<k>.csv`` (the parts before
+    each resume) then ``metrics.csv``."""
+    logs = run / "logs"
+    parts = sorted(logs.glob("metrics.before_resume_*.csv"), key=lambda p: int(p.stem.rpartition("_")[2]))
+    return [*parts, logs / "metrics.csv"]
+
+
 def read_curve(run: Path, metric: str) -> tuple[list[float], list[float]]:
-    """(env_frames, value) of every logged ``metric`` of one run."""
-    frames, values = [], []
-    with open(run / "logs" / "metrics.csv") as f:
-        for row in csv.DictReader(f):
-            if row.get(metric) and row.get("env_frames"):
-                frames.append(float(row["env_frames"]))
-                values.append(float(row[metric]))
-    if not values:
+    """(env_frames, value) of every logged ``metric`` of one run, resumed runs as one history: each
+    file's points replace the earlier files' from its first logged frame on (a resume continues
+    from a checkpoint, so an interrupted part's points past it were computed again)."""
+    points: list[tuple[float, float]] = []
+    for path in metric_files(run):
+        with open(path) as f:
+            part = [(float(row["env_frames"]), float(row[metric])) for row in csv.DictReader(f)
+                    if row.get(metric) and row.get("env_frames")]
+        if part:
+            points = [p for p in points if p[0] < part[0][0]] + part
+    if not points:
         raise ValueError(f"{run / 'logs' / 'metrics.csv'} has no {metric!r} column with values")
-    return frames, values
+    return [x for x, _ in points], [y for _, y in points]
 
 
 def mean_and_ci(curves: list[tuple[list[float], list[float]]]) -> tuple[list, list, list, list]:

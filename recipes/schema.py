@@ -13,15 +13,18 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import math
 import re
 from dataclasses import dataclass, fields
 from enum import Enum
 from typing import Any, Dict, List, Optional
 
 import lightning as L
+import torch
 from hydra.core.config_store import ConfigStore
 from hydra.errors import InstantiationException
 from hydra.utils import get_object, instantiate
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -122,15 +125,16 @@ class AlgorithmConfig:
             raise ConfigError(f"algorithm.gamma must be in [0, 1], got {self.gamma}")
         if self.td_lambda is not None and not 0 <= self.td_lambda <= 1:
             raise ConfigError(f"algorithm.td_lambda must be in [0, 1] or null, got {self.td_lambda}")
-        if not self.alpha_init >= 0 or (self.learn_alpha and self.alpha_init == 0):
+        if not 0 <= self.alpha_init < math.inf or (self.learn_alpha and self.alpha_init == 0):
             raise ConfigError(
-                f"algorithm.alpha_init must be >= 0 (> 0 with learn_alpha: alpha is learned in log "
+                f"algorithm.alpha_init must be finite and >= 0 (> 0 with learn_alpha: alpha is learned in log "
                 f"space), got {self.alpha_init}"
             )
         entropy = self.target_entropy
-        if entropy != "auto" and (isinstance(entropy, bool) or not isinstance(entropy, (int, float))):
+        if entropy != "auto" and (isinstance(entropy, bool) or not isinstance(entropy, (int, float))
+                                  or not math.isfinite(entropy)):
             raise ConfigError(
-                f"algorithm.target_entropy must be a number or 'auto', got {self.target_entropy!r}"
+                f"algorithm.target_entropy must be a finite number or 'auto', got {self.target_entropy!r}"
             )
 
 
@@ -188,7 +192,7 @@ def startup_errors(section: str, node: DictConfig | None = None):
         yield
     except ConfigError:
         raise
-    except (InstantiationException, ValueError, TypeError, OmegaConfBaseException) as error:
+    except (InstantiationException, ValueError, TypeError, OmegaConfBaseException, MisconfigurationException) as error:
         if isinstance(error, InstantiationException):  # Hydra wraps the target's own error
             if not isinstance(error.__cause__, (ValueError, TypeError)):
                 raise (error.__cause__ or error) from None  # e.g. a missing dependency
@@ -223,6 +227,12 @@ def fop_temperature(cfg: DictConfig, algo: AlgorithmConfig, collect: CollectConf
         raise ConfigError(
             "algorithm.recurrent / recurrent_critic need collect.sequence_length (slices of up to "
             "that many steps; the episode limit replays whole episodes)"
+        )
+    if collect.sequence_length is not None and not (algo.recurrent or algo.recurrent_critic or algo.td_lambda is not None):
+        raise ConfigError(
+            f"collect.sequence_length={collect.sequence_length} replays trajectory slices, which only a "
+            "recurrent FOP (algorithm.recurrent / recurrent_critic) or TD(lambda) (algorithm.td_lambda) "
+            "reads: add collect.sequence_length=null to replay transitions"
         )
     if algo.td_lambda is not None and collect.sequence_length is None:
         raise ConfigError(
@@ -297,6 +307,27 @@ def baseline_section(algo: DictConfig, collect: CollectConfig):
     return typed
 
 
+def check_trainer(trainer: DictConfig) -> None:
+    """A GPU accelerator needs a GPU torch can use; DDP needs ``find_unused_parameters``."""
+    accelerator = str(trainer.get("accelerator", "auto"))
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available() and not (
+        accelerator == "gpu" and torch.backends.mps.is_available()
+    ):
+        build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
+        raise ConfigError(
+            f"trainer.accelerator={accelerator}: torch {torch.__version__} ({build}) sees no GPU on this "
+            "machine; set trainer.accelerator=cpu (or auto)"
+        )
+    strategy = str(trainer.get("strategy", "auto"))
+    base = strategy.removesuffix("_find_unused_parameters_false")
+    if base in ("ddp", "ddp_spawn", "ddp_fork", "ddp_notebook"):
+        raise ConfigError(
+            f"trainer.strategy={strategy} fails at the first update: each objective's backward leaves the "
+            f"others' parameters unused; set trainer.strategy={base}_find_unused_parameters_true "
+            "(or auto, which the recipe turns into it for several learners)"
+        )
+
+
 def validate(cfg: DictConfig) -> Validated:
     """Range and cross-key checks of a composed config; returns its typed sections.
 
@@ -348,4 +379,5 @@ def validate(cfg: DictConfig) -> Validated:
     for key, instead in RECIPE_TRAINER_ARGS.items():
         if key in cfg.trainer:
             raise ConfigError(f"trainer.{key}: set by the recipe; {instead}")
+    check_trainer(cfg.trainer)
     return Validated(algo, collect, typed["optim"], temperature)

@@ -8,10 +8,14 @@ is `summary: <path to summary.json>`.
 
 from __future__ import annotations
 
+import csv
 import json
+import signal
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -21,11 +25,13 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 from torchrl.envs import Compose, TransformedEnv
 
 from fop_modules import FOPLoss, FOPMixer, LinearMixer, baselines, networks, plots, probes, recurrent
-from fop_modules.checkpointing import AtomicCheckpointIO, EnvFrameCheckpoint, RNGCheckpoint
+from fop_modules.checkpointing import AtomicCheckpointIO, EnvFrameCheckpoint, RNGCheckpoint, newest_loadable, previous_path
 from fop_modules.distributed import RankConsistency
 from fop_modules.envs import DifferentialGameEnv, MatrixGameEnv
 from fop_modules.envs.smac import StarCraftNotAvailable
@@ -39,6 +45,7 @@ CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
 schema.register()  # configs/config.yaml's defaults start with it: Hydra type-checks every key
 USER_ERRORS = (ConfigError, MissingDependency, StarCraftNotAvailable, baselines.WrongActionSpace)  # one paragraph, exit 2
 ACTIVATIONS = {"relu": torch.nn.ReLU, "tanh": torch.nn.Tanh}  # algorithm.activation of the MLPs
+DDP_STRATEGY = "ddp_find_unused_parameters_true"  # several learners: fop_modules/distributed.py
 # `hydra.run.dir: ${if_null:${resume},<new dir>}`: a resumed run writes into the run it continues
 OmegaConf.register_new_resolver("if_null", lambda value, default: default if value is None else value, replace=True)
 
@@ -170,18 +177,21 @@ def train(cfg: DictConfig, run_dir: Path, callbacks: Sequence[L.Callback] = ()) 
     """Runs one training job; returns the path of its summary.json (None on DDP ranks > 0).
     ``callbacks`` are added to the trainer's own (benchmarks/throughput.py reads its profiler)."""
     start = time.perf_counter()
-    run_dir.mkdir(parents=True, exist_ok=True)
     typed = schema.validate(cfg)  # ranges and relations of keys: ConfigError names the key
     ckpt_dir = run_dir / "checkpoints"
-    resuming = cfg.resume is not None
-    if resuming and not (ckpt_dir / "last.ckpt").is_file():
-        raise ConfigError(
-            f"resume={cfg.resume}: no checkpoint {ckpt_dir / 'last.ckpt'} (the run stopped before "
-            "its first one, after checkpoint.every_frames env frames): start it again without resume"
-        )
-    if resuming and cfg.logger == "csv":  # CSVLogger deletes an existing metrics.csv: keep the killed part's rows aside
-        keep_before_resume(run_dir / "logs" / "metrics.csv")
+    resume = resume_point(run_dir, typed.collect.total_frames) if cfg.resume is not None else None
+    if resume is not None and resume.finished:  # nothing to train: change nothing
+        print(resume.finished_message(cfg.resume), flush=True)
+        return run_dir / "summary.json"
+    for note in resume.notes if resume is not None else []:
+        print(note, flush=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    before_resume = None
+    if resume is not None and cfg.logger == "csv" and rank_zero_only.rank == 0:  # DDP: rank 0's files
+        before_resume = keep_before_resume(run_dir / "logs" / "metrics.csv")  # CSVLogger would delete it
     logger = make_logger(cfg.logger, run_dir, cfg.name)  # a missing package fails before building
+    if before_resume is not None:  # the new metrics.csv starts with the history up to the checkpoint
+        continue_history(logger, before_resume, resume.env_frames)
     OmegaConf.save(cfg, run_dir / "config.yaml")  # first: resume=<run dir> reads it back
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
@@ -195,14 +205,17 @@ def train(cfg: DictConfig, run_dir: Path, callbacks: Sequence[L.Callback] = ()) 
     module, policy, joint_q = build_module(cfg, typed, env)
     module.checkpoint_replay = cfg.checkpoint.replay_buffer
     ranks = RankConsistency()  # DDP: the ranks' parameters must end identical
-    with startup_errors("trainer", cfg.trainer):  # Lightning's own checks (devices, accelerator)
-        trainer = L.Trainer(
-            max_epochs=1, logger=logger, default_root_dir=run_dir,
-            callbacks=[EnvFrameCheckpoint(ckpt_dir, cfg.checkpoint.every_frames), RNGCheckpoint(), ranks, *callbacks],
-            plugins=[AtomicCheckpointIO()],
-            **OmegaConf.to_container(cfg.trainer, resolve=True),
-        )
-    trainer.fit(module, ckpt_path=ckpt_dir / "last.ckpt" if resuming else None)
+    checkpoint = EnvFrameCheckpoint(ckpt_dir, cfg.checkpoint.every_frames)  # also saves and stops on SIGINT/SIGTERM
+    trainer = make_trainer(cfg.trainer, max_epochs=1, logger=logger, default_root_dir=run_dir,
+                           callbacks=[checkpoint, RNGCheckpoint(), ranks, *callbacks],
+                           plugins=[AtomicCheckpointIO()])
+    try:
+        trainer.fit(module, ckpt_path=resume.checkpoint if resume is not None else None)
+    except SIGTERMException:  # Lightning's exit after the SIGTERM stop below
+        if checkpoint.stopped_by is None:
+            raise
+    if checkpoint.stopped_by is not None and module.env_frames < typed.collect.total_frames:
+        raise RunInterrupted(checkpoint.stopped_by, module.env_frames, typed.collect.total_frames, run_dir)
     final_return = module.eval_history[-1][1]  # the last training step evaluates greedily
     if not trainer.is_global_zero:  # DDP: rank 0 writes the run's outputs
         return None
@@ -239,11 +252,88 @@ def train(cfg: DictConfig, run_dir: Path, callbacks: Sequence[L.Callback] = ()) 
     return path
 
 
-def keep_before_resume(metrics: Path) -> None:
-    """Renames ``metrics.csv`` to ``metrics.before_resume_<k>.csv`` (k = 1, 2, ... per resume)."""
-    if metrics.is_file():
-        k = 1 + len(list(metrics.parent.glob("metrics.before_resume_*.csv")))
-        metrics.rename(metrics.with_name(f"metrics.before_resume_{k}.csv"))
+def make_trainer(trainer_cfg: DictConfig, **recipe_args) -> L.Trainer:
+    """``lightning.Trainer`` from the ``trainer`` keys and the recipe's own arguments. With several
+    learner processes, ``strategy=auto`` becomes DDP that finds unused parameters (each objective's
+    backward leaves the others' parameters unused, which plain DDP refuses)."""
+    args = {**OmegaConf.to_container(trainer_cfg, resolve=True), **recipe_args}
+    with startup_errors("trainer", trainer_cfg):  # Lightning's own checks (devices, accelerator)
+        trainer = L.Trainer(**args)
+        if args.get("strategy", "auto") == "auto" and trainer.world_size > 1:
+            if rank_zero_only.rank == 0:  # the launched ranks run this too
+                print(f"note: {trainer.world_size} learner processes: trainer.strategy=auto runs "
+                      f"{DDP_STRATEGY}", flush=True)
+            trainer = L.Trainer(**{**args, "strategy": DDP_STRATEGY})
+    return trainer
+
+
+class RunInterrupted(Exception):
+    """A stop signal ended the run after saving its checkpoint: ``resume=<run dir>`` continues it."""
+
+    def __init__(self, signum: signal.Signals, env_frames: int, total_frames: int, run_dir: Path) -> None:
+        self.signum = signum
+        super().__init__(
+            f"{signum.name} at env frame {env_frames} of {total_frames}: saved "
+            f"{run_dir / 'checkpoints' / 'last.ckpt'}; continue with `python recipes/train.py resume={run_dir}`"
+        )
+
+
+@dataclass
+class ResumePoint:
+    """Where ``resume=<run dir>`` continues: the checkpoint, its env frames, whether the run is
+    finished (every frame trained and summary.json written), and notes on checkpoints skipped."""
+
+    checkpoint: Path
+    env_frames: int
+    finished: bool
+    notes: list[str]
+
+    def finished_message(self, run_dir: Path) -> str:
+        return f"resume={run_dir}: the run is finished ({self.env_frames} env frames); nothing to do"
+
+
+def resume_point(run_dir: Path, total_frames: int) -> ResumePoint:
+    """The newest checkpoint of ``run_dir`` that loads (``last.ckpt``, else the previous one).
+
+    Raises:
+        ConfigError: when none loads (nothing in the run directory has been changed).
+    """
+    last = run_dir / "checkpoints" / "last.ckpt"
+    try:
+        path, content, skipped = newest_loadable(last)
+    except FileNotFoundError as error:
+        if not last.is_file() and not previous_path(last).is_file():
+            raise ConfigError(
+                f"resume={run_dir}: no checkpoint {last} (the run stopped before its first one, after "
+                "checkpoint.every_frames env frames): start it again without resume"
+            ) from None
+        raise ConfigError(f"resume={run_dir}: no checkpoint loads ({error}): start the run again without resume") from None
+    frames = int(content["fop_run"]["env_frames"])
+    notes = [f"note: {line}; resuming from {path} (env frame {frames})" for line in skipped]
+    finished = frames >= total_frames and (run_dir / "summary.json").is_file()
+    return ResumePoint(path, frames, finished, notes)
+
+
+def keep_before_resume(metrics: Path) -> Path | None:
+    """Renames ``metrics.csv`` to ``metrics.before_resume_<k>.csv`` (k = 1, 2, ... per resume) and
+    returns the new path (None without a metrics.csv)."""
+    if not metrics.is_file():
+        return None
+    k = 1 + len(list(metrics.parent.glob("metrics.before_resume_*.csv")))
+    return metrics.rename(metrics.with_name(f"metrics.before_resume_{k}.csv"))
+
+
+def continue_history(logger: CSVLogger, before: Path, env_frames: int) -> None:
+    """Logs the rows of ``before`` up to the checkpoint's ``env_frames`` again, so the resumed
+    run's metrics.csv holds the whole history (the later rows are logged again by the resumed run)."""
+    with before.open(newline="") as f, warnings.catch_warnings():
+        # the log folder holds the renamed file: nothing of it is deleted, whatever the warning says
+        warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
+        for row in csv.DictReader(f):
+            if row.get("env_frames") and float(row["env_frames"]) <= env_frames:
+                values = {k: float(v) for k, v in row.items() if k != "step" and v not in ("", None)}
+                logger.log_metrics(values, step=int(row["step"]))
+    logger.save()
 
 
 def resumed_config(cfg: DictConfig, task_overrides: list[str]) -> DictConfig:
@@ -258,9 +348,35 @@ def resumed_config(cfg: DictConfig, task_overrides: list[str]) -> DictConfig:
             f"resume={cfg.resume} continues that run with its saved config; drop the other "
             f"overrides {others} (or start a new run with them)"
         )
+    run_dirs = [o.split("=", 1)[1] for o in task_overrides if o.lstrip("+").startswith("hydra.run.dir=")]
+    if run_dirs and Path(run_dirs[0]).resolve() != Path(cfg.resume).resolve():
+        raise ConfigError(
+            f"resume={cfg.resume} continues that run in its own directory; drop hydra.run.dir={run_dirs[0]}"
+        )
     resumed = OmegaConf.load(saved)
     resumed.resume = cfg.resume
     return resumed
+
+
+def check_resume_before_hydra(argv: list[str]) -> None:
+    """``resume=<run dir>`` on the command line: its checks before Hydra writes into (or creates)
+    that directory. A refusal exits with code 2, a finished run with 0, both changing nothing."""
+    flags_with_value = ("--config-name", "-cn", "--config-path", "-cp", "--config-dir", "-cd")
+    overrides = [a for i, a in enumerate(argv)
+                 if not a.startswith("-") and not (i and argv[i - 1] in flags_with_value)]
+    resume = [o.split("=", 1)[1] for o in overrides if o.lstrip("+").startswith("resume=")]
+    if len(resume) != 1 or resume[0] in ("", "null"):
+        return
+    try:
+        saved = resumed_config(OmegaConf.create({"resume": resume[0]}), overrides)
+        point = resume_point(Path(resume[0]), int(saved.collect.total_frames))
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    if point.finished:
+        print(point.finished_message(resume[0]), flush=True)
+        print(f"summary: {Path(resume[0]) / 'summary.json'}", flush=True)
+        sys.exit(0)
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
@@ -273,9 +389,13 @@ def main(cfg: DictConfig) -> None:
     except USER_ERRORS as error:  # what to change or install, not a traceback
         print(f"error: {error}", file=sys.stderr, flush=True)
         sys.exit(2)
+    except RunInterrupted as stop:  # checkpoint saved: exit as the signal would, without a traceback
+        print(f"stopped: {stop}", file=sys.stderr, flush=True)
+        sys.exit(128 + stop.signum)
     if path is not None:
         print(f"summary: {path}", flush=True)
 
 
 if __name__ == "__main__":
+    check_resume_before_hydra(sys.argv[1:])
     sys.exit(main())

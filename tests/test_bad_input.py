@@ -74,8 +74,8 @@ def test_unknown_group_choice_lists_the_available_ones(group):
         (["+collect.frames=3"], r"collect.frames: unknown key; known: \['total_frames'"),
         (["+optim.learning_rate=3"], r"optim.learning_rate: unknown key"),
         (["+algorithm.mixer=qmix"], r"algorithm.mixer: unknown key"),
-        (["optim.lr_actor=-0.1"], r"optim.lr_actor must be > 0, got -0.1"),
-        (["optim.eps=0"], r"optim.eps must be > 0"),
+        (["optim.lr_actor=-0.1"], r"optim.lr_actor must be finite and > 0, got -0.1"),
+        (["optim.eps=0"], r"optim.eps must be finite and > 0"),
         (["optim.tau=2"], r"optim.tau must be in \(0, 1\], got 2"),
         (["algorithm.gamma=1.5"], r"algorithm.gamma must be in \[0, 1\], got 1.5"),
         (["algorithm.gamma=-0.1"], r"algorithm.gamma must be in \[0, 1\]"),
@@ -86,14 +86,15 @@ def test_unknown_group_choice_lists_the_available_ones(group):
         (["algorithm.gamma=high"], r"algorithm.gamma: .*could not be converted to Float"),  # section
         (["algorithm.decomposition=qmix"], r"algorithm.decomposition: .*expected one of \[fop, linear\]"),  # may be a baseline's
         (["algorithm.activation=gelu"], r"algorithm.activation: .*expected one of \[relu, tanh\]"),
-        (["algorithm.target_entropy=high"], r"algorithm.target_entropy must be a number or 'auto'"),
+        (["algorithm.target_entropy=high"], r"algorithm.target_entropy must be a finite number or 'auto'"),
         (["collect.batch_size=100000"], r"collect.batch_size \(100000\) .* larger than collect.buffer_size \(10000\)"),
         (["collect.warmup_frames=8"], r"collect.warmup_frames \(8\) must be >= collect.batch_size \(64\)"),
         (["collect.eval_envs=0"], r"collect.eval_envs must be >= 1, got 0"),
-        (["collect.frames_per_batch=20"], r"collect.frames_per_batch \(20\) must be a multiple of env.num_envs \(16\)"),
+        (["collect.frames_per_batch=20", "collect.total_frames=80"], r"collect.frames_per_batch \(20\) must be a multiple of env.num_envs \(16\)"),
         (["algorithm.recurrent=true"], r"algorithm.recurrent / recurrent_critic need collect.sequence_length"),
         (["algorithm.td_lambda=0.8"], r"algorithm.td_lambda needs collect.sequence_length"),
-        (["+experiment=smac_3s_vs_3z", "env.backend=fake", "collect.sequence_length=20"],
+        (["+experiment=smac_3s_vs_3z", "env.backend=fake", "collect.sequence_length=20",
+          "collect.frames_per_batch=16", "collect.warmup_frames=64"],
          r"collect.sequence_length \(20\) is shorter than episode_limit \(150\).*collect.sequence_length=150"),
         (["algorithm.learn_alpha=true"], r"algorithm.learn_alpha=true learns alpha, so temperature must be null"),
         (["~temperature"], r"temperature is null but algorithm.learn_alpha is false"),
@@ -102,12 +103,51 @@ def test_unknown_group_choice_lists_the_available_ones(group):
         (["temperature.start=-1"], r"temperature: LinearTemperature start and end must be >= 0"),
         (["+trainer.max_step=3"], r"trainer.max_step: not an argument of lightning.Trainer"),
         (["+trainer.max_epochs=3"], r"trainer.max_epochs: set by the recipe; a run is one pass over the collector"),
+        # runs that could not train
+        (["collect.total_frames=72"], r"collect.total_frames \(72\) must be a multiple of collect.frames_per_batch \(16\).* would run 80 frames; set collect.total_frames=80"),
+        (["collect.total_frames=8"], r"collect.total_frames \(8\) must be a multiple of collect.frames_per_batch \(16\)"),
+        (["collect.total_frames=48"], r"collect.total_frames \(48\) is below collect.warmup_frames \(64\): the run would end before its first update"),
+        (["collect.policy_warmup_frames=80"], r"collect.policy_warmup_frames \(80\) is above collect.total_frames \(64\)"),
+        # values that pass a `> 0` check
+        (["optim.lr_actor=inf"], r"optim.lr_actor must be finite and > 0, got inf"),
+        (["optim.lr_mixer=inf"], r"optim.lr_mixer must be finite and > 0, or null"),
+        (["optim.eps=inf"], r"optim.eps must be finite and > 0"),
+        (["algorithm.alpha_init=inf"], r"algorithm.alpha_init must be finite and >= 0"),
+        (["algorithm.target_entropy=-inf"], r"algorithm.target_entropy must be a finite number or 'auto'"),
+        (["collect.sequence_length=10"], r"collect.sequence_length=10 replays trajectory slices, which only a recurrent FOP .* add collect.sequence_length=null"),
+        (["trainer.strategy=ddp"], r"trainer.strategy=ddp fails at the first update.* set trainer.strategy=ddp_find_unused_parameters_true"),
+        (["trainer.strategy=ddp_spawn_find_unused_parameters_false"], r"set trainer.strategy=ddp_spawn_find_unused_parameters_true"),
     ],
 )
 def test_validate_names_the_key_and_what_is_allowed(overrides, match):
     cfg = _compose(overrides)
     with pytest.raises(schema.ConfigError, match=match):
         schema.validate(cfg)
+
+
+@pytest.mark.parametrize("accelerator", ["gpu", "cuda"])
+def test_a_gpu_accelerator_without_a_gpu_is_refused(accelerator, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    with pytest.raises(schema.ConfigError, match=rf"trainer.accelerator={accelerator}: torch .* sees no GPU on this machine; set trainer.accelerator=cpu"):
+        schema.validate(_compose([f"trainer.accelerator={accelerator}"]))
+
+
+def test_several_learners_get_the_ddp_strategy_that_works(capsys):
+    from lightning.pytorch.strategies import DDPStrategy
+
+    trainer = train.make_trainer(_compose(["trainer.devices=3"]).trainer, logger=False)
+    assert isinstance(trainer.strategy, DDPStrategy) and trainer.world_size == 3
+    assert trainer.strategy._ddp_kwargs == {"find_unused_parameters": True}  # what plain DDP lacks
+    assert "note: 3 learner processes: trainer.strategy=auto runs ddp_find_unused_parameters_true" in capsys.readouterr().out
+    assert type(train.make_trainer(_compose([]).trainer, logger=False).strategy).__name__ == "SingleDeviceStrategy"
+
+
+def test_every_experiment_trains_whole_batches():
+    with initialize_config_dir(config_dir=train.CONFIG_DIR, version_base="1.3"):  # without SHORT's counts
+        for path in sorted((ROOT / "configs" / "experiment").glob("*.yaml")):
+            collect = compose("config", overrides=[f"+experiment={path.stem}"]).collect
+            assert collect.total_frames % collect.frames_per_batch == 0, path.name  # else refused at start-up
 
 
 def test_validate_accepts_the_default_config_and_types_it():
@@ -132,7 +172,8 @@ def test_validate_accepts_the_default_config_and_types_it():
         (["+experiment=mtq", "algorithm.recurrent=true", "collect.sequence_length=1"],
          r"algorithm.recurrent and recurrent_critic need discrete actions"),
         (["+experiment=smac_mmm", "env.backend=fake", "episode_limit=99", "collect.frames_per_batch=99",
-          "collect.sequence_length=99", "collect.eval_max_steps=99"], r"episode_limit=150"),
+          "collect.sequence_length=99", "collect.eval_max_steps=99", "collect.total_frames=198",
+          "collect.warmup_frames=99"], r"episode_limit=150"),
     ],
 )
 def test_env_and_networks_reject_their_config_at_start_up(overrides, match, tmp_path):
@@ -321,3 +362,78 @@ def test_logger_without_its_package_names_the_extra(logger, monkeypatch, tmp_pat
     _hide(monkeypatch, logger)
     with pytest.raises(MissingDependency, match=rf'logger={logger} needs .*pip install -e "\.\[{logger}\]"'):
         train.train(_compose([f"logger={logger}"]), tmp_path)
+
+
+def _corrupt(td, key, value):
+    """``td`` with ``value(tensor)`` at ``key``."""
+    td.set(key, value(td.get(key)))
+    return td
+
+
+def _one_nan(tensor):
+    tensor = tensor.clone()
+    tensor.view(-1)[0] = float("nan")
+    return tensor
+
+
+def _first_index_is(value):
+    def change(action):
+        action = action.clone()
+        action.view(-1)[0] = value
+        return action
+    return change
+
+
+@pytest.mark.parametrize(
+    ("key", "change", "error", "match"),
+    [
+        (("agents", "action_mask"), lambda m: torch.ones(B, N, A + 1, dtype=torch.bool), ValueError,
+         r"\('agents', 'action_mask'\) \(available actions\) must have shape \[\*B, n_agents, n_actions\] = \[6, 2, 3\], got \[6, 2, 4\]"),
+        (("agents", "action_mask"), lambda m: m.float(), TypeError, r"\('agents', 'action_mask'\) .* must be a bool tensor, got torch.float32"),
+        (("agents", "action"), _first_index_is(A), ValueError, r"\('agents', 'action'\) holds action indices from 0 to 3; with 3 actions they must lie in \[0, 2\]"),
+        (("agents", "action"), _first_index_is(-1), ValueError, r"\('agents', 'action'\) holds action indices from -1 to \d; .* \[0, 2\]"),
+        (("agents", "action"), lambda a: a.float() + 0.7, TypeError, r"\('agents', 'action'\) must hold integer action indices \(int64\), got torch.float32"),
+        (("next", "done"), lambda d: d.float(), TypeError, r"\('next', 'done'\) must be a bool tensor .* got torch.float32: convert it with .bool\(\)"),
+        (("next", "terminated"), lambda d: d.long(), TypeError, r"\('next', 'terminated'\) must be a bool tensor"),
+        (("agents", "observation"), _one_nan, ValueError, r"\('agents', 'observation'\) holds 1 NaN or infinite value\(s\)"),
+        (("next", "agents", "observation"), _one_nan, ValueError, r"\('next', \('agents', 'observation'\)\) holds 1 NaN"),
+        ("state", _one_nan, ValueError, r"'state' holds 1 NaN or infinite value\(s\)"),
+        (("next", "reward"), lambda r: r / 0.0, ValueError, r"\('next', 'reward'\) holds 6 NaN or infinite value\(s\)"),
+    ],
+)
+def test_loss_names_the_key_of_a_bad_value_or_dtype(key, change, error, match):
+    with pytest.raises(error, match=match):
+        _loss()(_corrupt(_batch(), key, change))
+
+
+def test_loss_value_checks_can_be_switched_off():
+    loss = _loss()
+    loss.check_values = False  # the documented switch: no NaN scan, the NaN reaches the losses
+    out = loss(_corrupt(_batch(), "state", _one_nan))
+    assert out["loss_qvalue"].isnan()
+
+
+def test_a_huge_but_finite_batch_is_not_taken_for_nan():
+    big = _corrupt(_batch(), ("agents", "observation"), lambda o: torch.full_like(o, 3e38))  # its sum overflows
+    _loss().qvalue_loss(big)  # no error: only a real NaN or inf is refused
+
+
+def test_loss_refuses_an_empty_batch():
+    with pytest.raises(ValueError, match=r"FOPLoss: the batch is empty \(batch_size \[0\]\)"):
+        _loss()(_batch()[:0])
+
+
+@pytest.mark.parametrize(
+    ("change", "error", "match"),
+    [
+        (dict(action=_first_index_is(4)), ValueError, r"FOPMixer: \('agents', 'action'\) holds action indices from 0 to 4; with action_dim=4 they must lie in \[0, 3\]"),
+        (dict(action=lambda a: a.float()), TypeError, r"FOPMixer: \('agents', 'action'\) must hold integer action indices, got torch.float32"),
+        (dict(state=_one_nan), ValueError, r"FOPMixer: 'state' holds NaN or infinite values"),
+    ],
+)
+def test_mixer_names_the_key_of_a_bad_value(change, error, match):
+    td = _mixer_td()
+    for key, value in change.items():
+        _corrupt(td, ("agents", "action") if key == "action" else key, value)
+    with pytest.raises(error, match=match):
+        FOPMixer(n_agents=2, state_dim=3, action_dim=4)(td)
