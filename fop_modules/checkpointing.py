@@ -49,7 +49,7 @@ from fop_modules.replay import CompactTensorStorage
 
 __all__ = [
     "AtomicCheckpointIO", "EnvFrameCheckpoint", "RNGCheckpoint", "gather_ranks", "get_rng_states",
-    "load_replay_state", "newest_loadable", "previous_path", "replay_state", "set_rng_states",
+    "load_replay_state", "newest_loadable", "orphan_writes", "previous_path", "replay_state", "set_rng_states",
 ]
 
 RNG_KEY = "rng_states"  # checkpoint entry of RNGCheckpoint

@@ -396,7 +396,7 @@ def _first_index_is(value):
         (("next", "done"), lambda d: d.float(), TypeError, r"\('next', 'done'\) must be a bool tensor .* got torch.float32: convert it with .bool\(\)"),
         (("next", "terminated"), lambda d: d.long(), TypeError, r"\('next', 'terminated'\) must be a bool tensor"),
         (("agents", "observation"), _one_nan, ValueError, r"\('agents', 'observation'\) holds 1 NaN or infinite value\(s\)"),
-        (("next", "agents", "observation"), _one_nan, ValueError, r"\('next', \('agents', 'observation'\)\) holds 1 NaN"),
+        (("next", "agents", "observation"), _one_nan, ValueError, r"\('next', 'agents', 'observation'\) holds 1 NaN"),
         ("state", _one_nan, ValueError, r"'state' holds 1 NaN or infinite value\(s\)"),
         (("next", "reward"), lambda r: r / 0.0, ValueError, r"\('next', 'reward'\) holds 6 NaN or infinite value\(s\)"),
     ],
