@@ -22,10 +22,11 @@ MLP agents go through the same path (step 1 is skipped), so transitions and epis
 from __future__ import annotations
 
 import contextlib
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from tensordict import TensorDictBase
+from tensordict import NestedKey, TensorDictBase
 from torch import Tensor, nn
 from torchrl.objectives import DiscreteSACLoss, LossModule, QMixerLoss
 
@@ -157,8 +158,8 @@ class EpisodeQMixerLoss(QMixerLoss):
         *,
         num_actions: int,
         double_q: bool = False,
-        action_mask_key=MASK_KEY,
-        **kwargs,
+        action_mask_key: NestedKey = MASK_KEY,
+        **kwargs: Any,
     ) -> None:
         super().__init__(local_value_network, mixer_network, **kwargs)
         self.num_actions, self.double_q, self.action_mask_key = num_actions, double_q, action_mask_key
