@@ -57,14 +57,15 @@ class TanhGaussian(TanhNormal):
     Examples:
         >>> import torch
         >>> from torchrl.modules import TanhNormal
-        >>> loc, scale = torch.full((4, 1), 10.0), torch.full((4, 1), 0.05)
+        >>> _ = torch.manual_seed(0)
+        >>> loc, scale = torch.full((1000, 1), 10.0), torch.full((1000, 1), 0.05)
         >>> dist = TanhGaussian(loc, scale, low=-2.0, high=2.0)
         >>> action = dist.sample()  # saturated: within float32 rounding of the box's edge
         >>> bool(((2.0 - action) < 1e-5).all())
         True
-        >>> log_prob = dist.log_prob(action)  # exact: about 20.19 - log 2 = 19.5 each
-        >>> log_prob.shape, bool(((log_prob - 19.5).abs() < 0.5).all())
-        (torch.Size([4]), True)
+        >>> log_prob = dist.log_prob(action)  # exact: E[log pi] = 20.19 - log 2 = 19.50
+        >>> log_prob.shape, round(log_prob.mean().item(), 1)
+        (torch.Size([1000]), 19.5)
         >>> bool((TanhNormal(loc, scale, low=-2.0, high=2.0).log_prob(action) < -1000).all())
         True
     """
