@@ -18,6 +18,7 @@ not draw (e.g. one read from a replay buffer) is inverted as before.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -51,7 +52,8 @@ class TanhGaussian(TanhNormal):
     Args:
         loc: pre-tanh mean mu [*B, d].
         scale: pre-tanh standard deviation sigma [*B, d].
-        low, high: the action box (tensors or numbers, high > low).
+        low: the action box's lower bounds (a tensor or a number).
+        high: its upper bounds (a tensor or a number, above ``low``).
         **kwargs: passed on to ``TanhNormal`` (``event_dims``, ``tanh_loc``, ``upscale``, ...).
 
     Examples:
@@ -70,7 +72,8 @@ class TanhGaussian(TanhNormal):
         True
     """
 
-    def __init__(self, loc: Tensor, scale: Tensor, low=-1.0, high=1.0, **kwargs) -> None:
+    def __init__(self, loc: Tensor, scale: Tensor, low: Tensor | float = -1.0, high: Tensor | float = 1.0,
+                 **kwargs: Any) -> None:
         super().__init__(loc, scale, low=low, high=high, **kwargs)
         self._last_draw: tuple[Tensor, Tensor] | None = None  # (action, its pre-tanh value)
 
