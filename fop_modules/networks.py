@@ -27,9 +27,8 @@ from torchrl.modules import (
     MaskedCategorical,
     NormalParamExtractor,
     ProbabilisticActor,
+    TanhNormal,
 )
-
-from fop_modules.tanh_gaussian import TanhGaussian
 
 __all__ = [
     "AgentMLP",
@@ -183,10 +182,6 @@ def continuous_actor(
 ) -> ProbabilisticActor:
     """Tanh-Gaussian policy on [low, high], shared across agents.
 
-    Its distribution is :class:`~fop_modules.tanh_gaussian.TanhGaussian`: the log-probability of
-    a drawn action is computed from the pre-tanh sample, so it stays exact when the policy
-    saturates (TorchRL's ``TanhNormal`` inverts the rounded action there).
-
     With ``init_scale`` small, the initial mean action is the centre of the box (the paper's
     MTQ runs start their policies at (0, 0)) and the pre-tanh std is 1.
 
@@ -218,7 +213,7 @@ def continuous_actor(
         module,
         in_keys=[("agents", "loc"), ("agents", "scale")],
         out_keys=[ACTION_KEY],
-        distribution_class=TanhGaussian,
+        distribution_class=TanhNormal,
         distribution_kwargs={"low": float(low), "high": float(high)},
     )
 
