@@ -13,7 +13,7 @@ python docs/tutorials/mtq_surface.py "$RUNS/mtq_surface.png"
 # FOP and the two ablations of Fig. 3 in one Hydra multirun, one folder per algorithm. 3,000 env
 # frames each to keep this page's check short: the paper's runs have 20,000 (drop the collect.* keys).
 python recipes/train.py -m +experiment=mtq algorithm=fop,fop_linear,fop_greedy \
-    collect.total_frames=3000 collect.init_random_frames=1000 trainer.enable_progress_bar=false \
+    collect.total_frames=3008 collect.init_random_frames=1000 trainer.enable_progress_bar=false \
     hydra.sweep.dir="$RUNS/mtq" 'hydra.sweep.subdir=${hydra:runtime.choices.algorithm}'
 # --8<-- [end:ablations]
 

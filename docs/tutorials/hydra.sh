@@ -13,7 +13,7 @@ python recipes/train.py +experiment=mtq --cfg job --package collect
 
 # --8<-- [start:override]
 # Any key can be overridden on the command line; an unknown key fails before anything runs.
-python recipes/train.py collect.total_frames=1000 temperature.end=0.1 optim.lr_actor=0.001 \
+python recipes/train.py collect.total_frames=1008 temperature.end=0.1 optim.lr_actor=0.001 \
     trainer.enable_progress_bar=false hydra.run.dir="$RUNS/override"
 if python recipes/train.py collect.total_frame=2000 --cfg job > /dev/null 2>&1; then
     echo "a misspelt key should have failed"; exit 1
@@ -23,7 +23,7 @@ fi
 # --8<-- [start:multirun]
 # Three seeds with one multirun (-m): one run folder each under hydra.sweep.dir, then their
 # mean and 95% band with recipes/plot.py.
-python recipes/train.py -m seed=0,1,2 collect.total_frames=1000 trainer.enable_progress_bar=false \
+python recipes/train.py -m seed=0,1,2 collect.total_frames=1008 trainer.enable_progress_bar=false \
     hydra.sweep.dir="$RUNS/seeds"
 python recipes/plot.py "$RUNS/seeds" --metric eval/return --out "$RUNS/seeds.png"
 # --8<-- [end:multirun]
@@ -32,6 +32,6 @@ python recipes/plot.py "$RUNS/seeds" --metric eval/return --out "$RUNS/seeds.png
 # The paper's form of FOP (eq. 7 mixer, V_i networks, alpha_i formula, learned dual alpha)
 # instead of the authors' code's: the algorithm group, and no temperature schedule.
 python recipes/train.py algorithm=fop_paper '~temperature' --cfg job --package algorithm
-python recipes/train.py algorithm=fop_paper '~temperature' collect.total_frames=1000 \
+python recipes/train.py algorithm=fop_paper '~temperature' collect.total_frames=1008 \
     trainer.enable_progress_bar=false hydra.run.dir="$RUNS/paper_form"
 # --8<-- [end:paper]
