@@ -12,7 +12,8 @@ temperature and target update, drawing the same random numbers in the same order
 of each from the same state gives the same parameters: the script checks this before it times
 anything (``max |diff|``).
 
-Rounds alternate the two (``--rounds`` x ``--repeats`` updates each, median per round); the
+Rounds alternate the two (``--rounds`` x ``--repeats`` updates each after one warm-up call,
+median per round: ``learner_update.timed``); the
 printed ratio is the median over rounds of fop / hand (target: at most 1.5). Timings on a loaded
 machine are noisy; the ratio of interleaved rounds much less so.
 
@@ -25,7 +26,6 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
-import time
 
 import torch
 import torch.nn.functional as F
@@ -33,16 +33,22 @@ from torch import nn
 from torchrl.collectors import Collector
 
 from fop_modules.networks import AgentMLP
+from learner_update import timed
 from smac_shapes import attach_optimizers, recipe_config, recipe_learner
 
 TASKS = {"matrix_game": ("matrix_game", [])}
 
 
-def _plain(module: nn.Module, params) -> AgentMLP:
-    """The AgentMLP of a loss's functional network, as a plain module holding ``params``."""
+def _materialised(module: nn.Module, params) -> nn.Module:
+    """A copy of a loss's functional module (its parameters on the meta device) holding ``params``."""
     network = copy.deepcopy(module).to_empty(device="cpu")
     network.load_state_dict(dict(params.flatten_keys(".").items()))
-    return next(m for m in network.modules() if isinstance(m, AgentMLP))
+    return network
+
+
+def _plain(module: nn.Module, params) -> AgentMLP:
+    """The AgentMLP of a loss's functional network, as a plain module holding ``params``."""
+    return next(m for m in _materialised(module, params).modules() if isinstance(m, AgentMLP))
 
 
 class HandWrittenDiscreteFOP:
@@ -58,12 +64,8 @@ class HandWrittenDiscreteFOP:
         self.critics = [_plain(loss.qvalue_network, twin(loss.qvalue_network_params, k)) for k in range(self.k)]
         self.target_critics = [_plain(loss.qvalue_network, twin(loss.target_qvalue_network_params, k))
                                for k in range(self.k)]
-        self.mixers, self.target_mixers = [], []
-        for k in range(self.k):
-            for params, out in ((loss.mixer_params, self.mixers), (loss.target_mixer_params, self.target_mixers)):
-                mixer = copy.deepcopy(loss.mixer).to_empty(device="cpu")
-                mixer.load_state_dict(dict(twin(params, k).flatten_keys(".").items()))
-                out.append(mixer)
+        self.mixers = [_materialised(loss.mixer, twin(loss.mixer_params, k)) for k in range(self.k)]
+        self.target_mixers = [_materialised(loss.mixer, twin(loss.target_mixer_params, k)) for k in range(self.k)]
         critic_params = [p for c in self.critics for p in c.parameters()]
         mixer_params = [p for m in self.mixers for p in m.parameters()]
         groups = ([{"params": critic_params, "lr": optim.lr_qvalue}, {"params": mixer_params, "lr": optim.lr_mixer}]
@@ -181,15 +183,6 @@ def check_same_update(module, hand, batch) -> float:
     return max((a - b).abs().max().item() for a, b in zip(fop, ours))
 
 
-def _median_seconds(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
@@ -206,8 +199,8 @@ def main() -> None:
         module.update(batch), hand.update(plain)  # warm-up
         fop_times, hand_times = [], []
         for _ in range(args.rounds):  # interleaved: both see the same machine load
-            fop_times.append(_median_seconds(lambda: module.update(batch), args.repeats))
-            hand_times.append(_median_seconds(lambda: hand.update(plain), args.repeats))
+            fop_times.append(timed(lambda: module.update(batch), args.repeats))
+            hand_times.append(timed(lambda: hand.update(plain), args.repeats))
         ratio = statistics.median(f / h for f, h in zip(fop_times, hand_times))
         print(f"{task:<14}{diff:>12.1e}{1e3 * statistics.median(fop_times):>10.2f}"
               f"{1e3 * statistics.median(hand_times):>10.2f}{ratio:>12.2f}")

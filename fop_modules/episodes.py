@@ -34,7 +34,7 @@ from fop_modules.replay import TRAJ_KEY  # a TorchRL collector's trajectory id o
 __all__ = ["EpisodeAssembler", "mask_partial_episodes"]
 
 DONE_KEY = ("next", "done")
-MASK_KEY = ("collector", "mask")  # SliceSampler(pad_output=True): real (not padded) steps
+SLICE_MASK_KEY = ("collector", "mask")  # SliceSampler(pad_output=True): real (not padded) steps
 
 
 class EpisodeAssembler:
@@ -89,10 +89,10 @@ class EpisodeAssembler:
             change = (traj[env, 1:] != traj[env, :-1]).nonzero().squeeze(-1) + 1
             bounds = [0, *change.tolist(), rows.shape[1]]
             for start, stop in zip(bounds[:-1], bounds[1:]):
-                pieces = self._held.setdefault(int(traj[env, start]), [])
-                pieces.append(rows[env, start:stop])
+                trajectory = int(traj[env, start])
+                self._held.setdefault(trajectory, []).append(rows[env, start:stop])
                 if done[env, stop - 1]:
-                    finished.append(torch.cat(self._held.pop(int(traj[env, start]))))
+                    finished.append(torch.cat(self._held.pop(trajectory)))
         return torch.cat(finished) if finished else None
 
 
@@ -119,7 +119,7 @@ def mask_partial_episodes(slices: TensorDictBase) -> TensorDictBase:
     if slices.batch_dims != 2:
         raise ValueError(f"mask_partial_episodes needs [B, T] slices, got batch {list(slices.batch_size)}")
     starts = slices.get(IS_INIT_KEY)[:, 0].reshape(-1, 1)  # [B, 1]
-    mask = slices.get(MASK_KEY, None)  # absent when no slice needed padding
+    mask = slices.get(SLICE_MASK_KEY, None)  # absent when no slice needed padding
     mask = torch.ones(slices.batch_size, dtype=torch.bool, device=starts.device) if mask is None else mask
-    slices.set(MASK_KEY, mask & starts)
+    slices.set(SLICE_MASK_KEY, mask & starts)
     return slices

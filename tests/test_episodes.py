@@ -53,6 +53,15 @@ def collected():
     return cfg, loss, policy, batches
 
 
+def _learner(collected, buffer_size: int, batch_size: int) -> FOPLightningModule:
+    """The learner's replay path for the collected data, whole episodes per slice."""
+    cfg, loss, policy, _ = collected
+    collect = CollectConfig(total_frames=1200, frames_per_batch=FRAMES_PER_BATCH, buffer_size=buffer_size,
+                            batch_size=batch_size, warmup_frames=batch_size, sequence_length=cfg.episode_limit)
+    return FOPLightningModule(loss, policy, lambda: None, lambda n: None, collect=collect,
+                              optim=OptimConfig(), temperature=ConstantTemperature(0.5))
+
+
 def _episodes(batches) -> dict[int, TensorDict]:
     """The collected steps of each trajectory, in order of time."""
     steps = torch.cat(batches, dim=1).reshape(-1)  # game after game, each in time order
@@ -83,10 +92,7 @@ def test_episodes_collected_across_batches_replay_with_the_acting_hidden_states(
     spanning = [t for t in lengths if len({int(u) // FRAMES_PER_BATCH for u in episodes[t][UID]}) >= 2]
     assert len(spanning) >= 3, "the data must hold episodes collected across collector batches"
 
-    collect = CollectConfig(total_frames=1200, frames_per_batch=FRAMES_PER_BATCH, buffer_size=2400,
-                            batch_size=16, warmup_frames=16, sequence_length=cfg.episode_limit)
-    module = FOPLightningModule(loss, policy, lambda: None, lambda n: None, collect=collect,
-                                optim=OptimConfig(), temperature=ConstantTemperature(0.5))
+    module = _learner(collected, buffer_size=2400, batch_size=16)
     for batch in batches:
         module.store(batch)
     actor, critic = find_encoder(loss.actor_network), find_encoder(loss.qvalue_network)
@@ -145,11 +151,8 @@ def test_slices_that_do_not_start_an_episode_are_masked():
 
 def test_a_slice_left_by_an_overwritten_episode_head_is_masked(collected):
     """The round-robin writer overwrites an old episode's head: its tail must not replay."""
-    cfg, loss, policy, batches = collected
-    collect = CollectConfig(total_frames=1200, frames_per_batch=FRAMES_PER_BATCH, buffer_size=600,
-                            batch_size=4, warmup_frames=4, sequence_length=cfg.episode_limit)
-    module = FOPLightningModule(loss, policy, lambda: None, lambda n: None, collect=collect,
-                                optim=OptimConfig(), temperature=ConstantTemperature(0.5))
+    batches = collected[-1]
+    module = _learner(collected, buffer_size=600, batch_size=4)
     for batch in batches:
         module.store(batch)
     starts_seen = False
