@@ -96,7 +96,9 @@ class FOPLoss(LossModule):
         value_network: V_i(o_i) network trained by eq. (10) (the paper's form). If ``None``
             (discrete only), V_i is the analytic soft value alpha * logsumexp(Q_i / alpha) over the
             available actions, as in the authors' code.
-        num_qvalue_nets: 1, or 2 for clipped double Q (min of the two target Q_jt; authors: 2).
+        num_qvalue_nets: 1 (default), or 2 for clipped double Q (min of the two target Q_jt;
+            the authors' SMAC setting, ``fop_modules.presets.SMAC``). On one-step games
+            twins can settle in different basins and their minimum misleads the actor.
         alpha_init: initial team temperature alpha (also its value while scheduled).
         learn_alpha: learn alpha by SAC's dual objective ``loss_alpha`` instead of scheduling it
             (scheduled: assign ``loss.alpha = value`` each step).
@@ -193,7 +195,7 @@ class FOPLoss(LossModule):
         *,
         action_space: Literal["discrete", "continuous"],
         value_network: TensorDictModule | None = None,
-        num_qvalue_nets: int = 2,
+        num_qvalue_nets: int = 1,
         alpha_init: float = 1.0,
         learn_alpha: bool = False,
         target_entropy: float | Literal["auto"] = "auto",

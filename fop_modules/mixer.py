@@ -232,10 +232,12 @@ class FOPMixer(_MixerBase):
         discrete_actions: whether ``("agents", "action")`` holds indices (True) or vectors.
         n_heads: heads of the lambda network (authors: 4).
         v_hidden: hidden size of the V_jt network (authors: 32).
-        advantage_form: ``"paper"`` for eq. 7 exactly (Q_i receives lambda_i times the TD
-            gradient); ``"stopgrad"`` for the authors' code, Q_jt = sum_i (lambda_i - 1)
+        advantage_form: ``"stopgrad"`` (default) for the authors' code, Q_jt = sum_i (lambda_i - 1)
             stopgrad(Q_i - V_i) + sum_i Q_i + V(s): eq. 7 with V_jt = sum_i V_i + V(s), but Q_i is
-            trained through the plain sum (as in VDN) and the advantage only trains lambda.
+            trained through the plain sum (as in VDN) and the advantage only trains lambda;
+            ``"paper"`` for eq. 7 exactly (Q_i receives lambda_i times the TD gradient). With
+            the analytic soft V_i (``FOPLoss(value_network=None)``) the paper's form lets Q_i
+            drift: the TD loss is flat along Q_i + c (docs/results.md, matrix game).
         qatten: optional :class:`QattenWeights`; with it (authors' first upload), Q_i and the
             advantage are multiplied by w_i(s) and the penalty is written to the regulariser key.
             Requires ``advantage_form="stopgrad"`` as in the authors' code.
@@ -265,7 +267,7 @@ class FOPMixer(_MixerBase):
         discrete_actions: bool = True,
         n_heads: int = 4,
         v_hidden: int = 32,
-        advantage_form: Literal["paper", "stopgrad"] = "paper",
+        advantage_form: Literal["paper", "stopgrad"] = "stopgrad",
         qatten: QattenWeights | None = None,
         in_keys: Sequence[NestedKey] | None = None,
         out_keys: Sequence[NestedKey] | None = None,

@@ -14,7 +14,9 @@ from typing import TYPE_CHECKING, Callable
 import torch
 from tensordict import TensorDictBase
 from torch import nn
-from torchrl.envs import ExplorationType, set_exploration_type
+from torchrl.envs import ExplorationType, RewardScaling, set_exploration_type
+
+from fop_modules.reward_scaling import to_reward_units
 
 if TYPE_CHECKING:
     from fop_modules.envs import DifferentialGameEnv, MatrixGameEnv
@@ -36,7 +38,10 @@ def greedy_action(policy: nn.Module, env) -> torch.Tensor:
 
 @torch.no_grad()
 def matrix_game_tables(
-    joint_q: Callable[[TensorDictBase], dict], env: MatrixGameEnv, policy: nn.Module | None = None
+    joint_q: Callable[[TensorDictBase], dict],
+    env: MatrixGameEnv,
+    policy: nn.Module | None = None,
+    reward_scaling: RewardScaling | None = None,
 ) -> dict:
     """Learned Q_i, Q_jt over all joint actions, and the greedy joint action (as indices).
 
@@ -44,6 +49,9 @@ def matrix_game_tables(
     [*B, 1] of the batch's joint actions and ``"v_i"`` [*B, N, 1] (``FOPLoss.joint_q``: twin
     0's; ``Baseline.joint_q``). The greedy joint action is the policy's deterministic action when
     given (FOP: each agent's argmax of pi_i, under IGO also the argmax of Q_i), else argmax Q_i.
+    Values learned on a standardised reward (``reward_scaling``, see
+    :mod:`fop_modules.reward_scaling`) are given in the payoff's units: Q_jt as
+    ``q * scale + loc``, Q_i and V_i (defined up to a shared constant) as ``q * scale``.
     """
     td = env.reset()[:1]  # the game has one state
     n, a = env.n_agents, env.n_actions
@@ -51,6 +59,9 @@ def matrix_game_tables(
     batch = td.expand(joint.shape[0]).clone()
     batch.set(("agents", "action"), joint)
     out = joint_q(batch)
+    if reward_scaling is not None:  # back to the payoff's units
+        out = {key: to_reward_units(value, reward_scaling) if key == "q_jt" else value * reward_scaling.scale
+               for key, value in out.items() if key in ("q_i", "v_i", "q_jt")}
     q_i = out["q_i"][0]  # [N, A]
     mask = td.get(("agents", "action_mask"))[0]
     if policy is not None:

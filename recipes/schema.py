@@ -167,6 +167,7 @@ class RunConfig:
     checkpoint: CheckpointConfig = MISSING
     resume: Optional[str] = None  # a run directory to continue
     episode_limit: Optional[int] = None  # the env's time limit, checked against the env
+    reward_std: Optional[float] = None  # train on the reward standardised to this std (null: raw)
 
 
 @dataclass
@@ -367,6 +368,9 @@ def validate(cfg: DictConfig) -> Validated:
             f"({limit}): sequence replay replays whole episodes from their first step (what a "
             f"recurrent agent acted on), so set collect.sequence_length={limit}"
         )
+    reward_std = cfg.get("reward_std")
+    if reward_std is not None and not 0 < reward_std < math.inf:
+        raise ConfigError(f"reward_std must be a finite number > 0, or null (raw rewards), got {reward_std}")
     if is_baseline(cfg.algorithm):
         temperature = None  # the baselines' own (SAC: learned alpha); the temperature group is FOP's
     else:

@@ -28,7 +28,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
-from torchrl.envs import Compose, TransformedEnv
+from torchrl.envs import Compose, RewardScaling, TransformedEnv
 
 from fop_modules import FOPLoss, FOPMixer, LinearMixer, baselines, networks, plots, probes, recurrent
 from fop_modules.checkpointing import AtomicCheckpointIO, EnvFrameCheckpoint, RNGCheckpoint, newest_loadable, previous_path
@@ -37,6 +37,7 @@ from fop_modules.envs import DifferentialGameEnv, MatrixGameEnv
 from fop_modules.envs.smac import StarCraftNotAvailable
 from fop_modules.lightning import FOPLightningModule, MARLLightningModule
 from fop_modules.optional import MissingDependency, require
+from fop_modules.reward_scaling import fit_reward_standardisation
 
 import schema  # recipes/schema.py: the config's types (ConfigStore) and ranges (validate)
 from schema import ConfigError, startup_errors
@@ -58,12 +59,15 @@ def uses_gru(algo: DictConfig) -> bool:
     return bool(algo.recurrent or algo.recurrent_critic)
 
 
-def make_env(env_cfg: DictConfig, algo: DictConfig, num_envs: int | None = None):
+def make_env(env_cfg: DictConfig, algo: DictConfig, num_envs: int | None = None, reward_std: float | None = None):
     """The env from its config (``num_envs`` overrides its copies where it has any), with the
-    transforms a recurrent actor needs (episode starts, hidden-state primer, last action)."""
+    transforms a recurrent actor needs (episode starts, hidden-state primer, last action) and,
+    given ``reward_std``, the reward standardised to it (fitted to random play, seeded)."""
     overrides = {"num_envs": num_envs} if num_envs is not None and "num_envs" in env_cfg else {}
     with startup_errors("env", env_cfg):  # the env's own checks, named as env.<key>
         env = instantiate(env_cfg, **overrides)
+    if reward_std is not None:
+        env = TransformedEnv(env, fit_reward_standardisation(env, std=reward_std))
     if not uses_gru(algo):
         return env
     action_spec = env.full_action_spec["agents", "action"]  # [*E, N], discrete
@@ -74,6 +78,9 @@ def make_env(env_cfg: DictConfig, algo: DictConfig, num_envs: int | None = None)
         )
     n_agents, n_actions = action_spec.shape[-1], action_spec.space.n
     transforms = recurrent.recurrent_transforms(n_agents, n_actions, algo.rnn_hidden, env.batch_size)
+    if isinstance(env, TransformedEnv):
+        env.append_transform(Compose(*transforms))
+        return env
     return TransformedEnv(env, Compose(*transforms))
 
 
@@ -144,8 +151,8 @@ def build_module(cfg: DictConfig, typed, env) -> tuple[MARLLightningModule, torc
     """The Lightning module of ``cfg.algorithm`` (FOP or a baseline) for ``env``, its policy and
     its joint-Q probe; ``typed`` is ``schema.validate(cfg)``. recipes/evaluate.py and
     recipes/export.py rebuild a run's networks with it before loading its checkpoint."""
-    envs = {"make_env": partial(make_env, cfg.env, cfg.algorithm),
-            "make_eval_env": partial(make_env, cfg.env, cfg.algorithm)}
+    envs = {"make_env": partial(make_env, cfg.env, cfg.algorithm, reward_std=cfg.reward_std),
+            "make_eval_env": partial(make_env, cfg.env, cfg.algorithm)}  # evaluation: the env's own rewards
     if schema.is_baseline(cfg.algorithm):
         baseline = baselines.build_baseline(cfg.algorithm.name, env, typed.algorithm, typed.collect.total_frames)
         module = MARLLightningModule(
@@ -195,7 +202,7 @@ def train(cfg: DictConfig, run_dir: Path, callbacks: Sequence[L.Callback] = ()) 
     OmegaConf.save(cfg, run_dir / "config.yaml")  # first: resume=<run dir> reads it back
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
-    env = make_env(cfg.env, cfg.algorithm)
+    env = make_env(cfg.env, cfg.algorithm, reward_std=cfg.reward_std)
     game = env.base_env if isinstance(env, TransformedEnv) else env
     if cfg.episode_limit is not None and cfg.episode_limit != game.episode_limit:
         raise ConfigError(
@@ -239,7 +246,7 @@ def train(cfg: DictConfig, run_dir: Path, callbacks: Sequence[L.Callback] = ()) 
     # every greedy evaluation: [env frames, return, first env's greedy joint action]
     summary["eval_history"] = [[frames, ret, action] for frames, ret, action in curve]
     if isinstance(game, MatrixGameEnv) and joint_q is not None:  # (GRU agents: no one-step Q table)
-        tables = probes.matrix_game_tables(joint_q, env, policy)
+        tables = probes.matrix_game_tables(joint_q, env, policy, reward_scaling=reward_scaling(env))
         summary.update(tables)
         plots.matrix_game_tables(tables, env.payoff, run_dir / "q_tables.png")
         print(probes.format_matrix_game_tables(tables), flush=True)
@@ -250,6 +257,13 @@ def train(cfg: DictConfig, run_dir: Path, callbacks: Sequence[L.Callback] = ()) 
     path = run_dir / "summary.json"
     path.write_text(json.dumps(summary, indent=2))
     return path
+
+
+def reward_scaling(env) -> RewardScaling | None:
+    """The env's reward standardisation (``reward_std``), if it has one."""
+    transform = env.transform if isinstance(env, TransformedEnv) else None
+    transforms = list(transform) if isinstance(transform, Compose) else [transform]
+    return next((t for t in transforms if isinstance(t, RewardScaling)), None)
 
 
 def make_trainer(trainer_cfg: DictConfig, **recipe_args) -> L.Trainer:

@@ -112,6 +112,8 @@ def test_unknown_group_choice_lists_the_available_ones(group):
         (["optim.lr_actor=inf"], r"optim.lr_actor must be finite and > 0, got inf"),
         (["optim.lr_mixer=inf"], r"optim.lr_mixer must be finite and > 0, or null"),
         (["optim.eps=inf"], r"optim.eps must be finite and > 0"),
+        (["reward_std=0"], r"reward_std must be a finite number > 0, or null \(raw rewards\), got 0"),
+        (["reward_std=inf"], r"reward_std must be a finite number > 0, or null"),
         (["algorithm.alpha_init=inf"], r"algorithm.alpha_init must be finite and >= 0"),
         (["algorithm.target_entropy=-inf"], r"algorithm.target_entropy must be a finite number or 'auto'"),
         (["collect.sequence_length=10"], r"collect.sequence_length=10 replays trajectory slices, which only a recurrent FOP .* add collect.sequence_length=null"),

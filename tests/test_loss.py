@@ -63,7 +63,7 @@ def continuous_td(batch=(B,)):
 
 def discrete_loss(value=False, nq=2, mixer="fop", **kwargs):
     if mixer == "fop":
-        mix = FOPMixer(N, S, A, n_heads=2, v_hidden=8)
+        mix = FOPMixer(N, S, A, n_heads=2, v_hidden=8, advantage_form="paper")  # eq. (7) as written
     elif mixer == "qatten":
         mix = FOPMixer(N, S, A, n_heads=2, v_hidden=8, advantage_form="stopgrad",
                        qatten=QattenWeights(N, S, 2, n_heads=2, hypernet_embed=8, embed_dim=4))
@@ -85,7 +85,7 @@ def continuous_loss(nq=2, **kwargs):
     return FOPLoss(
         networks.continuous_actor(N, OBS, D, low=-1.0, high=1.0, hidden=HIDDEN, init_scale=None),
         networks.continuous_critic(N, OBS, D, hidden=HIDDEN),
-        FOPMixer(N, S, D, discrete_actions=False, n_heads=2, v_hidden=8),
+        FOPMixer(N, S, D, discrete_actions=False, n_heads=2, v_hidden=8, advantage_form="paper"),
         action_space="continuous",
         value_network=networks.value_network(N, OBS, hidden=HIDDEN),
         num_qvalue_nets=nq,
@@ -171,7 +171,7 @@ def hand_loss(q_table, nq=1, alpha=0.5, value=None, logits=None, **kwargs):
     return FOPLoss(
         table_actor(torch.zeros(N, A) if logits is None else logits),
         table_critic(q_table),
-        FOPMixer(N, S, A, n_heads=1),
+        FOPMixer(N, S, A, n_heads=1, advantage_form="paper"),  # the hand values use eq. (7) as written
         action_space="discrete",
         value_network=None if value is None else table_value(value),
         num_qvalue_nets=nq,

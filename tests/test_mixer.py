@@ -205,7 +205,7 @@ def test_lambda_positive_even_with_zero_weights():
 
 def test_continuous_mixer_hand_computed():
     d = 2
-    mixer = FOPMixer(N, S, d, discrete_actions=False, n_heads=1)
+    mixer = FOPMixer(N, S, d, discrete_actions=False, n_heads=1, advantage_form="paper")
     _set_hand_params(mixer, [4.0], [[0.0, 0.0]], [[0.0, 0.0]], 0.5)
     with torch.no_grad():
         mixer.head_actions.weight[0, S + 1] = 1.0  # c_0 = u_{0, 1}
