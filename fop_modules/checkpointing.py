@@ -182,13 +182,16 @@ class EnvFrameCheckpoint(ModelCheckpoint):
     """Saves ``<dirpath>/last.ckpt`` whenever the run's env-frame count crosses a multiple of
     ``every_frames``, at the end of training, and when a stop signal arrives.
 
-    SIGTERM (what SLURM and other schedulers send before they kill a job) is caught by Lightning's
-    own handler (``trainer.received_sigterm``); SIGINT (Ctrl-C) by one this callback installs for
-    the training loop. Either way the current training batch finishes, its checkpoint is written
-    (the same one a periodic save writes, which ``resume`` continues exactly), the loggers are
-    flushed, and ``trainer.should_stop`` ends the run; :attr:`stopped_by` then holds the signal.
-    A second Ctrl-C interrupts at once, without a checkpoint. Under DDP the ranks agree on the stop
-    at every batch end. Orphan temporary files of writes a kill cut short are removed at start-up.
+    SIGINT (Ctrl-C) and SIGTERM (what SLURM and other schedulers send before they kill a job) are
+    caught by a handler this callback installs for the training loop; it only notes the signal.
+    The current training batch finishes, its checkpoint is written (the same one a periodic save
+    writes, which ``resume`` continues exactly), the loggers are flushed, and
+    ``trainer.should_stop`` ends the run; :attr:`stopped_by` then holds the signal. A second
+    Ctrl-C interrupts at once, without a checkpoint. Under DDP the ranks agree on the stop at every
+    batch end (one all-reduce), so a signal to one rank stops them all. (Lightning's own SIGTERM
+    handler, which the callback replaces during training, runs a broadcast inside the handler under
+    DDP; interleaved with the ranks' other collectives, it can hang the run.) Orphan temporary
+    files of writes a kill cut short are removed at start-up.
 
     Args:
         dirpath: folder of ``last.ckpt`` (the recipe: ``<run dir>/checkpoints``).
@@ -225,7 +228,7 @@ class EnvFrameCheckpoint(ModelCheckpoint):
         self.stopped_by: signal.Signals | None = None  # the signal that stopped the run, if one did
         self._frames_before_batch = 0
         self._received: int = 0  # signal number caught on this process (0: none)
-        self._previous_sigint: Any = None
+        self._previous_handlers: dict[signal.Signals, Any] = {}
         self._started = time.perf_counter() if started is None else started
         self._wall_time_before = 0.0  # seconds of the parts before a resume (up to their checkpoint)
         self._pending_row: dict[str, Any] | None = None
@@ -251,26 +254,30 @@ class EnvFrameCheckpoint(ModelCheckpoint):
 
     def on_train_start(self, trainer, pl_module) -> None:
         self.stopped_by, self._received = None, 0
-        if (signal.SIGINT in self.stop_signals and threading.current_thread() is threading.main_thread()
-                and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
-            self._previous_sigint = signal.signal(signal.SIGINT, self._on_sigint)
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum in self.stop_signals:
+            if signum != signal.SIGINT or signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+                self._previous_handlers[signum] = signal.signal(signum, self._on_signal)
 
-    def _on_sigint(self, signum: int, frame) -> None:
+    def _on_signal(self, signum: int, frame) -> None:
         self._received = signum
-        signal.signal(signal.SIGINT, self._previous_sigint)  # a second Ctrl-C interrupts at once
-        rank_zero_info("SIGINT: saving a checkpoint after this training batch, then stopping "
-                       "(Ctrl-C again stops at once, without it)")
+        if signum == signal.SIGINT:  # a second Ctrl-C interrupts at once
+            signal.signal(signal.SIGINT, self._previous_handlers.pop(signal.SIGINT))
+        rank_zero_info(f"{signal.Signals(signum).name}: saving a checkpoint after this training batch, then "
+                       "stopping" + (" (Ctrl-C again stops at once, without it)" if signum == signal.SIGINT else ""))
 
-    def _restore_sigint(self) -> None:
-        if self._previous_sigint is not None and signal.getsignal(signal.SIGINT) == self._on_sigint:
-            signal.signal(signal.SIGINT, self._previous_sigint)
-        self._previous_sigint = None
+    def _restore_signals(self) -> None:
+        for signum, previous in self._previous_handlers.items():
+            if signal.getsignal(signum) == self._on_signal:
+                signal.signal(signum, previous)
+        self._previous_handlers = {}
 
     def on_train_end(self, trainer, pl_module) -> None:
-        self._restore_sigint()
+        self._restore_signals()
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
-        self._restore_sigint()
+        self._restore_signals()
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self._frames_before_batch = pl_module.env_frames
