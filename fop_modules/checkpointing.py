@@ -12,7 +12,9 @@ adds the rest, and the helpers the module's hooks use (:func:`replay_state`,
   ``last.ckpt`` every ``every_frames`` env frames (Lightning's ``every_n_train_steps`` counts
   optimiser steps, ``n_objectives`` per update and none during warm-up), at the end of training,
   and after the batch during which SIGINT (Ctrl-C) or SIGTERM (a cluster's preemption notice)
-  arrived, then stops the run (``trainer.should_stop``).
+  arrived, then stops the run (``trainer.should_stop``). With each save it stores the training row
+  Lightning logs after that batch (:data:`LOG_ROW_KEY`; a kill can land before the row reaches
+  the logger's files) and the run's wall time over all its parts (:data:`WALL_TIME_KEY`).
 - :func:`newest_loadable`: the newest checkpoint of a folder that loads (``last.ckpt``, else the
   ``last.previous.ckpt`` that :class:`AtomicCheckpointIO` keeps), for a resume.
 - :class:`RNGCheckpoint`: the python, numpy and torch generators (CUDA too where there is one),
@@ -32,6 +34,7 @@ import random
 import signal
 import tempfile
 import threading
+import time
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -39,6 +42,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+from lightning.fabric.utilities.apply_func import convert_tensors_to_scalars
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_info
@@ -48,11 +52,17 @@ from torchrl.data import ReplayBuffer
 from fop_modules.replay import CompactTensorStorage
 
 __all__ = [
-    "AtomicCheckpointIO", "EnvFrameCheckpoint", "RNGCheckpoint", "gather_ranks", "get_rng_states",
-    "load_replay_state", "newest_loadable", "orphan_writes", "previous_path", "replay_state", "set_rng_states",
+    "LOG_ROW_KEY", "WALL_TIME_KEY", "AtomicCheckpointIO", "EnvFrameCheckpoint", "RNGCheckpoint", "gather_ranks",
+    "get_rng_states", "load_replay_state", "newest_loadable", "orphan_writes", "pending_log_row", "previous_path",
+    "replay_state", "set_rng_states",
 ]
 
 RNG_KEY = "rng_states"  # checkpoint entry of RNGCheckpoint
+# checkpoint entries of EnvFrameCheckpoint: the training row Lightning logs after the saving batch,
+# {"step": int, "metrics": {name: float}} (None: no row, or the batch's row was already logged),
+# and the wall time in seconds of the run up to the save, over all its parts
+LOG_ROW_KEY = "pending_log_row"
+WALL_TIME_KEY = "wall_time_s"
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -172,13 +182,16 @@ class EnvFrameCheckpoint(ModelCheckpoint):
     """Saves ``<dirpath>/last.ckpt`` whenever the run's env-frame count crosses a multiple of
     ``every_frames``, at the end of training, and when a stop signal arrives.
 
-    SIGTERM (what SLURM and other schedulers send before they kill a job) is caught by Lightning's
-    own handler (``trainer.received_sigterm``); SIGINT (Ctrl-C) by one this callback installs for
-    the training loop. Either way the current training batch finishes, its checkpoint is written
-    (the same one a periodic save writes, which ``resume`` continues exactly), the loggers are
-    flushed, and ``trainer.should_stop`` ends the run; :attr:`stopped_by` then holds the signal.
-    A second Ctrl-C interrupts at once, without a checkpoint. Under DDP the ranks agree on the stop
-    at every batch end. Orphan temporary files of writes a kill cut short are removed at start-up.
+    SIGINT (Ctrl-C) and SIGTERM (what SLURM and other schedulers send before they kill a job) are
+    caught by a handler this callback installs for the training loop; it only notes the signal.
+    The current training batch finishes, its checkpoint is written (the same one a periodic save
+    writes, which ``resume`` continues exactly), the loggers are flushed, and
+    ``trainer.should_stop`` ends the run; :attr:`stopped_by` then holds the signal. A second
+    Ctrl-C interrupts at once, without a checkpoint. Under DDP the ranks agree on the stop at every
+    batch end (one all-reduce), so a signal to one rank stops them all. (Lightning's own SIGTERM
+    handler, which the callback replaces during training, runs a broadcast inside the handler under
+    DDP; interleaved with the ranks' other collectives, it can hang the run.) Orphan temporary
+    files of writes a kill cut short are removed at start-up.
 
     Args:
         dirpath: folder of ``last.ckpt`` (the recipe: ``<run dir>/checkpoints``).
@@ -186,11 +199,16 @@ class EnvFrameCheckpoint(ModelCheckpoint):
             module's ``env_frames``; a batch that crosses several multiples saves once.
         stop_signals: the signals that save and stop (SIGINT, SIGTERM; empty: neither). A
             SIGINT the process inherited as ignored (``nohup``, background jobs) stays ignored.
+        started: ``time.perf_counter()`` when this part of the run started (default: now); the
+            wall time :meth:`wall_time_s` counts from it, plus that of the parts before a resume.
 
     Examples:
         >>> cb = EnvFrameCheckpoint("/tmp/ckpts", every_frames=1000)
         >>> cb.every_frames, cb.save_last, cb.save_top_k, cb.stopped_by
         (1000, True, 0, None)
+        >>> cb.on_load_checkpoint(None, None, {WALL_TIME_KEY: 60.0})  # a resume: 60 s before
+        >>> 60.0 <= cb.wall_time_s() < 70.0
+        True
     """
 
     def __init__(
@@ -198,6 +216,7 @@ class EnvFrameCheckpoint(ModelCheckpoint):
         dirpath: str | Path,
         every_frames: int,
         stop_signals: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM),
+        started: float | None = None,
     ) -> None:
         if every_frames < 0:
             raise ValueError(f"checkpoint.every_frames must be >= 0, got {every_frames}")
@@ -209,7 +228,22 @@ class EnvFrameCheckpoint(ModelCheckpoint):
         self.stopped_by: signal.Signals | None = None  # the signal that stopped the run, if one did
         self._frames_before_batch = 0
         self._received: int = 0  # signal number caught on this process (0: none)
-        self._previous_sigint: Any = None
+        self._previous_handlers: dict[signal.Signals, Any] = {}
+        self._started = time.perf_counter() if started is None else started
+        self._wall_time_before = 0.0  # seconds of the parts before a resume (up to their checkpoint)
+        self._pending_row: dict[str, Any] | None = None
+
+    def wall_time_s(self) -> float:
+        """Seconds since this part started, plus those of the parts before it (each counted up to
+        the checkpoint it was resumed from)."""
+        return self._wall_time_before + time.perf_counter() - self._started
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
+        checkpoint[LOG_ROW_KEY] = self._pending_row
+        checkpoint[WALL_TIME_KEY] = self.wall_time_s()
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
+        self._wall_time_before = float(checkpoint.get(WALL_TIME_KEY, 0.0))
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
@@ -220,26 +254,30 @@ class EnvFrameCheckpoint(ModelCheckpoint):
 
     def on_train_start(self, trainer, pl_module) -> None:
         self.stopped_by, self._received = None, 0
-        if (signal.SIGINT in self.stop_signals and threading.current_thread() is threading.main_thread()
-                and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
-            self._previous_sigint = signal.signal(signal.SIGINT, self._on_sigint)
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum in self.stop_signals:
+            if signum != signal.SIGINT or signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+                self._previous_handlers[signum] = signal.signal(signum, self._on_signal)
 
-    def _on_sigint(self, signum: int, frame) -> None:
+    def _on_signal(self, signum: int, frame) -> None:
         self._received = signum
-        signal.signal(signal.SIGINT, self._previous_sigint)  # a second Ctrl-C interrupts at once
-        rank_zero_info("SIGINT: saving a checkpoint after this training batch, then stopping "
-                       "(Ctrl-C again stops at once, without it)")
+        if signum == signal.SIGINT:  # a second Ctrl-C interrupts at once
+            signal.signal(signal.SIGINT, self._previous_handlers.pop(signal.SIGINT))
+        rank_zero_info(f"{signal.Signals(signum).name}: saving a checkpoint after this training batch, then "
+                       "stopping" + (" (Ctrl-C again stops at once, without it)" if signum == signal.SIGINT else ""))
 
-    def _restore_sigint(self) -> None:
-        if self._previous_sigint is not None and signal.getsignal(signal.SIGINT) == self._on_sigint:
-            signal.signal(signal.SIGINT, self._previous_sigint)
-        self._previous_sigint = None
+    def _restore_signals(self) -> None:
+        for signum, previous in self._previous_handlers.items():
+            if signal.getsignal(signum) == self._on_signal:
+                signal.signal(signum, previous)
+        self._previous_handlers = {}
 
     def on_train_end(self, trainer, pl_module) -> None:
-        self._restore_sigint()
+        self._restore_signals()
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
-        self._restore_sigint()
+        self._restore_signals()
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self._frames_before_batch = pl_module.env_frames
@@ -262,7 +300,11 @@ class EnvFrameCheckpoint(ModelCheckpoint):
             return
         for logger in trainer.loggers:  # the rows logged so far on disk, with the checkpoint
             logger.save()
-        self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        self._pending_row = pending_log_row(trainer)  # this batch's row: logged after this hook
+        try:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        finally:
+            self._pending_row = None
         if stop:
             self.stopped_by = signal.Signals(stop)
             trainer.should_stop = True
@@ -273,6 +315,27 @@ class EnvFrameCheckpoint(ModelCheckpoint):
         # (its checkpoint is the batch's, from which a resume continues the epoch)
         if self.stopped_by is None and not self._should_skip_saving_checkpoint(trainer):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
+def pending_log_row(trainer: L.Trainer) -> dict[str, Any] | None:
+    """The training row Lightning will log once the ``on_train_batch_end`` hooks have run
+    (``{"step": ..., "metrics": {...}}`` as the loggers receive it), or None when this batch logs
+    no row (``trainer.log_every_n_steps``) or there is no logger.
+
+    A checkpoint saved in ``on_train_batch_end`` stores it: a kill between that save and the row's
+    write would otherwise lose the row, which the resumed run (starting at the next batch) never
+    logs again. It reads the batch's logged values as Lightning's logger connector does
+    (``ModelCheckpoint`` reads the same results for ``callback_metrics`` in this hook).
+    """
+    connector = trainer._logger_connector  # Lightning 2.5-2.6: what update_train_step_metrics logs next
+    if not trainer.loggers or not connector.should_update_logs:
+        return None
+    metrics = convert_tensors_to_scalars(connector.metrics["log"])
+    if not metrics:
+        return None
+    metrics.setdefault("epoch", trainer.current_epoch)  # as the connector's log_metrics adds it
+    return {"step": trainer.fit_loop.epoch_loop._batches_that_stepped,
+            "metrics": {k: float(v) for k, v in metrics.items()}}
 
 
 def get_rng_states() -> dict[str, Any]:

@@ -8,12 +8,10 @@ is `summary: <path to summary.json>`.
 
 from __future__ import annotations
 
-import csv
 import json
 import signal
 import sys
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -23,6 +21,7 @@ import hydra
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
@@ -31,7 +30,9 @@ from omegaconf import DictConfig, OmegaConf
 from torchrl.envs import Compose, RewardScaling, TransformedEnv
 
 from fop_modules import FOPLoss, FOPMixer, LinearMixer, baselines, networks, plots, probes, recurrent
-from fop_modules.checkpointing import AtomicCheckpointIO, EnvFrameCheckpoint, RNGCheckpoint, newest_loadable, previous_path
+from fop_modules.checkpointing import (
+    LOG_ROW_KEY, AtomicCheckpointIO, EnvFrameCheckpoint, RNGCheckpoint, newest_loadable, previous_path,
+)
 from fop_modules.distributed import RankConsistency
 from fop_modules.envs import DifferentialGameEnv, MatrixGameEnv
 from fop_modules.envs.smac import StarCraftNotAvailable
@@ -39,6 +40,7 @@ from fop_modules.lightning import FOPLightningModule, MARLLightningModule
 from fop_modules.optional import MissingDependency, require
 from fop_modules.reward_scaling import fit_reward_standardisation
 
+from history import continue_history, previous_history  # recipes/history.py: one history across resumes
 import schema  # recipes/schema.py: the config's types (ConfigStore) and ranges (validate)
 from schema import ConfigError, startup_errors
 
@@ -193,12 +195,10 @@ def train(cfg: DictConfig, run_dir: Path, callbacks: Sequence[L.Callback] = ()) 
     for note in resume.notes if resume is not None else []:
         print(note, flush=True)
     run_dir.mkdir(parents=True, exist_ok=True)
-    before_resume = None
-    if resume is not None and cfg.logger == "csv" and rank_zero_only.rank == 0:  # DDP: rank 0's files
-        before_resume = keep_before_resume(run_dir / "logs" / "metrics.csv")  # CSVLogger would delete it
     logger = make_logger(cfg.logger, run_dir, cfg.name)  # a missing package fails before building
-    if before_resume is not None:  # the new metrics.csv starts with the history up to the checkpoint
-        continue_history(logger, before_resume, resume.env_frames)
+    if resume is not None and rank_zero_only.rank == 0:  # DDP: rank 0's files
+        # the new logger's files start with the history up to the checkpoint
+        continue_history(logger, previous_history(cfg.logger, run_dir / "logs", resume.env_frames, resume.log_row))
     OmegaConf.save(cfg, run_dir / "config.yaml")  # first: resume=<run dir> reads it back
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
@@ -212,7 +212,8 @@ def train(cfg: DictConfig, run_dir: Path, callbacks: Sequence[L.Callback] = ()) 
     module, policy, joint_q = build_module(cfg, typed, env)
     module.checkpoint_replay = cfg.checkpoint.replay_buffer
     ranks = RankConsistency()  # DDP: the ranks' parameters must end identical
-    checkpoint = EnvFrameCheckpoint(ckpt_dir, cfg.checkpoint.every_frames)  # also saves and stops on SIGINT/SIGTERM
+    # also saves and stops on SIGINT/SIGTERM, and keeps the run's wall time across resumes
+    checkpoint = EnvFrameCheckpoint(ckpt_dir, cfg.checkpoint.every_frames, started=start)
     trainer = make_trainer(cfg.trainer, max_epochs=1, logger=logger, default_root_dir=run_dir,
                            callbacks=[checkpoint, RNGCheckpoint(), ranks, *callbacks],
                            plugins=[AtomicCheckpointIO()])
@@ -234,7 +235,7 @@ def train(cfg: DictConfig, run_dir: Path, callbacks: Sequence[L.Callback] = ()) 
         "env_frames": module.env_frames,
         "updates": module.updates,
         "final_eval_return": final_return,
-        "wall_time_s": round(time.perf_counter() - start, 2),
+        "wall_time_s": round(checkpoint.wall_time_s(), 2),  # all parts of a resumed run
     }
     if trainer.world_size > 1:
         summary.update(world_size=trainer.world_size, rank_parameter_difference=ranks.parameter_difference,
@@ -295,12 +296,14 @@ class RunInterrupted(Exception):
 @dataclass
 class ResumePoint:
     """Where ``resume=<run dir>`` continues: the checkpoint, its env frames, whether the run is
-    finished (every frame trained and summary.json written), and notes on checkpoints skipped."""
+    finished (every frame trained and summary.json written), notes on checkpoints skipped, and the
+    training row the checkpoint's batch logged after it (fop_modules.checkpointing.LOG_ROW_KEY)."""
 
     checkpoint: Path
     env_frames: int
     finished: bool
     notes: list[str]
+    log_row: dict | None = None
 
     def finished_message(self, run_dir: Path) -> str:
         return f"resume={run_dir}: the run is finished ({self.env_frames} env frames); nothing to do"
@@ -325,29 +328,7 @@ def resume_point(run_dir: Path, total_frames: int) -> ResumePoint:
     frames = int(content["fop_run"]["env_frames"])
     notes = [f"note: {line}; resuming from {path} (env frame {frames})" for line in skipped]
     finished = frames >= total_frames and (run_dir / "summary.json").is_file()
-    return ResumePoint(path, frames, finished, notes)
-
-
-def keep_before_resume(metrics: Path) -> Path | None:
-    """Renames ``metrics.csv`` to ``metrics.before_resume_<k>.csv`` (k = 1, 2, ... per resume) and
-    returns the new path (None without a metrics.csv)."""
-    if not metrics.is_file():
-        return None
-    k = 1 + len(list(metrics.parent.glob("metrics.before_resume_*.csv")))
-    return metrics.rename(metrics.with_name(f"metrics.before_resume_{k}.csv"))
-
-
-def continue_history(logger: CSVLogger, before: Path, env_frames: int) -> None:
-    """Logs the rows of ``before`` up to the checkpoint's ``env_frames`` again, so the resumed
-    run's metrics.csv holds the whole history (the later rows are logged again by the resumed run)."""
-    with before.open(newline="") as f, warnings.catch_warnings():
-        # the log folder holds the renamed file: nothing of it is deleted, whatever the warning says
-        warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
-        for row in csv.DictReader(f):
-            if row.get("env_frames") and float(row["env_frames"]) <= env_frames:
-                values = {k: float(v) for k, v in row.items() if k != "step" and v not in ("", None)}
-                logger.log_metrics(values, step=int(row["step"]))
-    logger.save()
+    return ResumePoint(path, frames, finished, notes, content.get(LOG_ROW_KEY))
 
 
 def resumed_config(cfg: DictConfig, task_overrides: list[str]) -> DictConfig:
@@ -362,7 +343,9 @@ def resumed_config(cfg: DictConfig, task_overrides: list[str]) -> DictConfig:
             f"resume={cfg.resume} continues that run with its saved config; drop the other "
             f"overrides {others} (or start a new run with them)"
         )
-    run_dirs = [o.split("=", 1)[1] for o in task_overrides if o.lstrip("+").startswith("hydra.run.dir=")]
+    # Lightning's DDP launcher starts the other ranks with `hydra.run.dir="<dir>"`, quotes included
+    run_dirs = [OverridesParser.create().parse_override(o).value() for o in task_overrides
+                if o.lstrip("+").startswith("hydra.run.dir=")]
     if run_dirs and Path(run_dirs[0]).resolve() != Path(cfg.resume).resolve():
         raise ConfigError(
             f"resume={cfg.resume} continues that run in its own directory; drop hydra.run.dir={run_dirs[0]}"
@@ -404,7 +387,8 @@ def main(cfg: DictConfig) -> None:
         print(f"error: {error}", file=sys.stderr, flush=True)
         sys.exit(2)
     except RunInterrupted as stop:  # checkpoint saved: exit as the signal would, without a traceback
-        print(f"stopped: {stop}", file=sys.stderr, flush=True)
+        if rank_zero_only.rank == 0:  # DDP: every rank stops, rank 0 says so
+            print(f"stopped: {stop}", file=sys.stderr, flush=True)
         sys.exit(128 + stop.signum)
     if path is not None:
         print(f"summary: {path}", flush=True)

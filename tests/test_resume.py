@@ -12,8 +12,8 @@ and the generator states (``RNGCheckpoint``). The one-step games hold no state b
 have been.
 
 Not bit-identical: the frames collected after the last checkpoint and before the kill (they are
-collected again, identically here); CSV rows logged then (kept in metrics.before_resume_1.csv);
-wall times. On multi-step envs the episodes in flight at the checkpoint restart from a reset
+collected again, identically here); rows logged then (kept in metrics.before_resume_1.csv, and
+for TensorBoard in events.out.before_resume_1.*); wall times. On multi-step envs the episodes in flight at the checkpoint restart from a reset
 (the collector's carried env state and a recurrent actor's hidden state are not saved; envs are
 re-seeded with seed + env_frames), so the resumed run is a valid continuation but not the same
 numbers. Multi-process collectors keep their workers' generators in the workers (not saved).
@@ -105,10 +105,8 @@ def test_sigkill_then_resume_matches_the_uninterrupted_run(tmp_path):
     # part), then the resumed part's, every one equal to the uninterrupted run's row, bit for bit
     after, ref = _rows(killed / "logs" / "metrics.csv"), _rows(whole / "logs" / "metrics.csv")
     assert after == {k: ref[k] for k in after}
-    assert {k for k in ref if float(k[1]) > saved_frames} <= after.keys()  # the resumed part, all of it
-    # before the checkpoint: at most the row logged by the checkpoint's own batch is missing (a
-    # kill -9 can land after the checkpoint and before that row reaches the disk)
-    assert len({k for k in ref if float(k[1]) <= saved_frames} - after.keys()) <= 1
+    assert after.keys() == ref.keys()  # every row, the checkpoint batch's too (a kill -9 can land
+    # before that row reaches the disk: the checkpoint holds it)
     assert (killed / "logs" / "metrics.before_resume_1.csv").is_file()
 
     # the end-of-training checkpoints: parameters, targets, optimisers, counters, replay
@@ -265,7 +263,7 @@ def _eval_rows(path: Path) -> dict[str, str]:
         return {r["env_frames"]: r["eval/return"] for r in csv.DictReader(f) if r["eval/return"]}
 
 
-def _assert_same_run(whole: Path, resumed: Path, kills: list[int]) -> None:
+def _assert_same_run(whole: Path, resumed: Path) -> None:
     a, b = (torch.load(d / "checkpoints" / "last.ckpt") for d in (whole, resumed))
     assert a["fop_run"]["env_frames"] == b["fop_run"]["env_frames"] == 1600
     assert _same(a["state_dict"], b["state_dict"]) == []
@@ -279,11 +277,8 @@ def _assert_same_run(whole: Path, resumed: Path, kills: list[int]) -> None:
     for summary in summaries:
         summary.pop("wall_time_s")
     assert summaries[0] == summaries[1]
-    # one continuous history: every training row equals the uninterrupted run's; none missing but,
-    # after a kill -9, the row of the batch that wrote the checkpoint (it reaches the disk after it)
-    rows, ref = _rows(resumed / "logs" / "metrics.csv"), _rows(whole / "logs" / "metrics.csv")
-    assert rows == {k: ref[k] for k in rows}
-    assert {float(frames) for _, frames in ref.keys() - rows.keys()} <= set(kills)
+    # one continuous history: every training row equals the uninterrupted run's, none missing
+    assert _rows(resumed / "logs" / "metrics.csv") == _rows(whole / "logs" / "metrics.csv")
     assert _eval_rows(resumed / "logs" / "metrics.csv") == _eval_rows(whole / "logs" / "metrics.csv")
 
 
@@ -293,8 +288,7 @@ def _fault_injection(tmp_path, faults: list[signal.Signals], seed: int) -> None:
     landed = _interrupted_run(tmp_path / "interrupted", faults, random.Random(seed))
     assert reference.wait(timeout=300) == 0, reference.stdout.read()
     assert len(landed) >= len(faults) - 1, f"seed {seed}: only {landed} landed: lengthen FAULT_RUN"
-    kills = [frames for fault, _, frames in landed if fault == signal.SIGKILL]
-    _assert_same_run(whole, tmp_path / "interrupted", kills)
+    _assert_same_run(whole, tmp_path / "interrupted")
 
 
 def test_signals_and_kills_at_random_moments_resume_to_the_uninterrupted_run(tmp_path):
@@ -406,3 +400,139 @@ def test_plot_reads_a_resumed_run_as_one_history(tmp_path):
     (logs / "metrics.before_resume_1.csv").write_text(header + "100,1,1\n200,2,2\n300,9,3\n")  # killed after 250
     (logs / "metrics.csv").write_text(header + "300,3,3\n400,4,4\n")
     assert plot.read_curve(tmp_path, "eval/return") == ([100.0, 200.0, 300.0, 400.0], [1.0, 2.0, 3.0, 4.0])
+
+
+# ============================================================================ the history of a killed run
+# Kills with SIGKILL in the middle of a checkpoint interval (the files hold rows past the checkpoint)
+# and right after a checkpoint's write (before the row of that batch reaches the files), each
+# followed by a resume: the history must hold every row of the uninterrupted run once, in
+# metrics.csv and in TensorBoard's event files.
+
+KILL_RUN = ["collect.total_frames=640", "checkpoint.every_frames=160", "trainer.log_every_n_steps=1",
+            "trainer.enable_progress_bar=false", "collect.eval_interval=160"]
+
+# the recipe, killed by SIGKILL at the end of the training batch that reaches `frames` env frames
+# (after that batch's checkpoint, if it writes one, and before Lightning logs its row)
+KILLED_AT = """
+import os, signal, sys
+from fop_modules.checkpointing import EnvFrameCheckpoint
+batch_end = EnvFrameCheckpoint.on_train_batch_end
+def batch_end_then_die(self, trainer, pl_module, *args):
+    batch_end(self, trainer, pl_module, *args)
+    if pl_module.env_frames == {frames}:
+        os.kill(os.getpid(), signal.SIGKILL)
+EnvFrameCheckpoint.on_train_batch_end = batch_end_then_die
+sys.path.insert(0, {recipes!r})
+sys.argv[0] = os.path.join({recipes!r}, "train.py")
+import train
+train.check_resume_before_hydra(sys.argv[1:])
+train.main()
+"""
+
+
+def _killed_at(frames: int, *args: str) -> subprocess.CompletedProcess:
+    code = KILLED_AT.format(frames=frames, recipes=str(ROOT / "recipes"))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, env=env, timeout=300,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _scalars(logs: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every (step, value) of every scalar tag, as TensorBoard reads the folder."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(logs), size_guidance={"scalars": 0})  # 0: keep every event
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+@pytest.mark.parametrize("logger", ["csv", "tensorboard"])
+def test_kills_mid_interval_and_right_after_a_checkpoint_leave_one_history(tmp_path, logger):
+    if logger == "tensorboard":
+        pytest.importorskip("tensorboard", reason="the tensorboard extra: pip install -e '.[tensorboard]'")
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    reference = _recipe(*KILL_RUN, f"logger={logger}", f"hydra.run.dir={whole}")
+    args = [*KILL_RUN, f"logger={logger}", f"hydra.run.dir={killed}"]
+    for frames, checkpoint in ((400, 320), (480, 480)):  # mid-interval, then at a checkpoint
+        run = _killed_at(frames, *args)
+        assert run.returncode == -signal.SIGKILL, run.stdout
+        assert torch.load(killed / "checkpoints" / "last.ckpt")["fop_run"]["env_frames"] == checkpoint
+        args = [f"resume={killed}"]
+    resumed = _recipe(*args)
+    out, ref_out = resumed.communicate(timeout=300)[0], reference.communicate(timeout=300)[0]
+    assert resumed.returncode == 0, out
+    assert reference.returncode == 0, ref_out
+    if logger == "csv":
+        # the second kill came before the checkpoint batch's row reached the file ...
+        assert max(float(frames) for _, frames in _rows(killed / "logs" / "metrics.before_resume_2.csv")) < 480
+        # ... and the history holds it (from the checkpoint) and every other row, once
+        assert _rows(killed / "logs" / "metrics.csv") == _rows(whole / "logs" / "metrics.csv")
+        with (killed / "logs" / "metrics.csv").open() as f:
+            keys = [(r["step"], r["env_frames"], r["eval/return"]) for r in csv.DictReader(f)]
+        assert len(keys) == len(set(keys)), "a row logged twice"
+        assert _eval_rows(killed / "logs" / "metrics.csv") == _eval_rows(whole / "logs" / "metrics.csv")
+        return
+    history, reference_history = _scalars(killed / "logs"), _scalars(whole / "logs")
+    assert history.keys() == reference_history.keys()
+    assert "train/loss_qvalue" in history and "eval/return" in history
+    for tag in (*LOSSES, "eval/return", "env_frames"):
+        steps = [step for step, _ in history[tag]]
+        if tag != "env_frames":  # (train rows and evaluations share the env_frames tag, on two step scales)
+            assert len(steps) == len(set(steps)), f"{tag}: a step logged twice"
+        assert history[tag] == reference_history[tag], tag  # every step once, every value bit for bit
+    assert len(list((killed / "logs").glob("events.out.before_resume_*"))) == 2  # the killed parts, set aside
+
+
+def test_wall_time_counts_every_part_of_a_resumed_run(tmp_path):
+    run = _finished_run(tmp_path)
+    checkpoints = run / "checkpoints"
+    saved = [torch.load(checkpoints / name).get("wall_time_s") for name in ("last.previous.ckpt", "last.ckpt")]
+    whole_run = json.loads((run / "summary.json").read_text())["wall_time_s"]
+    # the run as a kill right after its first checkpoint (env frame 128) leaves it, had that part
+    # taken 1000 s
+    first_part = torch.load(checkpoints / "last.previous.ckpt")
+    first_part["wall_time_s"] = 1000.0
+    torch.save(first_part, checkpoints / "last.ckpt")
+    (run / "summary.json").unlink()
+    start = time.perf_counter()
+    train.train(train.resumed_config(_compose([f"resume={run}"]), [f"resume={run}"]), run)
+    second_part = time.perf_counter() - start
+    wall_time = json.loads((run / "summary.json").read_text())["wall_time_s"]
+    assert 1000.0 < wall_time <= 1000.0 + second_part + 0.01  # both parts
+    # each checkpoint holds the wall time of the run up to its save
+    assert 0 < saved[0] < saved[1] <= whole_run
+
+
+def test_sigterm_under_two_process_ddp_saves_exits_143_and_resumes(tmp_path):
+    """SIGTERM to the launching process (what a scheduler sends) under 2-process CPU DDP: Lightning
+    passes it on to the other rank, the ranks agree on the stop, rank 0 writes one checkpoint
+    holding both ranks' state, and `resume=` (which Lightning's launcher starts again on both
+    ranks, adding a quoted `hydra.run.dir="<run dir>"`) ends as the uninterrupted run."""
+    ddp = ["trainer.devices=2", "collect.total_frames=512", "collect.frames_per_batch=32",
+           "checkpoint.every_frames=128", "collect.eval_interval=256", "trainer.enable_progress_bar=false"]
+    whole, stopped = tmp_path / "whole", tmp_path / "stopped"
+    ckpt = stopped / "checkpoints" / "last.ckpt"
+    run = _recipe(*ddp, f"hydra.run.dir={stopped}")
+    assert _wait_for_new_checkpoint(run, ckpt, 0, time.monotonic() + 300), run.stdout.read()
+    run.send_signal(signal.SIGTERM)
+    out = run.communicate(timeout=300)[0]
+    assert run.returncode == 128 + signal.SIGTERM, out
+    frames = torch.load(ckpt)["fop_run"]["env_frames"]
+    assert 0 < frames < 512 and "Traceback" not in out, out
+    assert out.count(f"stopped: SIGTERM at env frame {frames} of 512: saved {ckpt}") == 1, out  # rank 0 says it
+    saved = torch.load(ckpt)
+    assert len(saved["rng_states"]) == len(saved["fop_run"]["replay"]) == 2  # both ranks' state
+
+    resumed = _recipe(f"resume={stopped}")
+    out = resumed.communicate(timeout=600)[0]
+    assert resumed.returncode == 0, out
+    reference = _recipe(*ddp, f"hydra.run.dir={whole}")
+    ref_out = reference.communicate(timeout=600)[0]
+    assert reference.returncode == 0, ref_out
+    a, b = (torch.load(d / "checkpoints" / "last.ckpt") for d in (whole, stopped))
+    assert a["fop_run"]["env_frames"] == b["fop_run"]["env_frames"] == 512
+    assert _same(a["state_dict"], b["state_dict"]) == [] and _same(a["optimizer_states"], b["optimizer_states"]) == []
+    summaries = [json.loads((d / "summary.json").read_text()) for d in (whole, stopped)]
+    for summary in summaries:
+        summary.pop("wall_time_s")
+    assert summaries[0] == summaries[1] and summaries[0]["world_size"] == 2

@@ -1,0 +1,93 @@
+"""A resumed run's metrics as one history, in ``logs/metrics.csv`` (``logger=csv``) and in
+TensorBoard's event files (``logger=tensorboard``).
+
+At a resume, :func:`previous_history` sets the interrupted part's files aside (TensorBoard would
+otherwise show the steps it logged after its checkpoint twice, CSVLogger would delete
+metrics.csv) and returns its rows up to the checkpoint's env frame, with the row of the batch
+that wrote the checkpoint (stored in the checkpoint, since a kill can land before that row is
+written). :func:`continue_history` logs them again into the resumed run's logger, whose files then
+hold every step once: the history up to the checkpoint, then the resumed part. ``logger=wandb``
+keeps its own runs (nothing is set aside).
+"""
+
+from __future__ import annotations
+
+import csv
+import warnings
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch.loggers import Logger
+
+Row = tuple[int, dict[str, float]]  # (logger step, metrics), as Logger.log_metrics takes them
+
+
+def set_aside(logger: str, logs: Path) -> list[Path]:
+    """Renames the files ``logger`` wrote in ``logs``: ``metrics.csv`` to
+    ``metrics.before_resume_<k>.csv``, ``events.out.tfevents.*`` to ``events.out.before_resume_<k>.*``
+    (a name TensorBoard does not read), k = 1, 2, ... per resume. Returns the new paths, oldest first.
+
+    Examples:
+        >>> import tempfile
+        >>> logs = Path(tempfile.mkdtemp())
+        >>> _ = (logs / "events.out.tfevents.1700000000.host.1.0").write_bytes(b"")
+        >>> [p.name for p in set_aside("tensorboard", logs)], set_aside("tensorboard", logs)
+        (['events.out.before_resume_1.1700000000.host.1.0'], [])
+    """
+    if logger == "csv":
+        metrics, k = logs / "metrics.csv", 1 + len(list(logs.glob("metrics.before_resume_*.csv")))
+        return [metrics.rename(logs / f"metrics.before_resume_{k}.csv")] if metrics.is_file() else []
+    if logger == "tensorboard":
+        k = 1 + len({p.name.split(".")[2] for p in logs.glob("events.out.before_resume_*")})
+        files = sorted(logs.glob("events.out.tfevents.*"))  # the name starts with the writer's start time
+        return [f.rename(f.with_name(f.name.replace("tfevents", f"before_resume_{k}", 1))) for f in files]
+    return []
+
+
+def read_rows(path: Path) -> list[Row]:
+    """The rows logged in a metrics.csv or a TensorBoard event file, in the order they were logged.
+
+    An event file holds one scalar per event: a row is a run of consecutive events of one step
+    with different tags (a Lightning logger writes each ``log_metrics`` call's metrics in a row).
+    """
+    if path.suffix == ".csv":
+        with path.open(newline="") as f:
+            return [(int(row["step"]), {k: float(v) for k, v in row.items() if k != "step" and v not in ("", None)})
+                    for row in csv.DictReader(f)]
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    from tensorboard.util.tensor_util import make_ndarray
+
+    rows: list[Row] = []
+    for event in EventFileLoader(str(path)).Load():  # (it reads scalars as the "scalars" plugin's tensors)
+        values = {v.tag: float(make_ndarray(v.tensor)) for v in event.summary.value
+                  if v.metadata.plugin_data.plugin_name == "scalars"}
+        if not values:
+            continue  # the file's version, hyperparameters
+        if rows and rows[-1][0] == event.step and not values.keys() & rows[-1][1].keys():
+            rows[-1][1].update(values)
+        else:
+            rows.append((event.step, values))
+    return rows
+
+
+def previous_history(logger: str, logs: Path, env_frames: int, pending: dict[str, Any] | None) -> list[Row]:
+    """Sets the files of the part before a resume aside (:func:`set_aside`) and returns their rows
+    up to the checkpoint's ``env_frames``, ending with ``pending``, the checkpoint's row of the batch
+    that wrote it (``fop_modules.checkpointing.LOG_ROW_KEY``; None: no such row) where the files
+    lack it. Those files already begin with the history of earlier parts, logged again."""
+    rows = [(step, metrics) for path in set_aside(logger, logs) for step, metrics in read_rows(path)
+            if metrics.get("env_frames", float("inf")) <= env_frames]
+    if pending is not None:
+        step, metrics = pending["step"], pending["metrics"]
+        rows = [r for r in rows if (r[0], r[1].keys()) != (step, metrics.keys())] + [(step, metrics)]
+    return rows
+
+
+def continue_history(logger: Logger, rows: list[Row]) -> None:
+    """Logs ``rows`` (:func:`previous_history`) into the resumed run's new ``logger`` and writes them."""
+    with warnings.catch_warnings():
+        # the log folder holds the files set aside: nothing of them is deleted, whatever the warning says
+        warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
+        for step, metrics in rows:
+            logger.log_metrics(metrics, step=step)
+    logger.save()
