@@ -48,6 +48,9 @@ CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
 schema.register()  # configs/config.yaml's defaults start with it: Hydra type-checks every key
 USER_ERRORS = (ConfigError, MissingDependency, StarCraftNotAvailable, baselines.WrongActionSpace)  # one paragraph, exit 2
 ACTIVATIONS = {"relu": torch.nn.ReLU, "tanh": torch.nn.Tanh}  # algorithm.activation of the MLPs
+# Top-level keys added to configs/config.yaml after runs were saved, with the value that trains as
+# those runs did: `resume=` fills them into an older run's config.yaml.
+KEYS_ADDED_SINCE = {"reward_std": None}  # raw rewards, as before reward standardisation existed
 DDP_STRATEGY = "ddp_find_unused_parameters_true"  # several learners: fop_modules/distributed.py
 # `hydra.run.dir: ${if_null:${resume},<new dir>}`: a resumed run writes into the run it continues
 OmegaConf.register_new_resolver("if_null", lambda value, default: default if value is None else value, replace=True)
@@ -351,6 +354,9 @@ def resumed_config(cfg: DictConfig, task_overrides: list[str]) -> DictConfig:
             f"resume={cfg.resume} continues that run in its own directory; drop hydra.run.dir={run_dirs[0]}"
         )
     resumed = OmegaConf.load(saved)
+    for key, value in KEYS_ADDED_SINCE.items():  # a run saved before a key existed trained without it
+        if key not in resumed:
+            resumed[key] = value
     resumed.resume = cfg.resume
     return resumed
 

@@ -162,6 +162,17 @@ def test_resume_refuses_other_overrides_and_needs_a_checkpoint(tmp_path):
         train.resumed_config(cfg, [f"resume={tmp_path}", "seed=3", "hydra.run.dir=x"])
 
 
+def test_a_run_saved_before_a_key_existed_resumes_as_it_trained(tmp_path):
+    """A run saved before `reward_std` existed trained on raw rewards; resume used to fail with
+    `Missing key reward_std`."""
+    cfg = OmegaConf.create(OmegaConf.to_container(_compose([*SHORT, "checkpoint.every_frames=0"])))
+    del cfg["reward_std"]  # a config.yaml written before the key existed
+    OmegaConf.save(cfg, tmp_path / "config.yaml")
+    resumed = train.resumed_config(OmegaConf.create({"resume": str(tmp_path)}), [f"resume={tmp_path}"])
+    assert resumed.reward_std is None  # raw rewards, as that run trained
+    assert train.schema.validate(resumed) is not None
+
+
 def test_a_write_killed_midway_leaves_the_previous_checkpoint_whole(tmp_path, monkeypatch):
     io, path = AtomicCheckpointIO(), tmp_path / "last.ckpt"
     io.save_checkpoint({"step": torch.tensor(1)}, path)
