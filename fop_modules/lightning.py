@@ -115,6 +115,13 @@ class OptimConfig:
         if self.hard_update_interval < 1:
             raise ValueError(f"optim.hard_update_interval must be >= 1, got {self.hard_update_interval}")
 
+    def make_optimizer(self, param_groups: list[dict]) -> torch.optim.Optimizer:
+        """The optimiser ``name`` names over ``param_groups`` (each group with its own ``lr``),
+        with ``eps`` (and ``rmsprop_alpha`` for RMSprop)."""
+        if self.name == "adam":
+            return torch.optim.Adam(param_groups, eps=self.eps)
+        return torch.optim.RMSprop(param_groups, alpha=self.rmsprop_alpha, eps=self.eps)
+
 
 @dataclass
 class CollectConfig:
@@ -348,16 +355,7 @@ class MARLLightningModule(L.LightningModule):
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
-        o = self.optim
-        optimizers = []
-        for objective in self.objectives.values():
-            if o.name == "adam":
-                optimizers.append(torch.optim.Adam(objective.param_groups, eps=o.eps))
-            else:
-                optimizers.append(
-                    torch.optim.RMSprop(objective.param_groups, alpha=o.rmsprop_alpha, eps=o.eps)
-                )
-        return optimizers
+        return [self.optim.make_optimizer(objective.param_groups) for objective in self.objectives.values()]
 
     nonfinite_skips: int = 0  # optimiser steps skipped for a nan/inf loss (optim.on_nonfinite=skip)
 

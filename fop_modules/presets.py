@@ -35,7 +35,6 @@ Examples:
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from typing import Literal
 
@@ -125,13 +124,13 @@ class FOPPreset:
             loss.make_value_estimator(ValueEstimators.TDLambda, gamma=self.gamma, lmbda=self.td_lambda)
 
     def make_optimizers(self, loss: FOPLoss) -> dict[str, torch.optim.Optimizer]:
-        """One optimiser per objective with the preset's rates (:meth:`FOPLoss.make_optimizers`);
-        clip each objective's gradient norm to ``optim.grad_clip`` before its step."""
+        """One optimiser per objective (:meth:`FOPLoss.param_groups`) with the preset's rates and
+        optimiser (:meth:`OptimConfig.make_optimizer`, as the training loop builds them); clip each
+        objective's gradient norm to ``optim.grad_clip`` before its step."""
         o = self.optim
-        optimizer = (torch.optim.Adam if o.name == "adam"
-                     else functools.partial(torch.optim.RMSprop, alpha=o.rmsprop_alpha))
-        return loss.make_optimizers(optimizer, eps=o.eps, lr_qvalue=o.lr_qvalue, lr_mixer=o.lr_mixer,
-                                    lr_value=o.lr_value, lr_actor=o.lr_actor, lr_alpha=o.lr_alpha)
+        groups = loss.param_groups(lr_qvalue=o.lr_qvalue, lr_mixer=o.lr_mixer, lr_value=o.lr_value,
+                                   lr_actor=o.lr_actor, lr_alpha=o.lr_alpha)
+        return {key: o.make_optimizer(objective_groups) for key, objective_groups in groups.items()}
 
     def make_target_updater(self, loss: FOPLoss) -> SoftUpdate | HardUpdate:
         """The target critics' and mixers' update: polyak (``tau``) or a copy every

@@ -71,22 +71,17 @@ def make_env(env_cfg: DictConfig, algo: DictConfig, num_envs: int | None = None,
     overrides = {"num_envs": num_envs} if num_envs is not None and "num_envs" in env_cfg else {}
     with startup_errors("env", env_cfg):  # the env's own checks, named as env.<key>
         env = instantiate(env_cfg, **overrides)
-    if reward_std is not None:
-        env = TransformedEnv(env, fit_reward_standardisation(env, std=reward_std))
-    if not uses_gru(algo):
-        return env
-    action_spec = env.full_action_spec["agents", "action"]  # [*E, N], discrete
-    if action_spec.dtype not in (torch.int64, torch.int32):
-        raise ConfigError(
-            "algorithm.recurrent and recurrent_critic need discrete actions (the authors' GRU "
-            "networks); this env's actions are continuous"
-        )
-    n_agents, n_actions = action_spec.shape[-1], action_spec.space.n
-    transforms = recurrent.recurrent_transforms(n_agents, n_actions, algo.rnn_hidden, env.batch_size)
-    if isinstance(env, TransformedEnv):
-        env.append_transform(Compose(*transforms))
-        return env
-    return TransformedEnv(env, Compose(*transforms))
+    transforms = [fit_reward_standardisation(env, std=reward_std)] if reward_std is not None else []
+    if uses_gru(algo):
+        action_spec = env.full_action_spec["agents", "action"]  # [*E, N], discrete
+        if action_spec.dtype not in (torch.int64, torch.int32):
+            raise ConfigError(
+                "algorithm.recurrent and recurrent_critic need discrete actions (the authors' GRU "
+                "networks); this env's actions are continuous"
+            )
+        n_agents, n_actions = action_spec.shape[-1], action_spec.space.n
+        transforms += recurrent.recurrent_transforms(n_agents, n_actions, algo.rnn_hidden, env.batch_size)
+    return TransformedEnv(env, Compose(*transforms)) if transforms else env
 
 
 def build_loss(env, algo: DictConfig) -> tuple[FOPLoss, torch.nn.Module]:
@@ -265,8 +260,7 @@ def train(cfg: DictConfig, run_dir: Path, callbacks: Sequence[L.Callback] = ()) 
 
 def reward_scaling(env) -> RewardScaling | None:
     """The env's reward standardisation (``reward_std``), if it has one."""
-    transform = env.transform if isinstance(env, TransformedEnv) else None
-    transforms = list(transform) if isinstance(transform, Compose) else [transform]
+    transforms = env.transform if isinstance(env, TransformedEnv) else []  # make_env's Compose
     return next((t for t in transforms if isinstance(t, RewardScaling)), None)
 
 
