@@ -142,6 +142,6 @@ def wandb_rewind(saved: dict[str, Any] | None) -> dict[str, Any]:
     """
     if saved is None:
         return {}
-    # resume_from keeps the rows up to _step=k and logs on from k + 1; resume=None: WandbLogger's
-    # default resume="allow" excludes resume_from
+    # resume_from keeps the rows up to _step=k (none for k = -1) and logs on from k + 1;
+    # resume=None: WandbLogger's default resume="allow" excludes resume_from
     return {"id": saved["id"], "resume": None, "resume_from": f"{saved['id']}?_step={saved['step'] - 1}"}
