@@ -1,13 +1,24 @@
-"""A resumed run's metrics as one history, in ``logs/metrics.csv`` (``logger=csv``) and in
-TensorBoard's event files (``logger=tensorboard``).
+"""A resumed run's metrics as one history, in ``logs/metrics.csv`` (``logger=csv``), in
+TensorBoard's event files (``logger=tensorboard``) and in one W&B run (``logger=wandb``).
 
 At a resume, :func:`previous_history` sets the interrupted part's files aside (TensorBoard would
 otherwise show the steps it logged after its checkpoint twice, CSVLogger would delete
 metrics.csv) and returns its rows up to the checkpoint's env frame, with the row of the batch
 that wrote the checkpoint (stored in the checkpoint, since a kill can land before that row is
 written). :func:`continue_history` logs them again into the resumed run's logger, whose files then
-hold every step once: the history up to the checkpoint, then the resumed part. ``logger=wandb``
-keeps its own runs (nothing is set aside).
+hold every step once: the history up to the checkpoint, then the resumed part.
+
+W&B keeps the history in its run, not in our files: :class:`WandbRunCheckpoint` stores the run's
+id and the W&B step (``_step``) of its next row with every checkpoint, and a resume continues
+that run rewound to the checkpoint (:func:`wandb_rewind`: ``wandb.init(id=..., resume_from=
+"<id>?_step=<k>")``, W&B's run rewind), which drops the rows the interrupted part logged after
+it; :func:`continue_history` then logs only the checkpoint batch's row. Rewind rather than
+``resume="must"``: a resumed W&B run continues after the last row it holds, so the steps logged
+between the checkpoint and the interruption would appear twice; only a rewind removes them.
+Offline, wandb (0.31) writes the rewind into the part's own files and ``wandb sync`` applies it;
+the W&B server must offer run rewind. A SIGKILL loses the rows wandb had not yet written (it
+flushes its offline file every 15 s and stops with the process): those before the checkpoint
+are then missing from the W&B run.
 """
 
 from __future__ import annotations
@@ -17,9 +28,11 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch.loggers import Logger
+from lightning.pytorch import Callback
+from lightning.pytorch.loggers import Logger, WandbLogger
 
 Row = tuple[int, dict[str, float]]  # (logger step, metrics), as Logger.log_metrics takes them
+WANDB_RUN_KEY = "wandb_run"  # in a checkpoint: {"id": the W&B run id, "step": the _step of its next row}
 
 
 def set_aside(logger: str, logs: Path) -> list[Path]:
@@ -91,3 +104,44 @@ def continue_history(logger: Logger, rows: list[Row]) -> None:
         for step, metrics in rows:
             logger.log_metrics(metrics, step=step)
     logger.save()
+
+
+class WandbRunCheckpoint(Callback):
+    """Stores, with every checkpoint, the W&B run's id and the W&B step (``_step``, one per
+    logged row) its next row gets (:data:`WANDB_RUN_KEY`); nothing without a
+    :class:`~lightning.pytorch.loggers.WandbLogger`. A checkpoint saved in ``on_train_batch_end``
+    comes before that batch's row, so the rows up to the checkpoint are those below ``step``.
+
+    Examples:
+        >>> from types import SimpleNamespace
+        >>> checkpoint, csv_only = {}, SimpleNamespace(loggers=[], is_global_zero=True)
+        >>> WandbRunCheckpoint().on_save_checkpoint(csv_only, None, checkpoint)  # no W&B run: nothing
+        >>> checkpoint
+        {}
+    """
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
+        loggers = [logger for logger in trainer.loggers if isinstance(logger, WandbLogger)]
+        if loggers and trainer.is_global_zero:  # (other ranks hold no W&B run)
+            run = loggers[0].experiment
+            # max: wandb 0.31 reads run.step as 0 until a rewound run's first row
+            checkpoint[WANDB_RUN_KEY] = {"id": run.id, "step": max(run.step, run.starting_step)}
+
+
+def wandb_rewind(saved: dict[str, Any] | None) -> dict[str, Any]:
+    """``wandb.init`` arguments (through ``WandbLogger(**...)``) that continue the W&B run a
+    checkpoint stored (:class:`WandbRunCheckpoint`) rewound to that checkpoint: the rows the
+    interrupted part logged after it are dropped, the next row gets its step. None (a checkpoint
+    written without a W&B run): no arguments, a new W&B run.
+
+    Examples:
+        >>> wandb_rewind({"id": "a1b2c3d4", "step": 17})
+        {'id': 'a1b2c3d4', 'resume': None, 'resume_from': 'a1b2c3d4?_step=16'}
+        >>> wandb_rewind(None)
+        {}
+    """
+    if saved is None:
+        return {}
+    # resume_from keeps the rows up to _step=k (none for k = -1) and logs on from k + 1;
+    # resume=None: WandbLogger's default resume="allow" excludes resume_from
+    return {"id": saved["id"], "resume": None, "resume_from": f"{saved['id']}?_step={saved['step'] - 1}"}

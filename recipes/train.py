@@ -40,7 +40,9 @@ from fop_modules.lightning import FOPLightningModule, MARLLightningModule
 from fop_modules.optional import MissingDependency, require
 from fop_modules.reward_scaling import fit_reward_standardisation
 
-from history import continue_history, previous_history  # recipes/history.py: one history across resumes
+from history import (  # recipes/history.py: one history across resumes
+    WANDB_RUN_KEY, WandbRunCheckpoint, continue_history, previous_history, wandb_rewind,
+)
 import schema  # recipes/schema.py: the config's types (ConfigStore) and ranges (validate)
 from schema import ConfigError, startup_errors
 
@@ -169,15 +171,16 @@ def build_module(cfg: DictConfig, typed, env) -> tuple[MARLLightningModule, torc
     return module, policy, loss.joint_q
 
 
-def make_logger(name: str, run_dir: Path, run_name: str):
-    """Lightning's CSV, TensorBoard or W&B logger writing under ``run_dir``."""
+def make_logger(name: str, run_dir: Path, run_name: str, wandb_run: dict | None = None):
+    """Lightning's CSV, TensorBoard or W&B logger writing under ``run_dir``. ``wandb_run``: the
+    W&B run a resumed run's checkpoint stored, continued from that checkpoint (recipes/history.py)."""
     if name == "csv":
         return CSVLogger(run_dir, name="logs", version="")
     if name == "tensorboard":
         require("tensorboard", needed_for="logger=tensorboard", extra="tensorboard")
         return TensorBoardLogger(run_dir, name="logs", version="")
     require("wandb", needed_for="logger=wandb", extra="wandb")
-    return WandbLogger(name=run_name, save_dir=run_dir, project="fop_modules")
+    return WandbLogger(name=run_name, save_dir=run_dir, project="fop_modules", **wandb_rewind(wandb_run))
 
 
 def train(cfg: DictConfig, run_dir: Path, callbacks: Sequence[L.Callback] = ()) -> Path | None:
@@ -193,7 +196,8 @@ def train(cfg: DictConfig, run_dir: Path, callbacks: Sequence[L.Callback] = ()) 
     for note in resume.notes if resume is not None else []:
         print(note, flush=True)
     run_dir.mkdir(parents=True, exist_ok=True)
-    logger = make_logger(cfg.logger, run_dir, cfg.name)  # a missing package fails before building
+    # a missing package fails before building
+    logger = make_logger(cfg.logger, run_dir, cfg.name, resume.wandb_run if resume is not None else None)
     if resume is not None and rank_zero_only.rank == 0:  # DDP: rank 0's files
         # the new logger's files start with the history up to the checkpoint
         continue_history(logger, previous_history(cfg.logger, run_dir / "logs", resume.env_frames, resume.log_row))
@@ -213,7 +217,7 @@ def train(cfg: DictConfig, run_dir: Path, callbacks: Sequence[L.Callback] = ()) 
     # also saves and stops on SIGINT/SIGTERM, and keeps the run's wall time across resumes
     checkpoint = EnvFrameCheckpoint(ckpt_dir, cfg.checkpoint.every_frames, started=start)
     trainer = make_trainer(cfg.trainer, max_epochs=1, logger=logger, default_root_dir=run_dir,
-                           callbacks=[checkpoint, RNGCheckpoint(), ranks, *callbacks],
+                           callbacks=[checkpoint, RNGCheckpoint(), WandbRunCheckpoint(), ranks, *callbacks],
                            plugins=[AtomicCheckpointIO()])
     try:
         trainer.fit(module, ckpt_path=resume.checkpoint if resume is not None else None)
@@ -293,14 +297,16 @@ class RunInterrupted(Exception):
 @dataclass
 class ResumePoint:
     """Where ``resume=<run dir>`` continues: the checkpoint, its env frames, whether the run is
-    finished (every frame trained and summary.json written), notes on checkpoints skipped, and the
-    training row the checkpoint's batch logged after it (fop_modules.checkpointing.LOG_ROW_KEY)."""
+    finished (every frame trained and summary.json written), notes on checkpoints skipped, the
+    training row the checkpoint's batch logged after it (fop_modules.checkpointing.LOG_ROW_KEY) and
+    the W&B run it logged to (history.WANDB_RUN_KEY; None: another logger)."""
 
     checkpoint: Path
     env_frames: int
     finished: bool
     notes: list[str]
     log_row: dict | None = None
+    wandb_run: dict | None = None
 
     def finished_message(self, run_dir: Path) -> str:
         return f"resume={run_dir}: the run is finished ({self.env_frames} env frames); nothing to do"
@@ -325,7 +331,7 @@ def resume_point(run_dir: Path, total_frames: int) -> ResumePoint:
     frames = int(content["fop_run"]["env_frames"])
     notes = [f"note: {line}; resuming from {path} (env frame {frames})" for line in skipped]
     finished = frames >= total_frames and (run_dir / "summary.json").is_file()
-    return ResumePoint(path, frames, finished, notes, content.get(LOG_ROW_KEY))
+    return ResumePoint(path, frames, finished, notes, content.get(LOG_ROW_KEY), content.get(WANDB_RUN_KEY))
 
 
 def resumed_config(cfg: DictConfig, task_overrides: list[str]) -> DictConfig:

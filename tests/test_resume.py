@@ -422,8 +422,8 @@ def test_plot_reads_a_resumed_run_as_one_history(tmp_path):
 KILL_RUN = ["collect.total_frames=640", "checkpoint.every_frames=160", "trainer.log_every_n_steps=1",
             "trainer.enable_progress_bar=false", "collect.eval_interval=160"]
 
-# the recipe, killed by SIGKILL at the end of the training batch that reaches `frames` env frames
-# (after that batch's checkpoint, if it writes one, and before Lightning logs its row)
+# the recipe, killed by SIGKILL (or another `fault`) at the end of the training batch that reaches
+# `frames` env frames (after that batch's checkpoint, if it writes one, and before Lightning logs its row)
 KILLED_AT = """
 import os, signal, sys
 from fop_modules.checkpointing import EnvFrameCheckpoint
@@ -431,7 +431,7 @@ batch_end = EnvFrameCheckpoint.on_train_batch_end
 def batch_end_then_die(self, trainer, pl_module, *args):
     batch_end(self, trainer, pl_module, *args)
     if pl_module.env_frames == {frames}:
-        os.kill(os.getpid(), signal.SIGKILL)
+        {fault}
 EnvFrameCheckpoint.on_train_batch_end = batch_end_then_die
 sys.path.insert(0, {recipes!r})
 sys.argv[0] = os.path.join({recipes!r}, "train.py")
@@ -441,8 +441,11 @@ train.main()
 """
 
 
-def _killed_at(frames: int, *args: str) -> subprocess.CompletedProcess:
-    code = KILLED_AT.format(frames=frames, recipes=str(ROOT / "recipes"))
+SIGKILL_SELF = "os.kill(os.getpid(), signal.SIGKILL)"
+
+
+def _killed_at(frames: int, *args: str, fault: str = SIGKILL_SELF) -> subprocess.CompletedProcess:
+    code = KILLED_AT.format(frames=frames, recipes=str(ROOT / "recipes"), fault=fault)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, env=env, timeout=300,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -455,6 +458,33 @@ def _scalars(logs: Path) -> dict[str, list[tuple[int, float]]]:
     events = EventAccumulator(str(logs), size_guidance={"scalars": 0})  # 0: keep every event
     events.Reload()
     return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def _wandb_history(run_dir: Path) -> tuple[set[str], dict[str, list[tuple[int, float]]], list[float]]:
+    """What ``wandb sync`` of a run's offline parts (oldest first) makes of them: the run ids,
+    every metric's (``_step``, value) list, and the largest env frame each part logged. A part
+    that rewinds its run (the run record's ``branch_point``) first drops the rows after that
+    ``_step``. Reads each part's ``.wandb`` file with ``wandb leet inspect --json``."""
+    ids, rows, reached = set(), [], []
+    for part in sorted((run_dir / "wandb").glob("offline-run-*")):  # offline-run-<start time>-<id>
+        records = subprocess.run([sys.executable, "-m", "wandb", "leet", "inspect", "--json", str(part)],
+                                 capture_output=True, text=True, check=True, timeout=120).stdout
+        reached.append(0.0)
+        for record in map(json.loads, records.splitlines()):
+            if record["type"] == "run":
+                ids.add(record["run"]["run_id"])
+                branch = record["run"].get("branch_point")
+                if branch and branch["run"] == record["run"]["run_id"]:  # a rewind
+                    rows = [row for row in rows if row["_step"] <= branch["value"]]
+            elif record["type"] == "history":
+                rows.append(record["history"]["item"])
+                reached[-1] = max(reached[-1], rows[-1].get("env_frames", 0.0))
+    metrics: dict[str, list[tuple[int, float]]] = {}
+    for row in rows:
+        for key, value in row.items():
+            if key not in ("_runtime", "_timestamp"):  # wall clock
+                metrics.setdefault(key, []).append((row["_step"], value))
+    return ids, metrics, reached
 
 
 @pytest.mark.parametrize("logger", ["csv", "tensorboard"])
@@ -492,6 +522,43 @@ def test_kills_mid_interval_and_right_after_a_checkpoint_leave_one_history(tmp_p
             assert len(steps) == len(set(steps)), f"{tag}: a step logged twice"
         assert history[tag] == reference_history[tag], tag  # every step once, every value bit for bit
     assert len(list((killed / "logs").glob("events.out.before_resume_*"))) == 2  # the killed parts, set aside
+
+
+def test_a_crash_and_a_sigterm_leave_one_wandb_run_with_one_history(tmp_path, monkeypatch):
+    """logger=wandb, offline: a crash mid-interval (W&B holds rows past the checkpoint), a resume,
+    a SIGTERM (the checkpoint batch's row comes after the checkpoint), a resume: one W&B run whose
+    history, as ``wandb sync`` applies the parts' rewinds, is the uninterrupted run's, each row once
+    at the same ``_step``. Resuming the finished run changes nothing."""
+    pytest.importorskip("wandb", reason="the wandb extra: pip install -e '.[wandb]'")
+    monkeypatch.setenv("WANDB_MODE", "offline")  # no network, no account (the recipes' subprocesses inherit it)
+    for key, folder in (("WANDB_CONFIG_DIR", "config"), ("WANDB_CACHE_DIR", "cache"), ("WANDB_DATA_DIR", "data")):
+        monkeypatch.setenv(key, str(tmp_path / "wandb_home" / folder))
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    reference = _recipe(*KILL_RUN, "logger=wandb", f"hydra.run.dir={whole}")
+    crash = _killed_at(400, *KILL_RUN, "logger=wandb", f"hydra.run.dir={killed}", fault="raise RuntimeError('crash')")
+    assert crash.returncode == 1 and "RuntimeError: crash" in crash.stdout, crash.stdout
+    sigterm = _killed_at(480, f"resume={killed}", fault="os.kill(os.getpid(), signal.SIGTERM)")
+    assert sigterm.returncode == 128 + signal.SIGTERM, sigterm.stdout
+    stopped_at = torch.load(killed / "checkpoints" / "last.ckpt")["fop_run"]["env_frames"]
+    resumed = _recipe(f"resume={killed}")
+    out, ref_out = resumed.communicate(timeout=300)[0], reference.communicate(timeout=300)[0]
+    assert resumed.returncode == 0, out
+    assert reference.returncode == 0, ref_out
+
+    ids, history, reached = _wandb_history(killed)
+    reference_ids, reference_history, _ = _wandb_history(whole)
+    assert len(ids) == 1 and len(reference_ids) == 1, ids  # one W&B run across the resumes
+    # the parts logged past their checkpoints: up to the batch before the crash (checkpoint 320),
+    # then the row of the checkpoint batch itself
+    assert 320 < reached[0] < 400 and reached[1] == stopped_at, reached
+    assert history.keys() == reference_history.keys()
+    assert "train/loss_qvalue" in history and "eval/return" in history
+    for key in history:  # every row once, at the uninterrupted run's _step, every value the same
+        assert history[key] == reference_history[key], key
+    before = _snapshot(killed)
+    again = _recipe(f"resume={killed}")
+    assert again.wait(timeout=120) == 0, again.stdout.read()
+    assert _snapshot(killed) == before
 
 
 def test_wall_time_counts_every_part_of_a_resumed_run(tmp_path):
