@@ -38,3 +38,18 @@ def test_bad_arguments_raise():
         focus_fire_policy(3, 3, "closest")
     with pytest.raises(ValueError, match="must be >= 1"):
         focus_fire_policy(0, 3)
+
+
+def test_greedy_rollouts_stop_once_every_battle_has_ended():
+    """Evaluation plays each copy's first battle only: it stops at the longest battle (here
+    under 30 steps), not at the 101-step episode limit, and counts the same wins as play_greedy."""
+    from fop_modules.evaluation import first_episodes, greedy_rollouts
+
+    torch.manual_seed(0)
+    env = SMAXEnv("3m", num_envs=16, seed=0)
+    (rollout,) = greedy_rollouts(env, focus_fire_policy(3, 3, "weakest"), episodes=16, max_steps=env.episode_limit)
+    _, ended, won = first_episodes(rollout)
+    assert ended.all() and rollout.shape[1] < 30, rollout.shape
+    done_at = rollout["next", "done"].squeeze(-1).int().argmax(-1)
+    assert done_at.max() == rollout.shape[1] - 1  # the longest battle ends at the last step
+    assert 0 < won.sum() < 16
