@@ -34,14 +34,14 @@ from tensordict import TensorDictBase
 from torch import nn
 from torchrl.collectors import BaseCollector
 from torchrl.data import TensorDictReplayBuffer
-from torchrl.envs import DeviceCastTransform, EnvBase, ExplorationType, set_exploration_type
+from torchrl.envs import DeviceCastTransform, EnvBase
 from torchrl.objectives import HardUpdate, LossModule, SoftUpdate
 
 from fop_modules.checkpointing import gather_ranks, load_replay_state, replay_state
 from fop_modules.collectors import KINDS as COLLECTOR_KINDS
 from fop_modules.collectors import make_collector, needs_weight_sync
 from fop_modules.episodes import EpisodeAssembler, mask_partial_episodes
-from fop_modules.evaluation import first_episodes
+from fop_modules.evaluation import first_episodes, greedy_rollouts
 from fop_modules.loss import FOPLoss, trainable
 from fop_modules.replay import make_replay_buffer
 from fop_modules.temperature import TemperatureSchedule
@@ -486,12 +486,8 @@ class MARLLightningModule(L.LightningModule):
         if self.device != env_device:  # a learner on GPU, envs on CPU: play with a CPU copy
             policy = copy.deepcopy(policy).to(env_device)
         # float32 play, as the collectors' (trainer.precision=bf16-mixed autocasts the training step)
-        with set_exploration_type(ExplorationType.DETERMINISTIC), torch.autocast(self.device.type, enabled=False):
-            if env.batch_size:
-                rollouts = [env.rollout(self.collect.eval_max_steps, policy, break_when_any_done=False)]
-            else:
-                rollouts = [env.rollout(self.collect.eval_max_steps, policy).unsqueeze(0)
-                            for _ in range(self.collect.eval_envs)]
+        with torch.autocast(self.device.type, enabled=False):
+            rollouts = greedy_rollouts(env, policy, self.collect.eval_envs, self.collect.eval_max_steps)
         returns, wins = [], []
         for rollout in rollouts:  # [E, T]: each env's first episode counts
             episode_return, _, won = first_episodes(rollout)

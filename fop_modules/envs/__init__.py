@@ -7,6 +7,7 @@ from fop_modules.envs.matrix_game import QTRAN_PAYOFF, MatrixGameEnv
 from fop_modules.envs.smac import SMACEnv, StarCraftNotAvailable
 from fop_modules.envs.smac_fake import FakeStarCraft2Env
 from fop_modules.envs.smax import SMAXEnv  # imports jax only when built
+from fop_modules.envs.smax_scripted import focus_fire_policy
 from fop_modules.envs.vmas import TeamReward, make_vmas_env
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "StarCraftNotAvailable",
     "FakeStarCraft2Env",
     "SMAXEnv",
+    "focus_fire_policy",
     "make_vmas_env",
     "TeamReward",
 ]
