@@ -131,21 +131,37 @@ def _swapped(module: nn.Module, params: TensorDictBase):
             table[name] = old
 
 
+def _module_outputs(net: TensorDictModule, tensordict: TensorDictBase,
+                    replace: dict[NestedKey, Tensor] | None = None) -> dict[NestedKey, Tensor]:
+    """A plain ``TensorDictModule``'s outputs ``{out key: tensor}``, its ``nn.Module`` called on
+    the input tensors (those in ``replace`` taking precedence) directly: no TensorDict is
+    selected, built or written (hot path, see :func:`_swapped`)."""
+    inputs = [replace[k] if replace and k in replace else tensordict.get(k) for k in net.in_keys]
+    out = net.module(*inputs)
+    return dict(zip(net.out_keys, out if isinstance(out, tuple) else (out,)))
+
+
 def _module_output(net: nn.Module, tensordict: TensorDictBase, key: NestedKey,
                    replace: dict[NestedKey, Tensor] | None = None) -> Tensor | None:
-    """``net(tensordict)[key]`` (inputs in ``replace`` taking precedence), calling a plain
-    ``TensorDictModule``'s ``nn.Module`` on its input tensors directly: no TensorDict is selected,
-    built or written (hot path, see :func:`_swapped`). Other modules run on a selected copy."""
+    """``net(tensordict)[key]`` (inputs in ``replace`` taking precedence): a plain
+    ``TensorDictModule`` by :func:`_module_outputs`, other modules on a selected copy."""
     replace = {unravel_key(name): value for name, value in (replace or {}).items()}
     if type(net) is not TensorDictModule:
         td = tensordict.select(*net.in_keys, strict=False)
         for name, value in replace.items():
             td.set(name, value)
         return net(td).get(key, None)
-    inputs = [replace[k] if k in replace else tensordict.get(k) for k in net.in_keys]
-    out = net.module(*inputs)
-    out = out if isinstance(out, tuple) else (out,)
-    return dict(zip(net.out_keys, out)).get(unravel_key(key))
+    return _module_outputs(net, tensordict, replace).get(unravel_key(key))
+
+
+def _two_stage(actor: nn.Module) -> tuple[TensorDictModule, nn.Module] | None:
+    """(parameter module, probabilistic module) of an actor built as ``networks`` builds them
+    (a ``ProbabilisticActor`` of a plain ``TensorDictModule`` and the distribution), else None."""
+    stages = getattr(actor, "module", None)
+    if (isinstance(actor, ProbabilisticTensorDictSequential) and isinstance(stages, nn.ModuleList)
+            and len(stages) == 2 and type(stages[0]) is TensorDictModule and hasattr(stages[1], "dist_keys")):
+        return stages[0], stages[1]
+    return None
 
 
 class FOPLoss(LossModule):
@@ -675,15 +691,23 @@ class FOPLoss(LossModule):
 
     def _policy(self, tensordict: TensorDictBase):
         """Discrete: (probs, log_probs) [*B, N, A], both 0 at unavailable actions. Continuous: dist."""
-        if self._encoders:  # a GRU actor: its unroll reads the module's state (leave it as is)
+        stages = None if self._encoders else _two_stage(self.actor_network)
+        if stages is None:  # e.g. a GRU actor, whose unroll reads the module's state: TensorDict's path
             with self.actor_network_params.to_module(self.actor_network):
                 dist = self.actor_network.get_dist(tensordict)
-        else:
+            logits = dist.logits if self.discrete else None
+        else:  # hot path: the parameter module on tensors, then the distribution (same values)
+            head, dist_module = stages
             with _swapped(self.actor_network, self.actor_network_params):
-                dist = self.actor_network.get_dist(tensordict)
+                outputs = _module_outputs(head, tensordict)
+            # The distribution as the actor builds it (a categorical's normalised logits round
+            # differently from the raw ones: reading those would change the results).
+            inputs = tensordict.select(*(k for k in dist_module.in_keys if k not in outputs), strict=False)
+            inputs.update(outputs)
+            dist = dist_module.get_dist(inputs)
+            logits = dist.logits if self.discrete else None
         if not self.discrete:
             return dist
-        logits = dist.logits
         mask = tensordict.get(self.tensor_keys.action_mask, None)
         if mask is None:
             log_probs = torch.log_softmax(logits, -1)
