@@ -35,7 +35,7 @@ from torch import nn
 from torchrl.collectors import BaseCollector
 from torchrl.data import TensorDictReplayBuffer
 from torchrl.envs import DeviceCastTransform, EnvBase
-from torchrl.objectives import HardUpdate, LossModule, SoftUpdate
+from torchrl.objectives import HardUpdate, LossModule
 
 from fop_modules.checkpointing import gather_ranks, load_replay_state, replay_state
 from fop_modules.collectors import KINDS as COLLECTOR_KINDS
@@ -44,6 +44,7 @@ from fop_modules.episodes import EpisodeAssembler, mask_partial_episodes
 from fop_modules.evaluation import first_episodes, greedy_rollouts
 from fop_modules.loss import FOPLoss, trainable
 from fop_modules.replay import make_replay_buffer
+from fop_modules.target_update import FusedSoftUpdate
 from fop_modules.temperature import TemperatureSchedule
 
 __all__ = [
@@ -223,7 +224,8 @@ class MARLLightningModule(L.LightningModule):
 
     Args:
         loss_module: a TorchRL ``LossModule`` whose output holds every ``Objective.loss_key``
-            (it holds every network; SoftUpdate/HardUpdate are built from it).
+            (it holds every network; the soft (:class:`~fop_modules.target_update.FusedSoftUpdate`)
+            or hard target update is built from it).
         policy: the policy used for collection, exploration included (its deterministic mode
             is the greedy evaluation policy).
         objectives: ``name -> Objective``, stepped in this order after one call of the loss
@@ -273,7 +275,7 @@ class MARLLightningModule(L.LightningModule):
         # that does not start an episode is masked out.
         self.assembler = EpisodeAssembler() if collect.sequence_length is not None else None
         if optim.target_update == "soft":
-            self.target_updater = SoftUpdate(loss_module, tau=optim.tau)
+            self.target_updater = FusedSoftUpdate(loss_module, tau=optim.tau)  # SoftUpdate's values, one call
         else:
             self.target_updater = HardUpdate(
                 loss_module, value_network_update_interval=optim.hard_update_interval

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import weakref
 from copy import deepcopy
 from dataclasses import dataclass
 from functools import partial
@@ -78,6 +79,89 @@ def _nonfinite_message(key: NestedKey, tensor: Tensor) -> str | None:
         return None
     return (f"FOPLoss: {key!r} holds {count} NaN or infinite value(s): the losses and gradients "
             "would be NaN (loss.check_values=False skips this check)")
+
+
+# module -> (leaf keys, [(the owner's _parameters or _buffers dict, name)]): where `_swapped`
+# assigns each leaf of a parameter TensorDict (found once per module; weak: no module kept alive)
+_SLOTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _slots(module: nn.Module, keys: list) -> list[tuple[dict, str]] | None:
+    """The (table, name) of each leaf key of ``module``, or None if one is neither a registered
+    parameter nor a buffer."""
+    cached = _SLOTS.get(module)
+    if cached is not None and cached[0] == keys:
+        return cached[1]
+    slots = []
+    for key in keys:
+        path, name = (key[:-1], key[-1]) if isinstance(key, tuple) else ((), key)
+        owner = module.get_submodule(".".join(path))
+        table = owner._parameters if name in owner._parameters else owner._buffers
+        if name not in table:
+            return None
+        slots.append((table, name))
+    _SLOTS[module] = (keys, slots)
+    return slots
+
+
+@contextlib.contextmanager
+def _swapped(module: nn.Module, params: TensorDictBase):
+    """``params.to_module(module)`` for the loss's own network calls, by direct assignment.
+
+    A hot-path helper (benchmarks/update_cost.py): ``to_module`` costs about 0.1 ms per call
+    in TensorDict bookkeeping on CPU, and an update makes 10-30 such calls on small networks.
+    Each leaf of ``params`` replaces the parameter or buffer of the same name for the block, as
+    given: a Parameter, a twin's view of the stacked parameters (gradients reach the stack) or a
+    detached tensor (a constant: nothing wraps it in a Parameter that requires grad). Falls back
+    to ``to_module`` when a leaf is neither a registered parameter nor a buffer of ``module``.
+    """
+    items = list(params.items(True, True))
+    slots = _slots(module, [key for key, _ in items])
+    if slots is None:
+        with params.to_module(module):
+            yield
+        return
+    previous = [table[name] for table, name in slots]
+    for (table, name), (_, value) in zip(slots, items):
+        table[name] = value
+    try:
+        yield
+    finally:
+        for (table, name), old in zip(slots, previous):
+            table[name] = old
+
+
+def _module_outputs(net: TensorDictModule, tensordict: TensorDictBase,
+                    replace: dict[NestedKey, Tensor] | None = None) -> dict[NestedKey, Tensor]:
+    """A plain ``TensorDictModule``'s outputs ``{out key: tensor}``, its ``nn.Module`` called on
+    the input tensors (those in ``replace`` taking precedence) directly: no TensorDict is
+    selected, built or written (hot path, see :func:`_swapped`)."""
+    inputs = [replace[k] if replace and k in replace else tensordict.get(k) for k in net.in_keys]
+    out = net.module(*inputs)
+    return dict(zip(net.out_keys, out if isinstance(out, tuple) else (out,)))
+
+
+def _module_output(net: nn.Module, tensordict: TensorDictBase, key: NestedKey,
+                   replace: dict[NestedKey, Tensor] | None = None) -> Tensor | None:
+    """``net(tensordict)[key]`` (inputs in ``replace`` taking precedence): a plain
+    ``TensorDictModule`` by :func:`_module_outputs`, other modules on a selected copy."""
+    replace = {unravel_key(name): value for name, value in (replace or {}).items()}
+    if type(net) is not TensorDictModule:
+        td = tensordict.select(*net.in_keys, strict=False)
+        for name, value in replace.items():
+            td.set(name, value)
+        return net(td).get(key, None)
+    return _module_outputs(net, tensordict, replace).get(unravel_key(key))
+
+
+def _two_stage(actor: nn.Module) -> tuple[TensorDictModule, nn.Module] | None:
+    """(parameter module, probabilistic module) of an actor built as ``networks`` builds them
+    (a ``ProbabilisticActor`` of a plain ``TensorDictModule`` and the distribution), else None."""
+    stages = getattr(actor, "module", None)
+    if (isinstance(actor, ProbabilisticTensorDictSequential) and isinstance(stages, nn.ModuleList)
+            and len(stages) == 2 and type(stages[0]) is TensorDictModule and hasattr(stages[1], "dist_keys")):
+        return stages[0], stages[1]
+    return None
 
 
 class FOPLoss(LossModule):
@@ -261,6 +345,10 @@ class FOPLoss(LossModule):
         self.convert_to_functional(
             mixers if twin_dim else mixers[0], "mixer", expand_dim=twin_dim, create_target_params=True
         )
+        # The mixer's own value check (finite state, action indices in range: one synchronisation
+        # per call, 2-6 calls per update) repeats `_check_input`'s scan of the batch, whose state,
+        # next state and actions are what the loss mixes (sampled actions are valid): off here.
+        self.mixer.check_values = False
         # A GRU critic (the re-release's) is unrolled over the [B, T] batch at every call.
         self._critic_encoders = [enc] if (enc := find_encoder(self.qvalue_network)) else []
         if value_network is not None:
@@ -373,8 +461,13 @@ class FOPLoss(LossModule):
         return self.log_alpha.detach().exp() if self.learn_alpha else self.alpha
 
     @torch.no_grad()
-    def individual_alphas(self, tensordict: TensorDictBase) -> Tensor:
-        """alpha_i per agent, shape [N, 1] (detached)."""
+    def individual_alphas(self, tensordict: TensorDictBase, policy=None) -> Tensor:
+        """alpha_i per agent, shape [N, 1] (detached).
+
+        ``policy``: the policy at ``tensordict`` as the objective computing alpha_i has it (what
+        ``_policy`` returns), so that both share one forward of the actor (same values, same
+        random draws in the same order); None: computed here.
+        """
         alpha = self.alpha_value
         shared = alpha.expand(self.n_agents, 1)
         if self.individual_temperature == "shared" or alpha == 0:
@@ -383,12 +476,12 @@ class FOPLoss(LossModule):
         v = self._value_net(tensordict, self.value_network_params)  # [*B, N, 1]
         if self.discrete:
             q_all = self._critic(tensordict, self.qvalue_network_params, 0)
-            probs, _ = self._policy(tensordict)
+            probs, _ = self._policy(tensordict) if policy is None else policy
             numerator = (probs * (q_all - v)).sum(-1, keepdim=True)  # exact E over u_i
             action = torch.distributions.Categorical(probs=probs).sample()  # u ~ pi_jt [*B, N]
             advantage = q_all.gather(-1, action.unsqueeze(-1)) - v
         else:
-            action = self._policy(tensordict).sample()
+            action = (self._policy(tensordict) if policy is None else policy).sample()
             advantage = self._critic(tensordict, self.qvalue_network_params, 0, action) - v
             numerator = advantage
         _, lam, _ = self._mix(self.mixer_params, 0, advantage + v, v, tensordict, action)
@@ -402,14 +495,15 @@ class FOPLoss(LossModule):
 
     @property
     def check_values(self) -> bool:
-        """Whether the loss (and its mixer) also read the batch's values: floats finite, action
-        indices in range (True; costs one device synchronisation and a sum over each float entry
-        per call; ``loss.check_values = False`` skips it)."""
+        """Whether the loss also reads the batch's values: floats finite, action indices in range
+        (True; costs one device synchronisation and a sum over each float entry per eq. (9) call;
+        ``loss.check_values = False`` skips it). The batch is checked once, so the mixer's own
+        check is off inside the loss."""
         return self._values_checked
 
     @check_values.setter
     def check_values(self, on: bool) -> None:
-        self._values_checked = self.mixer.check_values = bool(on)
+        self._values_checked = bool(on)
 
     def _check_input(self, tensordict: TensorDictBase) -> None:
         """Names a missing key, a wrong shape or dtype, or (with ``check_values``) a NaN/inf value
@@ -597,11 +691,23 @@ class FOPLoss(LossModule):
 
     def _policy(self, tensordict: TensorDictBase):
         """Discrete: (probs, log_probs) [*B, N, A], both 0 at unavailable actions. Continuous: dist."""
-        with self.actor_network_params.to_module(self.actor_network):
-            dist = self.actor_network.get_dist(tensordict)
+        stages = None if self._encoders else _two_stage(self.actor_network)
+        if stages is None:  # e.g. a GRU actor, whose unroll reads the module's state: TensorDict's path
+            with self.actor_network_params.to_module(self.actor_network):
+                dist = self.actor_network.get_dist(tensordict)
+            logits = dist.logits if self.discrete else None
+        else:  # hot path: the parameter module on tensors, then the distribution (same values)
+            head, dist_module = stages
+            with _swapped(self.actor_network, self.actor_network_params):
+                outputs = _module_outputs(head, tensordict)
+            # The distribution as the actor builds it (a categorical's normalised logits round
+            # differently from the raw ones: reading those would change the results).
+            inputs = tensordict.select(*(k for k in dist_module.in_keys if k not in outputs), strict=False)
+            inputs.update(outputs)
+            dist = dist_module.get_dist(inputs)
+            logits = dist.logits if self.discrete else None
         if not self.discrete:
             return dist
-        logits = dist.logits
         mask = tensordict.get(self.tensor_keys.action_mask, None)
         if mask is None:
             log_probs = torch.log_softmax(logits, -1)
@@ -630,25 +736,25 @@ class FOPLoss(LossModule):
         wrap them in new leaf Parameters that require grad (tensordict keeps the module's
         registrations), and a backward through Q_i would compute critic gradients no one reads.
         """
-        td = tensordict.select(*self.qvalue_network.in_keys, strict=False)
-        if action is not None:
-            td.set(self.tensor_keys.action, action)
-        with self._twin(params, k).to_module(self.qvalue_network, preserve_module_state=not frozen):
-            if self._critic_encoders:  # unroll the GRU with these parameters, then the head
+        key = self.tensor_keys.action_value if self.discrete else self.tensor_keys.state_action_value
+        replace = {} if action is None else {self.tensor_keys.action: action}
+        if self._critic_encoders:  # unroll the GRU with these parameters, then the head
+            td = tensordict.select(*self.qvalue_network.in_keys, strict=False)
+            td.update(replace)
+            with self._twin(params, k).to_module(self.qvalue_network, preserve_module_state=not frozen):
                 encoder = self._critic_encoders[0]
                 half = self._critic_input(tensordict)
                 unrolled = encoder.unroll(self._sequence)
                 source = unrolled if half == "root" else unrolled.get("next")
                 td.set(encoder.embed_key, source.get(encoder.embed_key))
                 with encoder.precomputed():
-                    out = self.qvalue_network(td)
-            else:
-                out = self.qvalue_network(td)
-        key = self.tensor_keys.action_value if self.discrete else self.tensor_keys.state_action_value
-        q = out.get(key, None)
+                    q = self.qvalue_network(td).get(key, None)
+        else:  # `_swapped` puts detached (frozen) params in as they are, as preserve_module_state=False
+            with _swapped(self.qvalue_network, self._twin(params, k)):
+                q = _module_output(self.qvalue_network, tensordict, key, replace)
         if q is None:
             raise KeyError(f"FOPLoss: the critic wrote no {key!r}; loss.set_keys(...) names its output")
-        batch, n = [*td.batch_size], self.n_agents
+        batch, n = [*tensordict.batch_size], self.n_agents
         if self.discrete:  # Q_i(o_i, .) for every action
             expected = ("[*B, n_agents, n_actions]", [*batch, n, self.mixer.action_dim], "Q_i(o_i, .)")
         else:
@@ -657,13 +763,12 @@ class FOPLoss(LossModule):
         return q
 
     def _value_net(self, tensordict: TensorDictBase, params: TensorDictBase) -> Tensor:
-        td = tensordict.select(*self.value_network.in_keys, strict=False)
-        with params.to_module(self.value_network):
-            v = self.value_network(td).get(self.tensor_keys.state_value, None)
+        with _swapped(self.value_network, params):
+            v = _module_output(self.value_network, tensordict, self.tensor_keys.state_value)
         if v is None:
             raise KeyError(f"FOPLoss: the value network wrote no {self.tensor_keys.state_value!r}")
         _check_shape(v, self.tensor_keys.state_value, "[*B, n_agents, 1]",
-                     [*td.batch_size, self.n_agents, 1], "the V_i network's output")
+                     [*tensordict.batch_size, self.n_agents, 1], "the V_i network's output")
         return v
 
     def _twin(self, params: TensorDictBase, k: int) -> TensorDictBase:
@@ -677,7 +782,7 @@ class FOPLoss(LossModule):
                 f"FOPLoss: the input has no global state {self.tensor_keys.state!r} for the mixer "
                 "(set it with loss.set_keys(state=...))"
             )
-        with self._twin(params, k).to_module(self.mixer):
+        with _swapped(self.mixer, self._twin(params, k)):
             return self.mixer.mix(q, v, state, action)
 
     def _soft_value(self, q_all: Tensor, alpha_i: Tensor, mask: Tensor | None) -> Tensor:
@@ -750,13 +855,14 @@ class FOPLoss(LossModule):
         rows = tensordict if rows is None else rows
         next_td = rows.get("next")
         alpha = self.alpha_value
-        alpha_i = self.individual_alphas(next_td)
+        policy = self._policy(next_td)  # one forward for alpha_i and u' (no draw in between)
+        alpha_i = self.individual_alphas(next_td, policy)
         if self.discrete:
-            probs, log_probs = self._policy(next_td)
+            probs, log_probs = policy
             next_action = torch.distributions.Categorical(probs=probs).sample()  # [*B, N]
             log_pi = log_probs.gather(-1, next_action.unsqueeze(-1))  # [*B, N, 1]
         else:
-            dist = self._policy(next_td)
+            dist = policy
             next_action = dist.sample()  # [*B, N, d]
             log_pi = dist.log_prob(next_action).unsqueeze(-1)
         q_jts = [
@@ -810,14 +916,15 @@ class FOPLoss(LossModule):
             raise RuntimeError("value_loss needs a value_network (this loss uses the analytic V_i)")
         with torch.no_grad(), self._unrolled(tensordict) as unrolled:
             unrolled = self._rows(unrolled)
-            alpha_i = self.individual_alphas(unrolled)
+            policy = self._policy(unrolled)  # one forward for alpha_i and the target
+            alpha_i = self.individual_alphas(unrolled, policy)
             params = self.qvalue_network_params
             if self.discrete:
-                probs, log_probs = self._policy(unrolled)
+                probs, log_probs = policy
                 q_all = self._min_critic(unrolled, params)
                 target = (probs * (q_all - alpha_i * log_probs)).sum(-1, keepdim=True)  # exact E
             else:
-                dist = self._policy(unrolled)
+                dist = policy
                 action = dist.sample()
                 q = self._min_critic(unrolled, params, action)
                 target = q - alpha_i * dist.log_prob(action).unsqueeze(-1)
@@ -839,16 +946,17 @@ class FOPLoss(LossModule):
             return self._actor_loss(self._rows(unrolled))
 
     def _actor_loss(self, tensordict: TensorDictBase) -> tuple[Tensor, dict[str, Tensor]]:
-        alpha_i = self.individual_alphas(tensordict)
+        policy = self._policy(tensordict)  # one forward (with gradients) for alpha_i and eq. (11)
+        alpha_i = self.individual_alphas(tensordict, policy)
         params = self.qvalue_network_params.detach()  # gradients reach pi_i only
         if self.discrete:
-            probs, log_probs = self._policy(tensordict)
+            probs, log_probs = policy
             with torch.no_grad():  # Q_i is a constant of eq. (11): no graph through the critics
                 q_all = self._min_critic(tensordict, params)
             loss = (probs * (alpha_i * log_probs - q_all)).sum(-1, keepdim=True)  # exact E [*B,N,1]
             log_pi = (probs * log_probs).sum(-1, keepdim=True).detach()  # -H(pi_i)
         else:
-            dist = self._policy(tensordict)
+            dist = policy
             action = dist.rsample()  # reparameterised: the gradient flows through Q_i(o_i, u_i)
             log_prob = dist.log_prob(action).unsqueeze(-1)  # [*B, N, 1]
             q = self._min_critic(tensordict, params, action, frozen=True)  # d Q_i / d u_i only

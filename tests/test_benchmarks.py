@@ -55,11 +55,14 @@ def test_throughput_benchmark_splits_a_real_training_run():
 
 
 def test_update_cost_benchmark_checks_the_hand_written_update_is_the_same_update():
+    tasks = ["matrix_game", "mtq", "vmas_navigation"]  # discrete; continuous with V_i and alpha_i; twins, learned alpha
     out = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "update_cost.py"), "--tasks", "matrix_game",
+        [sys.executable, str(ROOT / "benchmarks" / "update_cost.py"), "--tasks", *tasks,
          "--rounds", "1", "--repeats", "2"],
-        capture_output=True, text=True, check=True, timeout=300,
+        capture_output=True, text=True, check=True, timeout=600,
     ).stdout
-    row = [line.split() for line in out.splitlines() if line.strip().startswith("matrix_game")]
-    assert row and float(row[0][1]) < 1e-5  # one update of each from the same state: same parameters
-    assert float(row[0][2]) > 0 and float(row[0][3]) > 0 and float(row[0][4]) > 0
+    rows = {line.split()[0]: line.split() for line in out.splitlines() if line.split()[:1] and line.split()[0] in tasks}
+    assert sorted(rows) == sorted(tasks)
+    for row in rows.values():
+        assert float(row[1]) < 1e-5  # one update of each from the same state: same parameters
+        assert float(row[2]) > 0 and float(row[3]) > 0 and float(row[4]) > 0

@@ -1083,6 +1083,89 @@ def test_soft_update(value):
             assert torch.allclose(value_new, expected, atol=1e-6), (name, key)
 
 
+@pytest.mark.parametrize("value", [False, True])
+def test_fused_soft_update_gives_torchrl_soft_updates_values_bit_for_bit(value):
+    """The training loop's FusedSoftUpdate (one foreach lerp) and TorchRL's SoftUpdate agree exactly."""
+    from fop_modules.target_update import FusedSoftUpdate
+
+    names = ["qvalue_network", "mixer"] + (["value_network"] if value else [])
+    losses = [discrete_loss(value=value, nq=2) for _ in range(2)]
+    losses[1].load_state_dict(losses[0].state_dict())
+    updaters = [SoftUpdate(losses[0], tau=0.3), FusedSoftUpdate(losses[1], tau=0.3)]
+    for step in range(3):  # several steps: the fused one collects its pairs once
+        for loss in losses:  # the same perturbation of both
+            torch.manual_seed(step)
+            for name in names:
+                _perturb(getattr(loss, f"{name}_params"))
+        for updater in updaters:
+            updater.step()
+        for name in names:
+            ours, theirs = (getattr(loss, f"target_{name}_params") for loss in losses[::-1])
+            assert all(torch.equal(ours[key], value) for key, value in theirs.items(True, True)), name
+
+
+@pytest.mark.parametrize("variant", ["discrete", "continuous"])
+def test_objectives_call_the_networks_without_tensordict_to_module(variant, monkeypatch):
+    """Hot path (benchmarks/update_cost.py): the loss swaps its functional parameters in by direct
+    assignment (`_swapped`), not by TensorDict's `to_module` (about 0.1 ms per call on CPU),
+    and its outputs are those of a `to_module` call of the same networks."""
+    from tensordict.base import TensorDictBase
+
+    loss = discrete_loss(value=True, nq=2) if variant == "discrete" else continuous_loss(nq=2)
+    td = discrete_td() if variant == "discrete" else continuous_td()
+    calls = []
+    original = TensorDictBase.to_module
+    monkeypatch.setattr(TensorDictBase, "to_module", lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
+    torch.manual_seed(3)
+    out = loss(td)
+    assert calls == []
+    for twin in range(2):  # twin k's critic through TensorDict's own call, for reference
+        params = loss.qvalue_network_params[twin]
+        inputs = td.select(*loss.qvalue_network.in_keys)
+        with params.to_module(loss.qvalue_network):
+            expected = loss.qvalue_network(inputs).get(loss.qvalue_network.out_keys[0])
+        assert torch.equal(loss._critic(td, loss.qvalue_network_params, twin,
+                                        td.get(ACTION_KEY) if variant == "continuous" else None), expected)
+    assert all(torch.isfinite(out[key]).all() for key in out.keys() if key.startswith("loss_"))
+
+
+@pytest.mark.parametrize("variant", ["discrete", "continuous"])
+def test_paper_alpha_i_shares_the_objectives_policy_forward(variant, monkeypatch):
+    """eq. (10) and eq. (11) with the paper's alpha_i run the actor once each (alpha_i samples the
+    objective's own policy), and the values are those of separate forwards."""
+    make = (lambda: discrete_loss(value=True, individual_temperature="paper")) if variant == "discrete" else (
+        lambda: continuous_loss(individual_temperature="paper"))
+    loss, td = make(), discrete_td() if variant == "discrete" else continuous_td()
+    actor_mlp = next(m for m in loss.actor_network.modules() if isinstance(m, networks.AgentMLP))
+    calls = []
+    monkeypatch.setattr(type(actor_mlp), "__call__", lambda self, *a: calls.append(self) or nn.Module.__call__(self, *a))
+    for objective in (loss.value_loss, loss.actor_loss):
+        calls.clear()
+        torch.manual_seed(4)
+        shared = objective(td)[0]
+        assert sum(c is actor_mlp for c in calls) == 1, objective.__name__
+    torch.manual_seed(4)  # alpha_i from a policy forward of its own, as before, and from a given one
+    separate = loss.individual_alphas(td)
+    torch.manual_seed(4)
+    assert torch.equal(loss.individual_alphas(td, loss._policy(td)), separate)
+    assert torch.isfinite(shared)
+
+
+def test_the_loss_checks_the_batch_once_and_not_again_in_every_mixer_call(monkeypatch):
+    """The mixer's own value check (one synchronisation per call) repeats the loss's scan of the
+    batch: inside the loss only the loss checks; the mixer used alone still checks."""
+    loss, td = continuous_loss(individual_temperature="paper"), continuous_td()
+    mixer_checks, loss_checks = [], []
+    monkeypatch.setattr(FOPMixer, "_check_values", lambda self, *a: mixer_checks.append(1))
+    original = FOPLoss._check_values
+    monkeypatch.setattr(FOPLoss, "_check_values", lambda self, t: loss_checks.append(1) or original(self, t))
+    loss(td)
+    assert mixer_checks == [] and loss_checks == [1]
+    FOPMixer(N, S, D, discrete_actions=False).mix(torch.zeros(B, N, 1), torch.zeros(B, N, 1),
+                                                   td["state"], td[ACTION_KEY])
+    assert mixer_checks == [1]
+
+
 def test_hard_update():
     loss = discrete_loss(value=True, nq=2)
     updater = HardUpdate(loss, value_network_update_interval=1)
