@@ -36,6 +36,8 @@ import tempfile
 import threading
 import time
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -193,6 +195,12 @@ class EnvFrameCheckpoint(ModelCheckpoint):
     DDP; interleaved with the ranks' other collectives, it can hang the run.) Orphan temporary
     files of writes a kill cut short are removed at start-up.
 
+    Outside the training loop a signal would still kill the process: while a run builds its env
+    and modules, or writes its outputs after the last batch. :meth:`catching_stop_signals` keeps
+    the handler over a whole run: a signal before the first training batch stops the run there
+    (nothing trained, nothing saved), one after the last batch is noted in
+    :attr:`signal_received` and changes nothing (the run is complete).
+
     Args:
         dirpath: folder of ``last.ckpt`` (the recipe: ``<run dir>/checkpoints``).
         every_frames: env frames between checkpoints (0: only at the end of training). Reads the
@@ -229,6 +237,7 @@ class EnvFrameCheckpoint(ModelCheckpoint):
         self._frames_before_batch = 0
         self._received: int = 0  # signal number caught on this process (0: none)
         self._previous_handlers: dict[signal.Signals, Any] = {}
+        self._held = False  # catching_stop_signals() holds the handlers beyond the training loop
         self._started = time.perf_counter() if started is None else started
         self._wall_time_before = 0.0  # seconds of the parts before a resume (up to their checkpoint)
         self._pending_row: dict[str, Any] | None = None
@@ -252,13 +261,59 @@ class EnvFrameCheckpoint(ModelCheckpoint):
                 orphan.unlink(missing_ok=True)
                 rank_zero_info(f"removed {orphan}, a checkpoint write cut short by a kill")
 
-    def on_train_start(self, trainer, pl_module) -> None:
-        self.stopped_by, self._received = None, 0
-        if threading.current_thread() is not threading.main_thread():
+    @property
+    def signal_received(self) -> signal.Signals | None:
+        """The stop signal this process caught (None: none), also one that came too late to stop
+        the run: after its last training batch."""
+        return signal.Signals(self._received) if self._received else None
+
+    @contextmanager
+    def catching_stop_signals(self) -> Iterator[EnvFrameCheckpoint]:
+        """Catches the stop signals from the block's start to its end, not only in the training
+        loop: a signal before the first training batch stops the run before it trains (``fit``
+        returns with :attr:`stopped_by` set and no checkpoint written), one after the last batch
+        is only noted (:attr:`signal_received`). A second Ctrl-C still interrupts at once.
+
+        Examples:
+            >>> cb = EnvFrameCheckpoint("/tmp/ckpts", every_frames=1000)
+            >>> with cb.catching_stop_signals():
+            ...     signal.getsignal(signal.SIGTERM) == cb._on_signal
+            True
+            >>> signal.getsignal(signal.SIGTERM) == cb._on_signal
+            False
+        """
+        self._received = 0
+        self._install_handlers()
+        self._held = True
+        try:
+            yield self
+        finally:
+            self._held = False
+            self._restore_signals()
+
+    def _install_handlers(self) -> None:
+        """Puts :meth:`_on_signal` on the stop signals, also over the SIGTERM handler Lightning's
+        ``fit`` wraps around it (whose ``SIGTERMException`` would end the loop before this
+        callback saves). Nothing changes once a signal has arrived (a second Ctrl-C stops at once)."""
+        if threading.current_thread() is not threading.main_thread() or self._received:
             return
         for signum in self.stop_signals:
-            if signum != signal.SIGINT or signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            current = signal.getsignal(signum)
+            if current == self._on_signal:
+                continue
+            if signum in self._previous_handlers:  # held: only wrapped since
+                signal.signal(signum, self._on_signal)
+            elif signum != signal.SIGINT or current is signal.default_int_handler:
                 self._previous_handlers[signum] = signal.signal(signum, self._on_signal)
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.stopped_by = None
+        if not self._held:  # signals count from the start of the training loop
+            self._received = 0
+        self._install_handlers()
+        if self._received:  # caught while the run was being built: stop before the first batch
+            self.stopped_by = signal.Signals(self._received)
+            trainer.should_stop = True
 
     def _on_signal(self, signum: int, frame) -> None:
         self._received = signum
@@ -274,10 +329,12 @@ class EnvFrameCheckpoint(ModelCheckpoint):
         self._previous_handlers = {}
 
     def on_train_end(self, trainer, pl_module) -> None:
-        self._restore_signals()
+        if not self._held:
+            self._restore_signals()
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
-        self._restore_signals()
+        if not self._held:
+            self._restore_signals()
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self._frames_before_batch = pl_module.env_frames

@@ -188,7 +188,15 @@ def train(cfg: DictConfig, run_dir: Path, callbacks: Sequence[L.Callback] = ()) 
     ``callbacks`` are added to the trainer's own (benchmarks/throughput.py reads its profiler)."""
     start = time.perf_counter()
     typed = schema.validate(cfg)  # ranges and relations of keys: ConfigError names the key
-    ckpt_dir = run_dir / "checkpoints"
+    # saves and stops on SIGINT/SIGTERM, and keeps the run's wall time across resumes; a signal
+    # while the run is built stops it before it trains, one after the last batch changes nothing
+    checkpoint = EnvFrameCheckpoint(run_dir / "checkpoints", cfg.checkpoint.every_frames, started=start)
+    with checkpoint.catching_stop_signals():
+        return _train(cfg, typed, run_dir, checkpoint, callbacks)
+
+
+def _train(cfg: DictConfig, typed: schema.Validated, run_dir: Path, checkpoint: EnvFrameCheckpoint,
+           callbacks: Sequence[L.Callback]) -> Path | None:
     resume = resume_point(run_dir, typed.collect.total_frames) if cfg.resume is not None else None
     if resume is not None and resume.finished:  # nothing to train: change nothing
         print(resume.finished_message(cfg.resume), flush=True)
@@ -214,8 +222,6 @@ def train(cfg: DictConfig, run_dir: Path, callbacks: Sequence[L.Callback] = ()) 
     module, policy, joint_q = build_module(cfg, typed, env)
     module.checkpoint_replay = cfg.checkpoint.replay_buffer
     ranks = RankConsistency()  # DDP: the ranks' parameters must end identical
-    # also saves and stops on SIGINT/SIGTERM, and keeps the run's wall time across resumes
-    checkpoint = EnvFrameCheckpoint(ckpt_dir, cfg.checkpoint.every_frames, started=start)
     trainer = make_trainer(cfg.trainer, max_epochs=1, logger=logger, default_root_dir=run_dir,
                            callbacks=[checkpoint, RNGCheckpoint(), WandbRunCheckpoint(), ranks, *callbacks],
                            plugins=[AtomicCheckpointIO()])
@@ -226,6 +232,9 @@ def train(cfg: DictConfig, run_dir: Path, callbacks: Sequence[L.Callback] = ()) 
             raise
     if checkpoint.stopped_by is not None and module.env_frames < typed.collect.total_frames:
         raise RunInterrupted(checkpoint.stopped_by, module.env_frames, typed.collect.total_frames, run_dir)
+    if checkpoint.signal_received is not None and trainer.is_global_zero:
+        print(f"note: {checkpoint.signal_received.name} came after the last training batch: the run is "
+              "complete, writing its outputs", flush=True)
     final_return = module.eval_history[-1][1]  # the last training step evaluates greedily
     if not trainer.is_global_zero:  # DDP: rank 0 writes the run's outputs
         return None
@@ -288,6 +297,9 @@ class RunInterrupted(Exception):
 
     def __init__(self, signum: signal.Signals, env_frames: int, total_frames: int, run_dir: Path) -> None:
         self.signum = signum
+        if env_frames == 0:  # caught while the run was being built, before any checkpoint
+            super().__init__(f"{signum.name} before the first training batch: nothing to save; start the run again")
+            return
         super().__init__(
             f"{signum.name} at env frame {env_frames} of {total_frames}: saved "
             f"{run_dir / 'checkpoints' / 'last.ckpt'}; continue with `python recipes/train.py resume={run_dir}`"

@@ -222,8 +222,8 @@ def test_a_nan_loss_skips_the_step_when_asked(tmp_path, monkeypatch):
 # notice) and SIGKILL, resumed after each, must end as the uninterrupted run: same parameters,
 # optimisers, counters, replay data, summary, and one continuous metrics history.
 
-FAULT_RUN = ["collect.total_frames=1600", "checkpoint.every_frames=320", "trainer.log_every_n_steps=1",
-             "trainer.enable_progress_bar=false", "collect.eval_interval=320"]
+FAULT_RUN = ["collect.total_frames=1600", "checkpoint.every_frames=160", "trainer.log_every_n_steps=1",
+             "trainer.enable_progress_bar=false", "collect.eval_interval=160"]
 
 
 def _wait_for_new_checkpoint(run: subprocess.Popen, ckpt: Path, after: float, deadline: float) -> bool:
@@ -237,10 +237,14 @@ def _wait_for_new_checkpoint(run: subprocess.Popen, ckpt: Path, after: float, de
 
 
 def _interrupted_run(run_dir: Path, faults: list[signal.Signals], rng: random.Random) -> list[tuple]:
-    """Runs FAULT_RUN in ``run_dir``; each process is hit by the next fault at a random moment after
-    it wrote its first checkpoint, then resumed. Returns (fault, exit code, checkpoint frames) per
-    fault that landed before the run ended."""
-    ckpt, landed = run_dir / "checkpoints" / "last.ckpt", []
+    """Runs FAULT_RUN in ``run_dir``; each process is hit by the next fault at a random moment of the
+    checkpoint interval after its first checkpoint, then resumed. Returns (fault, exit code,
+    checkpoint frames) per fault that landed before the run ended.
+
+    The moment is a uniform fraction of one checkpoint interval as the first process measured it
+    (the time between its first two checkpoints), so that each fault lands inside the run however
+    fast this machine trains, with about ten intervals to spare for three faults."""
+    ckpt, landed, interval = run_dir / "checkpoints" / "last.ckpt", [], None
     args = [*FAULT_RUN, f"hydra.run.dir={run_dir}"]
     for fault in faults:
         before = ckpt.stat().st_mtime_ns if ckpt.exists() else 0
@@ -248,7 +252,11 @@ def _interrupted_run(run_dir: Path, faults: list[signal.Signals], rng: random.Ra
         if not _wait_for_new_checkpoint(run, ckpt, before, time.monotonic() + 120):
             assert run.returncode == 0, run.stdout.read()
             return landed  # finished before the fault
-        time.sleep(rng.uniform(0.0, 1.5))
+        if interval is None:
+            first = ckpt.stat().st_mtime_ns
+            assert _wait_for_new_checkpoint(run, ckpt, first, time.monotonic() + 120), run.stdout.read()
+            interval = (ckpt.stat().st_mtime_ns - first) / 1e9
+        time.sleep(rng.uniform(0.0, interval))
         run.send_signal(fault)
         out = run.communicate(timeout=120)[0]
         if run.returncode == 0:
@@ -298,13 +306,61 @@ def _fault_injection(tmp_path, faults: list[signal.Signals], seed: int) -> None:
     reference = _recipe(*FAULT_RUN, f"hydra.run.dir={whole}")
     landed = _interrupted_run(tmp_path / "interrupted", faults, random.Random(seed))
     assert reference.wait(timeout=300) == 0, reference.stdout.read()
-    assert len(landed) >= len(faults) - 1, f"seed {seed}: only {landed} landed: lengthen FAULT_RUN"
+    assert len(landed) == len(faults), f"seed {seed}: only {landed} landed: lengthen FAULT_RUN"
     _assert_same_run(whole, tmp_path / "interrupted")
 
 
 def test_signals_and_kills_at_random_moments_resume_to_the_uninterrupted_run(tmp_path):
     seed = random.randrange(10**6)
     _fault_injection(tmp_path, [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], seed)
+
+
+# the recipe, sent `fault` by itself right after EnvFrameCheckpoint's `hook` ran: `setup` is before
+# the training loop, `on_train_end` after its last batch (the run then writes its outputs)
+SIGNALLED_AFTER = """
+import os, signal, sys
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, whatever pytest inherited
+from fop_modules.checkpointing import EnvFrameCheckpoint
+hook = EnvFrameCheckpoint.{hook}
+def hook_then_signal(self, *args, **kwargs):
+    hook(self, *args, **kwargs)
+    os.kill(os.getpid(), signal.{fault})
+EnvFrameCheckpoint.{hook} = hook_then_signal
+sys.path.insert(0, {recipes!r})
+sys.argv[0] = os.path.join({recipes!r}, "train.py")
+import train
+train.main()
+"""
+
+
+def _signalled_after(hook: str, fault: signal.Signals, *args: str) -> subprocess.CompletedProcess:
+    code = SIGNALLED_AFTER.format(hook=hook, fault=fault.name, recipes=str(ROOT / "recipes"))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, env=env, timeout=300,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.mark.parametrize("fault", [signal.SIGINT, signal.SIGTERM], ids=lambda s: s.name)
+def test_a_signal_while_the_run_is_built_stops_it_before_it_trains(tmp_path, fault):
+    run = _signalled_after("setup", fault, *SHORT, f"hydra.run.dir={tmp_path}")
+    assert run.returncode == 128 + fault, run.stdout
+    assert "Traceback" not in run.stdout, run.stdout
+    assert run.stdout.splitlines()[-1] == (
+        f"stopped: {fault.name} before the first training batch: nothing to save; start the run again")
+    assert not (tmp_path / "checkpoints" / "last.ckpt").exists() and not (tmp_path / "summary.json").exists()
+
+
+@pytest.mark.parametrize("fault", [signal.SIGINT, signal.SIGTERM], ids=lambda s: s.name)
+def test_a_signal_after_the_last_batch_lets_the_run_write_its_outputs(tmp_path, fault):
+    whole = tmp_path / "whole"
+    train.train(_compose(SHORT), whole)
+    run = _signalled_after("on_train_end", fault, *SHORT, f"hydra.run.dir={tmp_path / 'signalled'}")
+    assert run.returncode == 0, run.stdout
+    assert f"note: {fault.name} came after the last training batch: the run is complete" in run.stdout
+    summaries = [json.loads((d / "summary.json").read_text()) for d in (whole, tmp_path / "signalled")]
+    for summary in summaries:
+        summary.pop("wall_time_s")
+    assert summaries[0] == summaries[1]
 
 
 @pytest.mark.slow
