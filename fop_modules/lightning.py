@@ -35,7 +35,7 @@ from torch import nn
 from torchrl.collectors import BaseCollector
 from torchrl.data import TensorDictReplayBuffer
 from torchrl.envs import DeviceCastTransform, EnvBase
-from torchrl.objectives import HardUpdate, LossModule
+from torchrl.objectives import HardUpdate, LossModule, SoftUpdate
 
 from fop_modules.checkpointing import gather_ranks, load_replay_state, replay_state
 from fop_modules.collectors import KINDS as COLLECTOR_KINDS
@@ -122,6 +122,14 @@ class OptimConfig:
         if self.name == "adam":
             return torch.optim.Adam(param_groups, eps=self.eps)
         return torch.optim.RMSprop(param_groups, alpha=self.rmsprop_alpha, eps=self.eps)
+
+    def make_target_updater(self, loss_module: LossModule) -> SoftUpdate | HardUpdate:
+        """The target networks' update, one ``step()`` per update: polyak with ``tau``
+        (:class:`~fop_modules.target_update.FusedSoftUpdate`, TorchRL's ``SoftUpdate`` values in
+        one fused call) or a copy every ``hard_update_interval`` steps (``HardUpdate``)."""
+        if self.target_update == "soft":
+            return FusedSoftUpdate(loss_module, tau=self.tau)
+        return HardUpdate(loss_module, value_network_update_interval=self.hard_update_interval)
 
 
 @dataclass
@@ -274,12 +282,7 @@ class MARLLightningModule(L.LightningModule):
         # network replays every step on the history it acted on (fop_modules.episodes); a slice
         # that does not start an episode is masked out.
         self.assembler = EpisodeAssembler() if collect.sequence_length is not None else None
-        if optim.target_update == "soft":
-            self.target_updater = FusedSoftUpdate(loss_module, tau=optim.tau)  # SoftUpdate's values, one call
-        else:
-            self.target_updater = HardUpdate(
-                loss_module, value_network_update_interval=optim.hard_update_interval
-            )
+        self.target_updater = optim.make_target_updater(loss_module)
 
     # ------------------------------------------------------------------ data
     @staticmethod

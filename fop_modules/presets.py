@@ -28,7 +28,7 @@ Examples:
     ...                **preset.loss_kwargs())
     >>> preset.make_value_estimator(loss)
     >>> sorted(preset.make_optimizers(loss)), type(preset.make_target_updater(loss)).__name__
-    (['loss_actor', 'loss_qvalue'], 'SoftUpdate')
+    (['loss_actor', 'loss_qvalue'], 'FusedSoftUpdate')
     >>> preset.temperature(0), preset.temperature(10_000), preset.reward_std
     (1.0, 0.01, 7.0)
 """
@@ -133,11 +133,10 @@ class FOPPreset:
         return {key: o.make_optimizer(objective_groups) for key, objective_groups in groups.items()}
 
     def make_target_updater(self, loss: FOPLoss) -> SoftUpdate | HardUpdate:
-        """The target critics' and mixers' update: polyak (``tau``) or a copy every
+        """The target critics' and mixers' update, as the training loop builds it
+        (:meth:`OptimConfig.make_target_updater`): polyak (``tau``) or a copy every
         ``hard_update_interval`` calls of its ``step()``, once per update."""
-        if self.optim.target_update == "soft":
-            return SoftUpdate(loss, tau=self.optim.tau)
-        return HardUpdate(loss, value_network_update_interval=self.optim.hard_update_interval)
+        return self.optim.make_target_updater(loss)
 
 
 ONE_STEP = FOPPreset(

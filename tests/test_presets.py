@@ -62,7 +62,7 @@ def test_preset_builds_its_optimisers_and_target_update():
     optimizers = presets.ONE_STEP.make_optimizers(one_step)
     assert [type(o).__name__ for o in optimizers.values()] == ["Adam", "Adam"]
     assert [g["lr"] for g in optimizers["loss_qvalue"].param_groups] == [3e-4, 3e-2]  # critic, mixer
-    assert type(presets.ONE_STEP.make_target_updater(one_step)).__name__ == "SoftUpdate"
+    assert type(presets.ONE_STEP.make_target_updater(one_step)).__name__ == "FusedSoftUpdate"
 
     smac = _discrete_loss(presets.SMAC)
     optimizers = presets.SMAC.make_optimizers(smac)
