@@ -183,7 +183,7 @@ class HandWrittenContinuousFOP(_HandWrittenFOP):
     The policy is TorchRL's ``TanhNormal`` as ``networks.continuous_actor`` builds it, written
     out: loc and a biased-softplus scale (``NormalParamExtractor``), u = loc + scale * noise drawn
     by ``torch.normal``, a = c + h * tanh(u) clamped 1 - 1e-6 inside the box, and log pi(a)
-    scored from a (atanh of the clamped, rescaled action) with the tanh and affine Jacobians.
+    scored at u itself (exact at saturation) with the tanh and affine Jacobians.
     """
 
     def __init__(self, module) -> None:
@@ -203,15 +203,14 @@ class HandWrittenContinuousFOP(_HandWrittenFOP):
         loc, raw = self.actor(obs).chunk(2, -1)
         return loc, (F.softplus(raw + self.scale_bias) + self.scale_min).clamp_min(self.scale_lb)
 
-    def _sample(self, loc, scale, reparameterised: bool = False):
+    def _sample(self, loc, scale, reparameterised: bool = False):  # (action a, its pre-tanh u)
         if reparameterised:  # Normal.rsample
             u = loc + torch.empty_like(loc).normal_() * scale
         else:  # Normal.sample
             u = torch.normal(loc.detach(), scale.detach())
-        return self.centre + self.half * torch.tanh(u).clamp(-self.lim, self.lim)
+        return self.centre + self.half * torch.tanh(u).clamp(-self.lim, self.lim), u
 
-    def _log_prob(self, loc, scale, action):  # log pi_i(a) [B, N, 1]
-        u = ((action - self.centre) / self.half).clamp(-self.lim, self.lim).atanh()
+    def _log_prob(self, loc, scale, u):  # log pi_i(a(u)) [B, N, 1]
         log_jacobian = 2 * (math.log(2) - u - F.softplus(-2 * u)) + math.log(self.half)
         normal = -((u - loc) ** 2) / (2 * scale**2) - scale.log() - math.log(math.sqrt(2 * math.pi))
         return (normal - log_jacobian).sum(-1, keepdim=True)
@@ -226,7 +225,7 @@ class HandWrittenContinuousFOP(_HandWrittenFOP):
             return alpha.expand(self.n, 1)
         # alpha_i = alpha E_{u_i~pi_i}[Q_i - V_i] / E_{u~pi_jt}[lambda_i (Q_i - V_i)], twin 0
         v = self.value(obs)
-        action = self._sample(*self._policy(obs))
+        action, _ = self._sample(*self._policy(obs))
         advantage = self.critics[0](obs, action) - v
         _, lam, _ = self.mixers[0].mix(advantage + v, v, state, action)
         ratio = advantage.mean(0) / (lam * advantage).mean(0)
@@ -237,8 +236,8 @@ class HandWrittenContinuousFOP(_HandWrittenFOP):
         with torch.no_grad():
             self._alpha_i(b["next_obs"], b["next_state"])  # as the loss: alpha_i (unused with V_i networks)
             loc, scale = self._policy(b["next_obs"])
-            next_action = self._sample(loc, scale)
-            log_pi = self._log_prob(loc, scale, next_action)
+            next_action, u = self._sample(loc, scale)
+            log_pi = self._log_prob(loc, scale, u)
             v = self.target_value(b["next_obs"])
             q_next = [mixer.mix(critic(b["next_obs"], next_action), v, b["next_state"], next_action)[0]
                       for critic, mixer in zip(self.target_critics, self.target_mixers)]
@@ -255,14 +254,14 @@ class HandWrittenContinuousFOP(_HandWrittenFOP):
         with torch.no_grad():
             alpha_i = self._alpha_i(b["obs"], b["state"])
             loc, scale = self._policy(b["obs"])
-            action = self._sample(loc, scale)
-            target = self._min_q(b["obs"], action) - alpha_i * self._log_prob(loc, scale, action)
+            action, u = self._sample(loc, scale)
+            target = self._min_q(b["obs"], action) - alpha_i * self._log_prob(loc, scale, u)
         self._step(self.value_optimizer, F.mse_loss(self.value(b["obs"]), target))
         # eq. (11): alpha_i log pi_i(u_i) - Q_i(u_i), u_i = f(noise) reparameterised, critics frozen
         alpha_i = self._alpha_i(b["obs"], b["state"])
         loc, scale = self._policy(b["obs"])
-        action = self._sample(loc, scale, reparameterised=True)
-        log_pi = self._log_prob(loc, scale, action)
+        action, u = self._sample(loc, scale, reparameterised=True)
+        log_pi = self._log_prob(loc, scale, u)
         frozen = [p for critic in self.critics for p in critic.parameters()]
         for p in frozen:
             p.requires_grad_(False)

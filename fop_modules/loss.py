@@ -29,6 +29,7 @@ from tensordict import TensorDict, TensorDictBase, TensorDictParams
 from tensordict.nn import ProbabilisticTensorDictSequential, TensorDictModule
 from tensordict.utils import NestedKey, unravel_key
 from torch import Tensor, nn
+from torchrl.modules.distributions.utils import rsample_and_log_prob, sample_and_log_prob
 from torchrl.objectives import LossModule
 from torchrl.objectives.utils import ValueEstimators, dispatch_value_estimator, distance_loss
 
@@ -862,9 +863,9 @@ class FOPLoss(LossModule):
             next_action = torch.distributions.Categorical(probs=probs).sample()  # [*B, N]
             log_pi = log_probs.gather(-1, next_action.unsqueeze(-1))  # [*B, N, 1]
         else:
-            dist = policy
-            next_action = dist.sample()  # [*B, N, d]
-            log_pi = dist.log_prob(next_action).unsqueeze(-1)
+            # scored at the pre-tanh draw itself: log_prob(action) inverts a saturated tanh wrongly
+            next_action, log_pi = sample_and_log_prob(policy)  # [*B, N, d], [*B, N]
+            log_pi = log_pi.unsqueeze(-1)
         q_jts = [
             self._twin_q_jt(next_td, next_action, k, alpha_i, target=True)[2]
             for k in range(self.num_qvalue_nets)
@@ -924,10 +925,9 @@ class FOPLoss(LossModule):
                 q_all = self._min_critic(unrolled, params)
                 target = (probs * (q_all - alpha_i * log_probs)).sum(-1, keepdim=True)  # exact E
             else:
-                dist = policy
-                action = dist.sample()
+                action, log_pi = sample_and_log_prob(policy)  # exact at saturation (see _td_target)
                 q = self._min_critic(unrolled, params, action)
-                target = q - alpha_i * dist.log_prob(action).unsqueeze(-1)
+                target = q - alpha_i * log_pi.unsqueeze(-1)
         v = self._value_net(unrolled, self.value_network_params)  # [*B, N, 1]
         loss = distance_loss(v, target, loss_function=self.loss_function)
         return self._reduce_loss(loss, unrolled), {"state_value": v.detach()}
@@ -956,9 +956,10 @@ class FOPLoss(LossModule):
             loss = (probs * (alpha_i * log_probs - q_all)).sum(-1, keepdim=True)  # exact E [*B,N,1]
             log_pi = (probs * log_probs).sum(-1, keepdim=True).detach()  # -H(pi_i)
         else:
-            dist = policy
-            action = dist.rsample()  # reparameterised: the gradient flows through Q_i(o_i, u_i)
-            log_prob = dist.log_prob(action).unsqueeze(-1)  # [*B, N, 1]
+            # reparameterised: the gradient flows through Q_i(o_i, u_i); log pi scored at the
+            # pre-tanh draw (exact at saturation, SAC's appendix C correction in stable form)
+            action, log_prob = rsample_and_log_prob(policy)
+            log_prob = log_prob.unsqueeze(-1)  # [*B, N, 1]
             q = self._min_critic(tensordict, params, action, frozen=True)  # d Q_i / d u_i only
             loss = alpha_i * log_prob - q
             log_pi = log_prob.detach()

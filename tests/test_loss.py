@@ -11,7 +11,7 @@ from tensordict import TensorDict
 from tensordict.nn import TensorDictModule
 from tensordict.utils import unravel_key
 from torch import nn
-from torchrl.modules import MaskedCategorical, ProbabilisticActor
+from torchrl.modules import MaskedCategorical, ProbabilisticActor, TanhNormal
 from torchrl.objectives import HardUpdate, SoftUpdate, ValueEstimators
 
 from fop_modules import FOPLoss, FOPMixer, LinearMixer, QattenWeights, networks
@@ -1241,3 +1241,74 @@ def test_twin_list_of_wrong_length_raises():
         FOPLoss(networks.discrete_actor(N, OBS, A),
                 [networks.discrete_critic(N, OBS, A) for _ in range(3)],
                 FOPMixer(N, S, A), action_space="discrete", num_qvalue_nets=2)
+
+
+# ============================================================================ saturated tanh-Gaussian policies
+
+
+class _SaturatedGaussian(nn.Module):
+    """Pre-tanh mean ``loc`` and std ``scale`` for every agent and sample."""
+
+    def __init__(self, loc: float, scale: float):
+        super().__init__()
+        self.loc, self.scale = nn.Parameter(torch.tensor(loc)), scale
+
+    def forward(self, obs):
+        shape = (*obs.shape[:-1], D)
+        return self.loc.expand(shape), torch.full(shape, self.scale)
+
+
+def _log_pi_moments(loc: float, scale: float, n: int = 2_000_000) -> tuple[float, float]:
+    """E[log pi] and E[(log pi)^2] of tanh(x), x ~ N(loc, scale) (one action dim on [-1, 1]), in
+    float64 from the density's definition: log N(x) - log(1 - tanh(x)^2)."""
+    gen = torch.Generator().manual_seed(1)
+    x = loc + scale * torch.randn(n, dtype=torch.float64, generator=gen)
+    log_pi = torch.distributions.Normal(loc, scale).log_prob(x) - torch.log(1 - torch.tanh(x) ** 2)
+    return float(log_pi.mean()), float((log_pi**2).mean())
+
+
+def _saturated_actor(scale: float) -> ProbabilisticActor:
+    return ProbabilisticActor(
+        TensorDictModule(_SaturatedGaussian(10.0, scale), in_keys=[OBS_KEY],
+                         out_keys=[("agents", "loc"), ("agents", "scale")]),
+        in_keys=[("agents", "loc"), ("agents", "scale")], out_keys=[ACTION_KEY],
+        distribution_class=TanhNormal, distribution_kwargs={"low": -1.0, "high": 1.0})
+
+
+@pytest.mark.parametrize("scale", [0.5, 0.05])
+def test_saturated_tanh_gaussian_log_prob_is_exact_in_every_objective(scale):
+    """At pre-tanh mean 10, tanh(x) rounds to 1 in float32, and log_prob(action) (inverting the
+    tanh) gave E[log pi] = -2.3 (std 0.5) and -1500 (std 0.05) against +17.9 and +20.2. Every
+    objective must score log pi at its own pre-tanh draw: the actor's entropy (eq. 11 and the
+    dual temperature), the TD target (eq. 9) and the V target (eq. 10). With zero critics, V and
+    mixer, Q_jt = 0, so the TD target is -gamma alpha log pi_jt and V's target -alpha log pi_i."""
+    loss = FOPLoss(_saturated_actor(scale), networks.continuous_critic(N, OBS, D, hidden=HIDDEN),
+                   FOPMixer(N, S, D, discrete_actions=False, n_heads=2, v_hidden=8),
+                   action_space="continuous", value_network=networks.value_network(N, OBS, hidden=HIDDEN),
+                   num_qvalue_nets=1, alpha_init=0.1)
+    loss.make_value_estimator(gamma=0.5)
+    for params in (loss.qvalue_network_params, loss.target_qvalue_network_params, loss.mixer_params,
+                   loss.target_mixer_params, loss.value_network_params, loss.target_value_network_params):
+        params.data.zero_()
+    td = continuous_td(batch=(50_000,))
+    td["next", "reward"].zero_()
+    mean, square = _log_pi_moments(10.0, scale)
+
+    _, meta = loss.actor_loss(td)
+    assert meta["log_prob_jt"].mean().item() == pytest.approx(N * mean, abs=0.05)
+    _, meta = loss.qvalue_loss(td)  # td_error = |Q_jt - y| = gamma alpha log pi_jt (log pi > 0 here)
+    assert meta["td_error"].mean().item() == pytest.approx(0.5 * 0.1 * N * mean, abs=0.005)
+    value_loss, _ = loss.value_loss(td)  # l2: E[(0 - (-alpha log pi_i))^2]
+    assert value_loss.item() == pytest.approx(0.1**2 * square, rel=0.01)
+
+
+@pytest.mark.parametrize("scale", [0.5, 0.05])
+def test_masacs_sac_loss_scores_saturated_log_prob_exactly_too(scale):
+    """Our MASAC baseline is TorchRL's SACLoss, which draws and scores each action at once
+    (``rsample_and_log_prob``, TorchRL 0.14): it needs no fix, and this keeps it so."""
+    from torchrl.objectives import SACLoss
+
+    loss = SACLoss(_saturated_actor(scale), networks.continuous_critic(N, OBS, D, hidden=HIDDEN))
+    loss.set_keys(state_action_value=("agents", "state_action_value"), action=ACTION_KEY)
+    _, meta = loss.actor_loss(continuous_td(batch=(50_000,)))
+    assert meta["log_prob"].mean().item() == pytest.approx(_log_pi_moments(10.0, scale)[0], abs=0.05)
