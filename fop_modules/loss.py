@@ -171,6 +171,9 @@ class FOPLoss(LossModule):
     Args:
         actor_network: per-agent policy with ``get_dist`` (TorchRL ``ProbabilisticActor``):
             a (masked) categorical over actions for discrete spaces, tanh-Gaussian for continuous.
+            A continuous action's log pi is scored at the pre-tanh draw that made it (TorchRL's
+            ``sample_and_log_prob``), exact when the tanh saturates, where ``log_prob(action)``
+            is not (a distribution without ``(r)sample_and_log_prob`` is scored by ``log_prob``).
         qvalue_network: per-agent critic. Discrete: reads observations, writes Q_i(o_i, .) for all
             actions at ``action_value`` [*B, N, A]. Continuous: reads observations and actions,
             writes Q_i(o_i, u_i) at ``state_action_value`` [*B, N, 1]. One module (twins are fresh
