@@ -9,7 +9,8 @@ that family, with the evidence in docs/results.md:
 preset         for                                              recipe experiment it equals
 ============== ================================================ ===================================
 ``ONE_STEP``   one-step cooperative games with discrete         the default job (``configs/
-               actions, any payoff shape and scale              config.yaml``, the matrix game)
+               actions, payoff tables of any scale (not yet     config.yaml``, the matrix game)
+               every shape: see the one-step tutorial)
 ``SMAC``       StarCraft-like battles, GRU actors on whole      ``smac_authors`` (SMAC's rewards,
                episodes (the authors' SMAC settings)            max return 20)
 ``CONTINUOUS`` one-step games with continuous actions           ``mtq`` (the differential game)

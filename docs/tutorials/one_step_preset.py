@@ -43,7 +43,7 @@ target_updater = preset.make_target_updater(loss)  # polyak, tau 0.01
 # --8<-- [end:loss]
 
 # --8<-- [start:train]
-TOTAL_FRAMES = 10_000  # the preset's temperature anneals 1 -> 0.01 over these frames
+TOTAL_FRAMES = preset.temperature.steps  # 10k: the preset's temperature anneals 1 -> 0.01 over them
 collector = Collector(env, actor, frames_per_batch=preset.frames_per_batch, total_frames=TOTAL_FRAMES)
 buffer = TensorDictReplayBuffer(storage=LazyTensorStorage(TOTAL_FRAMES), batch_size=preset.batch_size)
 frames = 0
@@ -69,7 +69,8 @@ collector.shutdown()
 # --8<-- [start:read]
 with torch.no_grad(), set_exploration_type(ExplorationType.DETERMINISTIC):
     greedy = actor(game.reset())["agents", "action"][0]  # each agent's argmax of its own policy
-    joint = torch.tensor(list(itertools.product(range(n_actions), repeat=n_agents)))  # every joint action
+    # every joint action, agent by agent over its own actions (a table need not be square)
+    joint = torch.tensor(list(itertools.product(*(range(n) for n in PAYOFF.shape))))
     td = game.reset()[:1].expand(len(joint)).clone()
     td["agents", "action"] = joint
     q_jt = to_reward_units(loss.joint_q(td)["q_jt"].squeeze(-1), env.transform)  # back to payoff units
