@@ -152,6 +152,17 @@ def test_every_experiment_trains_whole_batches():
             assert collect.total_frames % collect.frames_per_batch == 0, path.name  # else refused at start-up
 
 
+def test_every_experiment_logs_its_training_metrics_at_least_ten_times():
+    """Lightning logs train/* every trainer.log_every_n_steps training steps, one per collected
+    batch (not per optimiser step): vmas_benchmarl's 1000 (its updates per batch) logged none of
+    its 20 batches."""
+    with initialize_config_dir(config_dir=train.CONFIG_DIR, version_base="1.3"):
+        for path in sorted((ROOT / "configs" / "experiment").glob("*.yaml")):
+            cfg = compose("config", overrides=[f"+experiment={path.stem}"])
+            batches = cfg.collect.total_frames // cfg.collect.frames_per_batch
+            assert batches // cfg.trainer.log_every_n_steps >= 10, path.name
+
+
 def test_validate_accepts_the_default_config_and_types_it():
     typed = schema.validate(_compose([]))
     assert typed.optim.name == "adam" and typed.collect.batch_size == 64
