@@ -106,6 +106,7 @@ class MASACConfig:
     """Multi-agent SAC (BenchMARL's masac): see configs/algorithm/masac.yaml for each key."""
 
     hidden: list[int] = field(default_factory=lambda: [256, 256])
+    activation: str = "relu"  # hidden layers of the MLPs: relu | tanh (BenchMARL: tanh)
     agent_id: bool = True
     recurrent: bool = False
     rnn_hidden: int = 64
@@ -121,12 +122,16 @@ class MASACConfig:
     lr_qvalue: float = 3e-4
     lr_alpha: float = 3e-4
 
+    def __post_init__(self) -> None:
+        _check_activation(self.activation)
+
 
 @dataclass
 class MADDPGConfig:
     """MADDPG with a centralised critic (BenchMARL's maddpg): configs/algorithm/maddpg.yaml."""
 
     hidden: list[int] = field(default_factory=lambda: [256, 256])
+    activation: str = "relu"  # hidden layers of the MLPs: relu | tanh (BenchMARL: tanh)
     agent_id: bool = True
     loss_function: str = "l2"
     gamma: float = 0.99
@@ -135,6 +140,14 @@ class MADDPGConfig:
     sigma_init: float = 1.0
     sigma_end: float = 0.1
     anneal_frames: int | None = None
+
+    def __post_init__(self) -> None:
+        _check_activation(self.activation)
+
+
+def _check_activation(name: str) -> None:
+    if name not in networks.ACTIVATIONS:
+        raise ValueError(f"activation must be one of {sorted(networks.ACTIVATIONS)}, got {name!r}")
 
 
 @dataclass
@@ -204,12 +217,14 @@ def _sizes(env: EnvBase) -> tuple[int, int, int, bool]:
     return obs.shape[-2], obs.shape[-1], env.full_observation_spec["state"].shape[-1], discrete
 
 
-def _centralised(n_in: int, n_out: int, n_agents: int, hidden: list[int]) -> MultiAgentMLP:
+def _centralised(n_in: int, n_out: int, n_agents: int, hidden: list[int],
+                 activation: type[nn.Module] = nn.ReLU) -> MultiAgentMLP:
     """A critic that reads every agent's inputs and writes one output per agent (shared)."""
     return MultiAgentMLP(
         n_agent_inputs=n_in, n_agent_outputs=n_out, n_agents=n_agents, centralized=True,
-        share_params=True, depth=len(hidden), num_cells=list(hidden), activation_class=nn.ReLU,
+        share_params=True, depth=len(hidden), num_cells=list(hidden), activation_class=activation,
     )
+
 
 
 def _per_agent_keys(loss: LossModule, **keys) -> None:
@@ -224,7 +239,8 @@ def masac(env: EnvBase, cfg: MASACConfig) -> Baseline:
     softmax), a shared actor with agent id, a centralised or per-agent critic."""
     n_agents, obs_dim, _, discrete = _sizes(env)
     action_spec = env.full_action_spec[ACTION_KEY]
-    net = {"hidden": list(cfg.hidden), "agent_id": cfg.agent_id}
+    activation = networks.ACTIVATIONS[cfg.activation]
+    net = {"hidden": list(cfg.hidden), "agent_id": cfg.agent_id, "activation": activation}
     if discrete:
         n_actions = action_spec.space.n
         masked = MASK_KEY in env.full_observation_spec.keys(True)
@@ -234,7 +250,7 @@ def masac(env: EnvBase, cfg: MASACConfig) -> Baseline:
         else:
             actor = networks.discrete_actor(n_agents, obs_dim, n_actions, masked=masked, neg_inf=MASK_LOGIT, **net)
         if cfg.centralised_critic:
-            critic = TensorDictModule(_centralised(obs_dim, n_actions, n_agents, cfg.hidden),
+            critic = TensorDictModule(_centralised(obs_dim, n_actions, n_agents, cfg.hidden, activation),
                                       in_keys=[OBS_KEY], out_keys=[("agents", "action_value")])
         else:
             critic = networks.discrete_critic(n_agents, obs_dim, n_actions, **net)
@@ -255,7 +271,7 @@ def masac(env: EnvBase, cfg: MASACConfig) -> Baseline:
         low, high = action_spec.space.low.min().item(), action_spec.space.high.max().item()
         actor = networks.continuous_actor(n_agents, obs_dim, action_dim, low=low, high=high, **net)
         if cfg.centralised_critic:
-            critic = TensorDictModule(_centralised(obs_dim + action_dim, 1, n_agents, cfg.hidden),
+            critic = TensorDictModule(_centralised(obs_dim + action_dim, 1, n_agents, cfg.hidden, activation),
                                       in_keys=[OBS_KEY, ACTION_KEY], out_keys=[("agents", "state_action_value")])
         else:
             critic = networks.continuous_critic(n_agents, obs_dim, action_dim, **net)
@@ -290,8 +306,9 @@ def maddpg(env: EnvBase, cfg: MADDPGConfig, total_frames: int) -> Baseline:
         raise WrongActionSpace(_wrong_actions("maddpg", env, "discrete", "masac, qmix or vdn (or fop)"))
     action_spec = env.full_action_spec_unbatched[ACTION_KEY]  # [N, d]: any number of envs
     action_dim = action_spec.shape[-1]
+    activation = networks.ACTIVATIONS[cfg.activation]
     mlp = networks.AgentMLP(obs_dim, action_dim, n_agents, hidden=cfg.hidden, agent_id=cfg.agent_id,
-                            last_layer_scale=0.01)  # start near the centre of the box, as FOP's actor
+                            activation=activation, last_layer_scale=0.01)  # start near the centre of the box, as FOP's actor
     actor = TensorDictSequential(
         TensorDictModule(mlp, in_keys=[OBS_KEY], out_keys=[("agents", "param")]),
         TanhModule(in_keys=[("agents", "param")], out_keys=[ACTION_KEY], spec=action_spec),
@@ -300,7 +317,7 @@ def maddpg(env: EnvBase, cfg: MADDPGConfig, total_frames: int) -> Baseline:
         spec=action_spec, sigma_init=cfg.sigma_init, sigma_end=cfg.sigma_end,
         annealing_num_steps=cfg.anneal_frames or int(total_frames * ANNEAL_SHARE), action_key=ACTION_KEY,
     )
-    critic = TensorDictModule(_centralised(obs_dim + action_dim, 1, n_agents, cfg.hidden),
+    critic = TensorDictModule(_centralised(obs_dim + action_dim, 1, n_agents, cfg.hidden, activation),
                               in_keys=[OBS_KEY, ACTION_KEY], out_keys=[("agents", "state_action_value")])
     loss = DDPGLoss(actor, critic, loss_function=cfg.loss_function, delay_value=True)
     _per_agent_keys(loss, state_action_value=("agents", "state_action_value"))

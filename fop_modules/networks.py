@@ -39,7 +39,11 @@ __all__ = [
     "discrete_critic",
     "continuous_critic",
     "value_network",
+    "ACTIVATIONS",
 ]
+
+# the hidden layers' activations by name (configs: ``algorithm.activation``)
+ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh}
 
 OBS_KEY = ("agents", "observation")
 MASK_KEY = ("agents", "action_mask")

@@ -49,7 +49,6 @@ from schema import ConfigError, startup_errors
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
 schema.register()  # configs/config.yaml's defaults start with it: Hydra type-checks every key
 USER_ERRORS = (ConfigError, MissingDependency, StarCraftNotAvailable, baselines.WrongActionSpace)  # one paragraph, exit 2
-ACTIVATIONS = {"relu": torch.nn.ReLU, "tanh": torch.nn.Tanh}  # algorithm.activation of the MLPs
 # Top-level keys added to configs/config.yaml after runs were saved, with the value that trains as
 # those runs did: `resume=` fills them into an older run's config.yaml.
 KEYS_ADDED_SINCE = {"reward_std": None}  # raw rewards, as before reward standardisation existed
@@ -93,7 +92,7 @@ def build_loss(env, algo: DictConfig) -> tuple[FOPLoss, torch.nn.Module]:
     obs_dim = env.full_observation_spec["agents", "observation"].shape[-1]
     state_dim = env.full_observation_spec["state"].shape[-1]
     discrete = action_spec.dtype in (torch.int64, torch.int32)
-    net = {"hidden": list(algo.hidden), "agent_id": algo.agent_id, "activation": ACTIVATIONS[algo.activation]}
+    net = {"hidden": list(algo.hidden), "agent_id": algo.agent_id, "activation": networks.ACTIVATIONS[algo.activation]}
     if discrete:
         n_actions = action_spec.space.n
         masked = ("agents", "action_mask") in env.full_observation_spec.keys(True)

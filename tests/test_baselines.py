@@ -75,6 +75,21 @@ def test_continuous_baselines_run_on_vmas(algorithm, tmp_path):
     assert summary["env_frames"] == 200 and summary["updates"] > 0
 
 
+@pytest.mark.parametrize("algorithm", ["masac", "maddpg"])
+def test_vmas_experiments_give_the_baselines_benchmarls_tanh(algorithm):
+    """vmas_benchmarl's ``algorithm.activation: tanh`` (BenchMARL's MLPs) reaches MASAC's and
+    MADDPG's actor and critic; it was FOP's key only, and the baselines kept ReLU."""
+    def activations(overrides):
+        cfg = _compose([f"algorithm={algorithm}", *overrides])
+        env = train.make_env(cfg.env, cfg.algorithm)
+        loss = train.build_module(cfg, schema.validate(cfg), env)[0].loss_module
+        networks = [loss.actor_network, getattr(loss, "qvalue_network", None) or loss.value_network]  # SAC, DDPG
+        return {type(m) for net in networks for m in net.modules() if isinstance(m, (torch.nn.ReLU, torch.nn.Tanh))}
+
+    assert activations(["+experiment=vmas_navigation", "env.num_envs=2"]) == {torch.nn.Tanh}
+    assert activations(VMAS_SHORT) == {torch.nn.ReLU}  # the baselines' own default
+
+
 @pytest.mark.parametrize(
     ("algorithm", "experiment", "space", "instead"),
     [("maddpg", "matrix_game", "discrete", "masac, qmix or vdn"),
