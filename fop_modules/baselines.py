@@ -226,7 +226,6 @@ def _centralised(n_in: int, n_out: int, n_agents: int, hidden: list[int],
     )
 
 
-
 def _per_agent_keys(loss: LossModule, **keys) -> None:
     """Per-agent reward and done (written by :func:`team_reward_per_agent`)."""
     loss.set_keys(
@@ -308,7 +307,8 @@ def maddpg(env: EnvBase, cfg: MADDPGConfig, total_frames: int) -> Baseline:
     action_dim = action_spec.shape[-1]
     activation = networks.ACTIVATIONS[cfg.activation]
     mlp = networks.AgentMLP(obs_dim, action_dim, n_agents, hidden=cfg.hidden, agent_id=cfg.agent_id,
-                            activation=activation, last_layer_scale=0.01)  # start near the centre of the box, as FOP's actor
+                            activation=activation,
+                            last_layer_scale=0.01)  # start near the centre of the box, as FOP's actor
     actor = TensorDictSequential(
         TensorDictModule(mlp, in_keys=[OBS_KEY], out_keys=[("agents", "param")]),
         TanhModule(in_keys=[("agents", "param")], out_keys=[ACTION_KEY], spec=action_spec),

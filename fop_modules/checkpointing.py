@@ -323,18 +323,19 @@ class EnvFrameCheckpoint(ModelCheckpoint):
                        "stopping" + (" (Ctrl-C again stops at once, without it)" if signum == signal.SIGINT else ""))
 
     def _restore_signals(self) -> None:
+        """Puts the previous handlers back, unless :meth:`catching_stop_signals` holds them."""
+        if self._held:
+            return
         for signum, previous in self._previous_handlers.items():
             if signal.getsignal(signum) == self._on_signal:
                 signal.signal(signum, previous)
         self._previous_handlers = {}
 
     def on_train_end(self, trainer, pl_module) -> None:
-        if not self._held:
-            self._restore_signals()
+        self._restore_signals()
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
-        if not self._held:
-            self._restore_signals()
+        self._restore_signals()
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self._frames_before_batch = pl_module.env_frames
