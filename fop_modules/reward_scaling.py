@@ -9,8 +9,11 @@ masks, and returns TorchRL's :class:`~torchrl.envs.RewardScaling` transform that
 reward to ``(r - loc) / scale``. A preset's temperature and rates are then given in those units.
 
 Q values learned on a standardised one-step game are in the same units: ``q * scale + loc``
-gives them back in the game's (:func:`to_reward_units`). On a multi-step task the location adds
-``loc / (1 - gamma)`` to every value; use ``centre=False`` there to keep its sign meaningful.
+gives them back in the game's (:func:`to_reward_units`). On a multi-step task the reward is only
+scaled: subtracting ``loc`` from every step would pay (or charge) the team for each step it stays
+in play, so where episodes can end early (VMAS balance drops its package, a SMAC battle is won or
+lost) it would change which policy is best. The default ``centre=None`` tells the two apart from
+the random play itself.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ MIN_SCALE = 1e-8  # a constant reward has no spread: keep the scale finite
 
 @torch.no_grad()
 def fit_reward_standardisation(
-    env: EnvBase, frames: int = 1024, *, std: float = 1.0, centre: bool = True, seed: int | None = 0,
+    env: EnvBase, frames: int = 1024, *, std: float = 1.0, centre: bool | None = None, seed: int | None = 0,
     reward_key: NestedKey = ("next", "reward"),
 ) -> RewardScaling:
     """``RewardScaling`` that standardises ``env``'s reward, fitted to uniformly random play.
@@ -43,7 +46,9 @@ def fit_reward_standardisation(
         env: the env to measure (it is reset and stepped; its rollouts are discarded).
         frames: frames of random play to measure (whole rollouts of ``env``'s batch).
         std: the standard deviation the reward has after the transform, under random play.
-        centre: subtract the mean (``loc``); ``False`` scales only, for multi-step tasks.
+        centre: subtract the mean (``loc``) or not (scale only); ``None``: centre one-step games
+            only (every random-play step ended its episode), since on a multi-step task a shifted
+            reward is a bonus or a cost per step survived and changes the best policy.
         seed: seed of the random actions (None: the global stream, advanced).
         reward_key: where ``env.rollout`` puts the reward.
 
@@ -73,24 +78,27 @@ def fit_reward_standardisation(
     with torch.random.fork_rng(enabled=seed is not None):
         if seed is not None:
             torch.manual_seed(seed)
-        reward = _random_play_rewards(env, frames, reward_key)
+        reward, one_step = _random_play_rewards(env, frames, reward_key)
     if not torch.isfinite(reward).all():
         raise ValueError("fit_reward_standardisation: the env returned non-finite rewards under random play")
+    centre = one_step if centre is None else centre
     loc = reward.mean() if centre else reward.new_zeros(())
     scale = reward.std(correction=0).clamp_min(MIN_SCALE) / std
     return RewardScaling(loc=loc.float(), scale=scale.float(), standard_normal=True)
 
 
-def _random_play_rewards(env: EnvBase, frames: int, reward_key: NestedKey) -> torch.Tensor:
-    """Every reward of at least ``frames`` frames of uniformly random play (float64, flat)."""
+def _random_play_rewards(env: EnvBase, frames: int, reward_key: NestedKey) -> tuple[torch.Tensor, bool]:
+    """Every reward of at least ``frames`` frames of uniformly random play (float64, flat), and
+    whether every one of those steps ended its episode (a one-step game)."""
     batch = max(env.batch_size.numel(), 1)
-    rewards, played = [], 0
+    rewards, played, one_step = [], 0, True
     while played < frames:  # rollout() draws actions with env.rand_action: the spec's mask holds
         steps = max(1, -(-(frames - played) // batch))
         rollout: TensorDictBase = env.rollout(steps, break_when_any_done=False)
         rewards.append(rollout.get(reward_key).reshape(-1).double())
+        one_step = one_step and bool(rollout.get(("next", "done")).all())
         played += rollout.numel()
-    return torch.cat(rewards)
+    return torch.cat(rewards), one_step
 
 
 def to_reward_units(value: torch.Tensor, transform: RewardScaling | None) -> torch.Tensor:

@@ -15,6 +15,7 @@ from torchrl.envs import RewardScaling, TransformedEnv
 
 from fop_modules import FOPLoss, FOPMixer, networks, presets
 from fop_modules.envs import MatrixGameEnv
+from fop_modules.envs.vmas import make_vmas_env
 from fop_modules.reward_scaling import fit_reward_standardisation, to_reward_units
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -107,6 +108,20 @@ def test_standardisation_is_repeatable_and_leaves_the_random_stream_alone():
     second = fit_reward_standardisation(env, seed=0)
     assert (first.loc, first.scale) == (second.loc, second.scale)
     assert float(fit_reward_standardisation(env, centre=False).loc) == 0.0
+
+
+def test_standardisation_only_scales_a_multi_step_task():
+    """Centring a task whose episodes can end early pays the team per step survived: VMAS balance
+    (the package falls) has a mean reward of about -0.08 under random play, so a centred reward
+    would make every step in play worth +0.08 / std. Only one-step games are centred."""
+    env = make_vmas_env("balance", num_envs=4, seed=0)
+    transform = fit_reward_standardisation(env, frames=800)
+    rewards = torch.cat([env.rollout(100, break_when_any_done=False)["next", "reward"].reshape(-1)
+                         for _ in range(2)])
+    assert float(transform.loc) == 0.0
+    assert float(transform.scale) == pytest.approx(rewards.std(correction=0).item(), rel=0.5)
+    assert float(fit_reward_standardisation(env, frames=800, centre=True).loc) < -0.01  # the shift it would make
+    assert float(fit_reward_standardisation(MatrixGameEnv(PAPER, num_envs=16)).loc) != 0.0  # one-step: centred
 
 
 def test_standardisation_refuses_bad_arguments():
