@@ -59,7 +59,7 @@ def test_every_line_of_a_tutorial_script_is_on_its_page(script):
 
 def test_every_tutorial_page_has_its_script():
     pages = {p.stem for p in TUTORIALS.glob("*.md")}
-    assert pages == {p.stem for p in ENTRY_SCRIPTS}, "each tutorial page NAME.md runs NAME.py or NAME.sh"
+    assert pages == {p.stem for p in ENTRY_SCRIPTS}, "each tutorial page <name>.md runs <name>.py or <name>.sh"
 
 
 RUN_TIME = re.compile(r"about (\d+) s on one\s+(?:CPU\s+)?core")
@@ -109,6 +109,24 @@ def test_readme_loss_snippet_runs_as_written():
     losses = namespace["losses"]
     assert {"loss_qvalue", "loss_actor"} <= set(losses.keys())
     assert all(bool(losses[key].isfinite().all()) for key in losses.keys())
+
+
+def test_every_markdown_file_the_code_and_configs_cite_is_in_the_repo():
+    """A comment or docstring that sends the reader to a ``.md`` file must name one this repository
+    holds (by its path, or by its name where the path is implied); private notes do not count."""
+    held = {path.relative_to(ROOT).as_posix() for path in ROOT.rglob("*.md") if ".venv" not in path.parts}
+    names = {Path(path).name for path in held}
+    cited = re.compile(r"[\w./-]*[\w-]+\.md\b")  # <name>.md placeholders do not match
+    missing = []
+    for folder, pattern in (("fop_modules", "*.py"), ("recipes", "*.py"), ("benchmarks", "*.py"),
+                            ("tests", "*.py"), ("configs", "*.yaml")):
+        for path in sorted((ROOT / folder).rglob(pattern)):
+            for number, line in enumerate(path.read_text().splitlines(), 1):
+                for match in cited.findall(line):
+                    ref = match.lstrip("./")
+                    if ref not in held and ("/" in ref or ref not in names):
+                        missing.append(f"{path.relative_to(ROOT)}:{number}: {match}")
+    assert not missing, "cited but not in the repository:\n" + "\n".join(missing)
 
 
 def test_api_pages_cover_every_module():

@@ -1,7 +1,8 @@
 """FakeStarCraft2Env against SMAC's documented behaviour, and SMACEnv on the fake backend.
 
-Expected values come from SMAC_API.md (oxwhirl/smac 1.0.0): table A2 (sizes under the FOP flags,
-verified there with ``get_env_info()`` on the real class), A3-A8 (formulas, rules, errors).
+Expected values come from SMAC 1.0.0 (oxwhirl/smac): the map sizes under the FOP flags as the real
+class's ``get_env_info()`` reports them, and its formulas, rules and errors. The tags in
+parentheses are those of fop_modules/envs/smac_fake.py's docstring ([maps], [sizes], [step], ...).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from fop_modules.envs.smac import SMACEnv, StarCraftNotAvailable
 from fop_modules.envs.smac_fake import ConnectError, FakeStarCraft2Env
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "env" / "smac.yaml"
-# map: (n_agents, n_enemies, limit, n_actions, obs, state) from SMAC_API.md table A2
+# map: (n_agents, n_enemies, limit, n_actions, obs, state) as SMAC's get_env_info() gives them ([maps])
 SIZES = {
     "MMM": (10, 10, 150, 16, 160, 290),
     "MMM2": (10, 12, 180, 18, 176, 322),
@@ -34,7 +35,7 @@ SIZES = {
     "2s3z": (5, 5, 120, 11, 80, 120),
     "5m_vs_6m": (5, 6, 70, 12, 55, 98),
 }
-MAX_REWARD_AFTER_RESET = {"MMM": 1015, "MMM2": 1205, "3s_vs_3z": 680, "2c_vs_64zg": 3080}  # A2
+MAX_REWARD_AFTER_RESET = {"MMM": 1015, "MMM2": 1205, "3s_vs_3z": 680, "2c_vs_64zg": 3080}  # [maps]
 ENV_INFO_KEYS = {"state_shape", "obs_shape", "n_actions", "n_agents", "episode_limit", "agent_features", "enemy_features"}
 
 
@@ -127,7 +128,7 @@ def test_fake_feature_names_and_flag_formulas():
     flags = dict(obs_last_action=True, obs_pathing_grid=True, obs_terrain_height=True,
                  obs_timestep_number=True, state_timestep_number=True)  # fmt: skip
     env = FakeStarCraft2Env("3s_vs_3z", seed=0, **flags)
-    assert (env.get_obs_size(), env.get_state_size()) == (72, 55)  # A3, verified on SMAC
+    assert (env.get_obs_size(), env.get_state_size()) == (72, 55)  # [sizes], verified on SMAC
     obs, state = env.reset()
     assert obs[0].shape == (73,) and obs[0].dtype == np.float64  # SMAC's timestep quirk
     assert state.shape == (55,)
@@ -198,7 +199,7 @@ def test_fake_time_limit(harmless, continuing_episode):
     env = FakeStarCraft2Env("3m", seed=0, continuing_episode=continuing_episode)
     rewards, terms, infos, _, _ = play(env, attack_first)
     assert len(terms) == 60 and terms[-1] and not any(terms[:-1])
-    assert ("episode_limit" in infos[-1]) == continuing_episode  # A6: only with continuing_episode
+    assert ("episode_limit" in infos[-1]) == continuing_episode  # [step]: only with continuing_episode
     assert not any("episode_limit" in i for i in infos[:-1])
     assert not infos[-1]["battle_won"] and (env.timeouts, env.battles_game) == (1, 1)
     assert sum(rewards) == 0
@@ -210,7 +211,7 @@ def test_fake_win_loss_and_reward_shaping():
     assert infos[-1]["battle_won"] and infos[-1]["dead_enemies"] == 3
     assert not any(i["battle_won"] for i in infos[:-1])
     assert all(isinstance(r, float) for r in rewards)
-    assert sum(rewards) == pytest.approx(20.0)  # a perfect battle sums to reward_scale_rate (A6)
+    assert sum(rewards) == pytest.approx(20.0)  # a perfect battle sums to reward_scale_rate ([step])
     assert (env.battles_won, env.battles_game, env.get_stats()["win_rate"]) == (1, 1, 1.0)
     rewards, _, infos, _, _ = play(env, passive)
     assert not infos[-1]["battle_won"] and infos[-1]["dead_allies"] == 3 and sum(rewards) == 0
@@ -255,7 +256,7 @@ def test_fake_is_deterministic_given_seed():
 def test_fake_relaunches_on_every_reset_before_the_first_episode_ends():
     env = FakeStarCraft2Env("3m", seed=0)
     env.reset()
-    env.reset()  # SMAC's quirk (A6): a second process, the enemies' HP counted twice
+    env.reset()  # SMAC's quirk ([step]): a second process, the enemies' HP counted twice
     assert env.n_launches == 2 and env.max_reward == 230 + 2 * 135
     play(env, passive)
     env.reset()
@@ -269,18 +270,18 @@ def test_fake_crash_hooks():
     env.reset()
     assert env.step([1, 1, 1])[1:] == (False, {"battle_won": False, "dead_allies": 0, "dead_enemies": 0})
     env.step([1, 1, 1])
-    assert env.step([1, 1, 1]) == (0, True, {})  # A6 crash path
+    assert env.step([1, 1, 1]) == (0, True, {})  # [step] crash path
     assert (env.force_restarts, env.battles_game, env.n_launches) == (1, 0, 2)
     env.failed_launches = 1
     with pytest.raises(ConnectError):
-        env.reset()  # no episode has ended, so reset launches again (A6), and that launch fails
+        env.reset()  # no episode has ended, so reset launches again ([step]), and that launch fails
 
 
 def test_fake_crash_hooks_raise_pysc2_errors():
     env = FakeStarCraft2Env("3m", seed=0, crash_on_step=2)
     env.reset()
     env.step([1, 1, 1])
-    env.failed_launches = 1  # the relaunch inside step's full_restart fails: it escapes step (A8)
+    env.failed_launches = 1  # the relaunch inside step's full_restart fails: it escapes step ([crash])
     with pytest.raises(ConnectError, match="Is it up"):
         env.step([1, 1, 1])
     assert not issubclass(ConnectError, ConnectionError)  # not the builtin, as in pysc2
@@ -297,7 +298,7 @@ def test_adapter_specs(map_name, kwargs):
     env = SMACEnv(map_name, backend="fake", seed=0, **kwargs)
     check_env_specs(env)
     n_agents, _, limit, n_actions, obs_dim, state_dim = SIZES[map_name]
-    if kwargs:  # the reserved own-block slot plus the appended timestep (A3 quirk)
+    if kwargs:  # the reserved own-block slot plus the appended timestep ([sizes] quirk)
         obs_dim += 2
         state_dim = n_agents * obs_dim
     assert (env.n_agents, env.n_actions, env.episode_limit) == (n_agents, n_actions, limit)
@@ -399,7 +400,7 @@ def test_adapter_restarts_after_a_crash(caplog):
 def test_adapter_restarts_when_the_relaunch_raises():
     env = SMACEnv("3m", backend="fake", seed=0, crash_on_step=2)
     td = env.reset()
-    env.game.failed_launches = 1  # step's full_restart raises ConnectError (A8)
+    env.game.failed_launches = 1  # step's full_restart raises ConnectError ([crash])
     td = env.step(td.set(("agents", "action"), torch.ones(3, dtype=torch.int64)))["next"]
     out = env.step(td.clone().set(("agents", "action"), torch.ones(3, dtype=torch.int64)))["next"]
     assert out["truncated"].item() and env.restarts == 1

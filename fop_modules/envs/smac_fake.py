@@ -3,28 +3,33 @@
 StarCraft II cannot be installed everywhere (CI, machines without the 4.10 Linux package), so this
 class copies the public contract of ``StarCraft2Env`` and replaces the game by a small battle
 simulation. Code written against SMAC (the :class:`~fop_modules.envs.smac.SMACEnv` adapter,
-PyMARL-style runners) runs on it unchanged. Section numbers (A1-A8) refer to ``SMAC_API.md``.
+PyMARL-style runners) runs on it unchanged. The tags in parentheses name where SMAC 1.0.0 does
+the same: ``[init]`` ``StarCraft2Env.__init__``, ``[maps]`` ``smac/env/starcraft2/maps/smac_maps.py``,
+``[sizes]`` ``get_obs_size``/``get_state_size``, ``[layout]`` ``get_obs_agent``/``get_state``,
+``[avail]`` ``get_avail_agent_actions``, ``[step]`` ``reset``/``step``/``_launch``, ``[info]``
+``get_env_info``, ``[crash]`` ``step``'s ``protocol.ProtocolError``/``ConnectionError`` handler
+(all in ``smac/env/starcraft2/starcraft2.py`` unless named).
 
 Faithful to SMAC (the same code paths, re-implemented):
 
-* the constructor's arguments, order and defaults (A1) and the registry entries of the maps in
-  :data:`MAP_PARAMS` (A2); ``n_actions = 6 + n_enemies``; the obs and state size formulas with
-  every flag (A3), including the ``obs_timestep_number`` quirk (each observation is one longer
+* the constructor's arguments, order and defaults ([init]) and the registry entries of the maps in
+  :data:`MAP_PARAMS` ([maps]); ``n_actions = 6 + n_enemies``; the obs and state size formulas with
+  every flag ([sizes]), including the ``obs_timestep_number`` quirk (each observation is one longer
   than ``get_obs_size()`` and float64);
-* the observation and state layouts (A4): blocks and their order, sight range 9, normalisers,
+* the observation and state layouts ([layout]): blocks and their order, sight range 9, normalisers,
   type one-hots (allies sorted by ``(unit_type, x, y)``), last-action one-hots;
-* available actions (A5): only no-op (0) for dead agents, never no-op while alive, stop always,
+* available actions ([avail]): only no-op (0) for dead agents, never no-op while alive, stop always,
   moves that stay on the map, attacks on living enemies within range 6, medivac heals on living
   non-medivac allies; an unavailable action raises ``AssertionError("Agent i cannot perform
   action a")`` after ``last_action`` was overwritten, as in SMAC;
-* ``reset``/``step`` (A6): return types, ``info`` keys (``battle_won``, ``dead_allies``,
+* ``reset``/``step`` ([step]): return types, ``info`` keys (``battle_won``, ``dead_allies``,
   ``dead_enemies`` on every normal step; ``episode_limit`` only with ``continuing_episode``),
   ``terminated=True`` at the time limit, battle-end rules (MMM medivac rules, draws, a battle
   end on the last step is not a time-out), counters, ``reward_battle`` and the win/defeat/sparse
   rewards scaled by ``max_reward / reward_scale_rate``; the quirk that every ``reset()`` before
   the first finished episode relaunches the game and adds the enemies' HP+shield to
   ``max_reward`` again (:attr:`n_launches` counts the launches);
-* the game process dying (A8): ``step`` then relaunches the game itself and returns
+* the game process dying ([crash]): ``step`` then relaunches the game itself and returns
   ``(0, True, {})``; a failed launch raises out of ``reset``/``step``. The exception classes are
   pysc2's when pysc2 is installed, else stand-ins with the same names and messages.
 
@@ -83,7 +88,7 @@ GAME_ERRORS = (ProtocolError, SC2ConnectionError, ConnectError)  # what a dying 
 CRASH_MESSAGE = "Connection already closed. SC2 probably crashed. Check the error log."
 LAUNCH_FAILURE_MESSAGE = "Failed to connect to the SC2 websocket. Is it up?"
 GAME_LOOPS_PER_SECOND = 22.4  # SC2 at "faster" speed
-MAP_SIZE = 32  # all SMAC maps of the paper are 32x32 (A2)
+MAP_SIZE = 32  # all SMAC maps of the paper are 32x32 ([maps])
 FLAT_HEIGHT = 0.5  # terrain height / 255 everywhere
 SIGHT_RANGE = 9  # SMAC's unit_sight_range
 SHOOT_RANGE = 6  # SMAC's unit_shoot_range
@@ -119,7 +124,7 @@ UNITS = {
     "zergling": UnitStats(105, 35, 0, 10.0, 1.0, 4.13),
 }
 
-# smac_maps.map_param_registry entries (A2):
+# smac_maps.map_param_registry entries ([maps]):
 # name: (n_agents, n_enemies, limit, a_race, b_race, unit_type_bits, map_type)
 _REGISTRY = {
     "3m": (3, 3, 60, "T", "T", 0, "marines"),
@@ -133,8 +138,8 @@ _REGISTRY = {
 }
 _FIELDS = ("n_agents", "n_enemies", "limit", "a_race", "b_race", "unit_type_bits", "map_type")
 MAP_PARAMS: dict[str, dict[str, Any]] = {k: dict(zip(_FIELDS, v)) for k, v in _REGISTRY.items()}
-_MMM_ALLIES = ("marauder",) * 2 + ("marine",) * 7 + ("medivac",)  # sorted by type id (A2)
-# Team compositions (allies, enemies in the order of the raw observation), from the SC2Maps (A2)
+_MMM_ALLIES = ("marauder",) * 2 + ("marine",) * 7 + ("medivac",)  # sorted by type id ([maps])
+# Team compositions (allies, enemies in the order of the raw observation), from the SC2Maps ([maps])
 TEAMS = {
     "3m": (("marine",) * 3, ("marine",) * 3),
     "8m": (("marine",) * 8, ("marine",) * 8),
@@ -197,7 +202,7 @@ class _FakeProcess:
 class FakeStarCraft2Env:
     """Stand-in for ``smac.env.StarCraft2Env`` with the same arguments, methods and return types.
 
-    ``map_name``, ``step_mul``, ..., ``debug`` are ``StarCraft2Env``'s arguments (A1), in the same
+    ``map_name``, ``step_mul``, ..., ``debug`` are ``StarCraft2Env``'s arguments ([init]), in the same
     order and with the same defaults; two more simulate game failures.
 
     Args:
@@ -326,7 +331,7 @@ class FakeStarCraft2Env:
             self.failed_launches -= 1
             raise ConnectError(LAUNCH_FAILURE_MESSAGE)
         self._run_config = "fake"
-        self._sc2_proc = _FakeProcess()  # SMAC does not close a running one here (A6)
+        self._sc2_proc = _FakeProcess()  # SMAC does not close a running one here ([step])
         self._controller = self._sc2_proc
         self.map_x = self.map_y = MAP_SIZE
         self.max_distance_x = self.max_distance_y = MAP_SIZE
@@ -487,7 +492,7 @@ class FakeStarCraft2Env:
 
     # ----------------------------------------------------------------- actions
     def get_avail_agent_actions(self, agent_id: int) -> list[int]:
-        """Available actions of one agent as a list of 0/1 of length ``n_actions`` (A5)."""
+        """Available actions of one agent as a list of 0/1 of length ``n_actions`` ([avail])."""
         unit = self.get_unit_by_id(agent_id)
         if unit.health <= 0:
             return [1] + [0] * (self.n_actions - 1)  # dead: only no-op
@@ -528,7 +533,7 @@ class FakeStarCraft2Env:
 
     # ----------------------------------------------------------------- step
     def step(self, actions: Any) -> tuple[float, bool, dict[str, Any]]:
-        """Applies one action per agent; returns ``(reward, terminated, info)`` (A6)."""
+        """Applies one action per agent; returns ``(reward, terminated, info)`` ([step])."""
         actions_int = [int(a) for a in actions]
         self.last_action = np.eye(self.n_actions)[np.array(actions_int)]
         orders = [self.get_agent_action(a_id, a) for a_id, a in enumerate(actions_int)]
@@ -733,7 +738,7 @@ class FakeStarCraft2Env:
 
     def get_obs_own_feats_size(self) -> int:
         own = self.unit_type_bits + self.obs_own_health * (1 + self.shield_bits_ally)
-        return own + int(self.obs_timestep_number)  # reserved slot, unused (A3 quirk)
+        return own + int(self.obs_timestep_number)  # reserved slot, unused ([sizes] quirk)
 
     def get_obs_size(self) -> int:
         n_en, nf_en = self.get_obs_enemy_feats_size()
@@ -742,7 +747,7 @@ class FakeStarCraft2Env:
         return self.get_obs_move_feats_size() + n_en * nf_en + n_al * nf_al + own
 
     def get_obs_agent(self, agent_id: int) -> np.ndarray:
-        """One agent's observation: move, enemy, ally and own blocks; zeros if dead (A4)."""
+        """One agent's observation: move, enemy, ally and own blocks; zeros if dead ([layout])."""
         unit = self.get_unit_by_id(agent_id)
         move_feats = np.zeros(self.get_obs_move_feats_size(), dtype=np.float32)
         enemy_feats = np.zeros(self.get_obs_enemy_feats_size(), dtype=np.float32)
@@ -793,7 +798,7 @@ class FakeStarCraft2Env:
                 own_feats[len(row) + self.get_unit_type_id(unit, True)] = 1
         blocks = (move_feats, enemy_feats, ally_feats, own_feats)
         agent_obs = np.concatenate([block.flatten() for block in blocks])
-        if self.obs_timestep_number:  # appended to the reserved slot: one longer, float64 (A3)
+        if self.obs_timestep_number:  # appended to the reserved slot: one longer, float64 ([sizes])
             agent_obs = np.append(agent_obs, self._episode_steps / self.episode_limit)
         return agent_obs
 
@@ -836,7 +841,7 @@ class FakeStarCraft2Env:
         return ally_state, enemy_state
 
     def get_state(self) -> np.ndarray:
-        """Global state: ally rows, enemy rows, last actions, timestep (A4); float32."""
+        """Global state: ally rows, enemy rows, last actions, timestep ([layout]); float32."""
         if self.obs_instead_of_state:
             return np.concatenate(self.get_obs(), axis=0).astype(np.float32)
         ally_state, enemy_state = self._ally_enemy_state()
@@ -883,7 +888,7 @@ class FakeStarCraft2Env:
 
     # ----------------------------------------------------------------- info
     def get_env_info(self) -> dict[str, Any]:
-        """Sizes and feature names: exactly SMAC's seven keys (A7)."""
+        """Sizes and feature names: exactly SMAC's seven keys ([info])."""
         ally_names = ["health", "energy/cooldown", "rel_x", "rel_y"]
         enemy_names = ["health", "rel_x", "rel_y"]
         ally_names += ["shield"] if self.shield_bits_ally else []
