@@ -49,6 +49,9 @@ def test_each_preset_equals_its_recipe_experiment(name):
     collect = typed.collect
     assert (preset.batch_size, preset.frames_per_batch, preset.updates_per_batch) == (
         collect.batch_size, collect.frames_per_batch, collect.updates_per_batch)
+    # ONE_STEP runs the default job's (the paper's) 10k frames of annealing, then as many again
+    # at the final temperature
+    assert preset.total_frames == collect.total_frames * (2 if name == "one_step" else 1)
     assert preset.reward_std == cfg.reward_std
 
 

@@ -43,7 +43,7 @@ target_updater = preset.make_target_updater(loss)  # polyak, tau 0.01
 # --8<-- [end:loss]
 
 # --8<-- [start:train]
-TOTAL_FRAMES = preset.temperature.steps  # 10k: the preset's temperature anneals 1 -> 0.01 over them
+TOTAL_FRAMES = preset.total_frames  # 20k: alpha anneals 1 -> 0.01 over the first 10k, then stays at 0.01
 collector = Collector(env, actor, frames_per_batch=preset.frames_per_batch, total_frames=TOTAL_FRAMES)
 buffer = TensorDictReplayBuffer(storage=LazyTensorStorage(TOTAL_FRAMES), batch_size=preset.batch_size)
 frames = 0
