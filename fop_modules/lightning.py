@@ -426,7 +426,7 @@ class MARLLightningModule(L.LightningModule):
         self.log_dict(
             {
                 **self.progress_metrics(),
-                "train/episode_reward": batch.get(("next", "reward")).float().mean(),
+                "train/reward_per_frame": batch.get(("next", "reward")).float().mean(),  # not a return
                 "env_frames": float(self.env_frames),
             },
             batch_size=1,

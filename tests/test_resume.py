@@ -47,7 +47,7 @@ import train  # noqa: E402  (the recipe module)
 # ~3k frames of the matrix game: a checkpoint every 480, logged every step
 RUN = ["collect.total_frames=3008", "checkpoint.every_frames=480", "trainer.log_every_n_steps=1",
        "trainer.enable_progress_bar=false", "collect.eval_interval=1000"]
-LOSSES = ("train/loss_qvalue", "train/loss_actor", "train/entropy", "train/alpha", "train/episode_reward")
+LOSSES = ("train/loss_qvalue", "train/loss_actor", "train/entropy", "train/alpha", "train/reward_per_frame")
 
 
 def _recipe(*args: str, **kwargs) -> subprocess.Popen:
