@@ -45,6 +45,7 @@ from torchrl.modules import (
 from torchrl.objectives import DDPGLoss, LossModule, SACLoss, ValueEstimators
 
 from fop_modules import networks, recurrent
+from fop_modules.envs.sizes import env_sizes
 from fop_modules.episode_losses import EpisodeDiscreteSACLoss, EpisodeQMixerLoss
 from fop_modules.lightning import Objective, trainable
 
@@ -209,14 +210,6 @@ def team_reward_per_agent(batch: TensorDictBase) -> TensorDictBase:
     return batch
 
 
-def _sizes(env: EnvBase) -> tuple[int, int, int, bool]:
-    """(n_agents, obs_dim, state_dim, discrete) from the env's specs."""
-    obs = env.full_observation_spec[OBS_KEY]
-    action = env.full_action_spec[ACTION_KEY]
-    discrete = action.dtype in (torch.int64, torch.int32)
-    return obs.shape[-2], obs.shape[-1], env.full_observation_spec["state"].shape[-1], discrete
-
-
 def _centralised(n_in: int, n_out: int, n_agents: int, hidden: list[int],
                  activation: type[nn.Module] = nn.ReLU) -> MultiAgentMLP:
     """A critic that reads every agent's inputs and writes one output per agent (shared)."""
@@ -236,18 +229,18 @@ def _per_agent_keys(loss: LossModule, **keys) -> None:
 def masac(env: EnvBase, cfg: MASACConfig) -> Baseline:
     """Multi-agent SAC: TorchRL's ``SACLoss`` (tanh-Gaussian) or ``DiscreteSACLoss`` (masked
     softmax), a shared actor with agent id, a centralised or per-agent critic."""
-    n_agents, obs_dim, _, discrete = _sizes(env)
-    action_spec = env.full_action_spec[ACTION_KEY]
+    sizes = env_sizes(env)
+    n_agents, obs_dim, discrete = sizes.n_agents, sizes.obs_dim, sizes.discrete
     activation = networks.ACTIVATIONS[cfg.activation]
     net = {"hidden": list(cfg.hidden), "agent_id": cfg.agent_id, "activation": activation}
     if discrete:
-        n_actions = action_spec.space.n
-        masked = MASK_KEY in env.full_observation_spec.keys(True)
+        n_actions = sizes.action_dim
         if cfg.recurrent:  # PyMARL's GRU agent as the actor, on replayed episodes
             actor = recurrent.recurrent_discrete_actor(n_agents, obs_dim, n_actions, hidden=cfg.rnn_hidden,
                                                        agent_id=cfg.agent_id, neg_inf=MASK_LOGIT)
         else:
-            actor = networks.discrete_actor(n_agents, obs_dim, n_actions, masked=masked, neg_inf=MASK_LOGIT, **net)
+            actor = networks.discrete_actor(n_agents, obs_dim, n_actions, masked=sizes.masked, neg_inf=MASK_LOGIT,
+                                            **net)
         if cfg.centralised_critic:
             critic = TensorDictModule(_centralised(obs_dim, n_actions, n_agents, cfg.hidden, activation),
                                       in_keys=[OBS_KEY], out_keys=[("agents", "action_value")])
@@ -266,9 +259,8 @@ def masac(env: EnvBase, cfg: MASACConfig) -> Baseline:
                 f"algorithm=masac with recurrent=true (GRU agents) needs discrete actions, but "
                 f"{type(env).__name__} has continuous actions {ACTION_KEY}: set algorithm.recurrent=false"
             )
-        action_dim = action_spec.shape[-1]
-        low, high = action_spec.space.low.min().item(), action_spec.space.high.max().item()
-        actor = networks.continuous_actor(n_agents, obs_dim, action_dim, low=low, high=high, **net)
+        action_dim = sizes.action_dim
+        actor = networks.continuous_actor(n_agents, obs_dim, action_dim, low=sizes.low, high=sizes.high, **net)
         if cfg.centralised_critic:
             critic = TensorDictModule(_centralised(obs_dim + action_dim, 1, n_agents, cfg.hidden, activation),
                                       in_keys=[OBS_KEY, ACTION_KEY], out_keys=[("agents", "state_action_value")])
@@ -300,11 +292,11 @@ def masac(env: EnvBase, cfg: MASACConfig) -> Baseline:
 def maddpg(env: EnvBase, cfg: MADDPGConfig, total_frames: int) -> Baseline:
     """MADDPG: TorchRL's ``DDPGLoss`` with a deterministic shared actor (tanh onto the action
     box), a centralised critic Q(o_1..o_N, u_1..u_N) per agent and additive Gaussian noise."""
-    n_agents, obs_dim, _, discrete = _sizes(env)
-    if discrete:
+    sizes = env_sizes(env)
+    n_agents, obs_dim, action_dim = sizes.n_agents, sizes.obs_dim, sizes.action_dim
+    if sizes.discrete:
         raise WrongActionSpace(_wrong_actions("maddpg", env, "discrete", "masac, qmix or vdn (or fop)"))
     action_spec = env.full_action_spec_unbatched[ACTION_KEY]  # [N, d]: any number of envs
-    action_dim = action_spec.shape[-1]
     activation = networks.ACTIVATIONS[cfg.activation]
     mlp = networks.AgentMLP(obs_dim, action_dim, n_agents, hidden=cfg.hidden, agent_id=cfg.agent_id,
                             activation=activation,
@@ -377,14 +369,14 @@ def value_decomposition(
     TorchRL's ``QMixerLoss`` (:class:`~fop_modules.episode_losses.EpisodeQMixerLoss`) on shared
     per-agent Q networks with agent id (MLP, or PyMARL's GRU agent with ``cfg.recurrent``), greedy
     over the available actions, epsilon-greedy while collecting."""
-    n_agents, obs_dim, state_dim, discrete = _sizes(env)
+    sizes = env_sizes(env)
+    n_agents, obs_dim, state_dim, n_actions = sizes.n_agents, sizes.obs_dim, sizes.state_dim, sizes.action_dim
     if mixer not in ("qmix", "vdn"):
         raise ValueError(f"mixer must be 'qmix' or 'vdn', got {mixer!r}")
-    if not discrete:
+    if not sizes.discrete:
         raise WrongActionSpace(_wrong_actions(mixer, env, "continuous", "masac or maddpg (or fop)"))
     action_spec = env.full_action_spec_unbatched[ACTION_KEY]  # [N]: any number of envs
-    n_actions = action_spec.space.n
-    masked = MASK_KEY in env.full_observation_spec.keys(True)
+    masked = sizes.masked
     cfg = cfg.resolved(total_frames)
     if cfg.recurrent:  # ("agents", "action_value") [*B, N, A] from the collectors' hidden state
         q_net = recurrent.recurrent_discrete_critic(

@@ -34,7 +34,7 @@ from fop_modules.checkpointing import (
     LOG_ROW_KEY, AtomicCheckpointIO, EnvFrameCheckpoint, RNGCheckpoint, newest_loadable, previous_path,
 )
 from fop_modules.distributed import RankConsistency
-from fop_modules.envs import DifferentialGameEnv, MatrixGameEnv
+from fop_modules.envs import DifferentialGameEnv, MatrixGameEnv, env_sizes
 from fop_modules.envs.smac import StarCraftNotAvailable
 from fop_modules.lightning import FOPLightningModule, MARLLightningModule
 from fop_modules.optional import MissingDependency, require
@@ -74,45 +74,38 @@ def make_env(env_cfg: DictConfig, algo: DictConfig, num_envs: int | None = None,
         env = instantiate(env_cfg, **overrides)
     transforms = [fit_reward_standardisation(env, std=reward_std)] if reward_std is not None else []
     if uses_gru(algo):
-        action_spec = env.full_action_spec["agents", "action"]  # [*E, N], discrete
-        if action_spec.dtype not in (torch.int64, torch.int32):
+        sizes = env_sizes(env)
+        if not sizes.discrete:
             raise ConfigError(
                 "algorithm.recurrent and recurrent_critic need discrete actions (the authors' GRU "
                 "networks); this env's actions are continuous"
             )
-        n_agents, n_actions = action_spec.shape[-1], action_spec.space.n
-        transforms += recurrent.recurrent_transforms(n_agents, n_actions, algo.rnn_hidden, env.batch_size)
+        transforms += recurrent.recurrent_transforms(sizes.n_agents, sizes.action_dim, algo.rnn_hidden, env.batch_size)
     return TransformedEnv(env, Compose(*transforms)) if transforms else env
 
 
 def build_loss(env, algo: DictConfig) -> tuple[FOPLoss, torch.nn.Module]:
     """Networks sized from the env's specs, the mixer and FOPLoss; returns (loss, policy)."""
-    action_spec = env.full_action_spec["agents", "action"]
-    n_agents = env.full_observation_spec["agents", "observation"].shape[-2]
-    obs_dim = env.full_observation_spec["agents", "observation"].shape[-1]
-    state_dim = env.full_observation_spec["state"].shape[-1]
-    discrete = action_spec.dtype in (torch.int64, torch.int32)
+    sizes = env_sizes(env)
+    n_agents, obs_dim, state_dim, discrete = sizes.n_agents, sizes.obs_dim, sizes.state_dim, sizes.discrete
+    action_dim = sizes.action_dim  # the number of actions, or the size of an action vector
     net = {"hidden": list(algo.hidden), "agent_id": algo.agent_id, "activation": networks.ACTIVATIONS[algo.activation]}
     if discrete:
-        n_actions = action_spec.space.n
-        masked = ("agents", "action_mask") in env.full_observation_spec.keys(True)
+        n_actions = action_dim
         if algo.recurrent:
             actor = recurrent.recurrent_discrete_actor(
                 n_agents, obs_dim, n_actions, hidden=algo.rnn_hidden, agent_id=algo.agent_id
             )
         else:
-            actor = networks.discrete_actor(n_agents, obs_dim, n_actions, masked=masked, **net)
+            actor = networks.discrete_actor(n_agents, obs_dim, n_actions, masked=sizes.masked, **net)
         if algo.recurrent_critic:
             critic = recurrent.recurrent_discrete_critic(
                 n_agents, obs_dim, n_actions, hidden=algo.rnn_hidden, agent_id=algo.agent_id
             )
         else:
             critic = networks.discrete_critic(n_agents, obs_dim, n_actions, **net)
-        action_dim = n_actions
     else:
-        action_dim = action_spec.shape[-1]
-        low, high = action_spec.space.low.min().item(), action_spec.space.high.max().item()
-        actor = networks.continuous_actor(n_agents, obs_dim, action_dim, low=low, high=high, **net)
+        actor = networks.continuous_actor(n_agents, obs_dim, action_dim, low=sizes.low, high=sizes.high, **net)
         critic = networks.continuous_critic(n_agents, obs_dim, action_dim, **net)
     value_net = networks.value_network(n_agents, obs_dim, **net) if algo.value_network else None
 

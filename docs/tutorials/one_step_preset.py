@@ -12,7 +12,7 @@ from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
 from torchrl.envs import ExplorationType, set_exploration_type
 
 from fop_modules import FOPLoss, FOPMixer, networks, presets
-from fop_modules.envs import MatrixGameEnv
+from fop_modules.envs import MatrixGameEnv, env_sizes
 from fop_modules.reward_scaling import to_reward_units
 
 torch.manual_seed(0)
@@ -26,9 +26,8 @@ print(f"reward standardised: (r - {env.transform.loc.item():.1f}) / {env.transfo
 # --8<-- [end:game]
 
 # --8<-- [start:loss]
-n_agents, n_actions = game.n_agents, game.n_actions
-obs_dim = game.full_observation_spec["agents", "observation"].shape[-1]
-state_dim = game.full_observation_spec["state"].shape[-1]
+sizes = env_sizes(game)  # from the game's specs: 2 agents, 3 actions, observation and state sizes
+n_agents, n_actions, obs_dim, state_dim = sizes.n_agents, sizes.action_dim, sizes.obs_dim, sizes.state_dim
 actor = networks.discrete_actor(n_agents, obs_dim, n_actions)
 loss = FOPLoss(
     actor,

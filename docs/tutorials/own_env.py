@@ -60,24 +60,23 @@ from torchrl.envs import ExplorationType, set_exploration_type
 from torchrl.objectives import SoftUpdate
 
 from fop_modules import FOPLoss, FOPMixer, LinearTemperature, networks
+from fop_modules.envs import env_sizes
 from fop_modules.evaluation import first_episodes
 
 
 def train_fop(env, eval_env, total_frames: int, frames_per_batch: int, eval_steps: int) -> float:
     """FOP on any env with the keys above, sized from its specs; returns the greedy team return."""
-    obs = env.full_observation_spec["agents", "observation"]  # [*E, N, obs]
-    spec = env.full_action_spec["agents", "action"]
-    n_agents, obs_dim, state_dim = obs.shape[-2], obs.shape[-1], env.full_observation_spec["state"].shape[-1]
-    if spec.dtype == torch.int64:  # discrete: softmax actors, analytic soft V_i
-        n_actions = spec.space.n
+    sizes = env_sizes(env)  # from the specs of ("agents", "observation"), "state", ("agents", "action")
+    n_agents, obs_dim, state_dim = sizes.n_agents, sizes.obs_dim, sizes.state_dim
+    if sizes.discrete:  # softmax actors, analytic soft V_i
+        n_actions = sizes.action_dim
         actor = networks.discrete_actor(n_agents, obs_dim, n_actions, masked=False)  # no action mask here
         loss = FOPLoss(actor, networks.discrete_critic(n_agents, obs_dim, n_actions),
                        FOPMixer(n_agents, state_dim, n_actions), action_space="discrete",
                        num_actions=n_actions, num_qvalue_nets=1)
     else:  # continuous: tanh-Gaussian actors, V_i networks (eq. 10)
-        action_dim = spec.shape[-1]
-        low, high = spec.space.low.min().item(), spec.space.high.max().item()
-        actor = networks.continuous_actor(n_agents, obs_dim, action_dim, low=low, high=high)
+        action_dim = sizes.action_dim
+        actor = networks.continuous_actor(n_agents, obs_dim, action_dim, low=sizes.low, high=sizes.high)
         loss = FOPLoss(actor, networks.continuous_critic(n_agents, obs_dim, action_dim),
                        FOPMixer(n_agents, state_dim, action_dim, discrete_actions=False),
                        action_space="continuous", value_network=networks.value_network(n_agents, obs_dim),

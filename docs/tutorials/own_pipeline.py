@@ -10,18 +10,15 @@ from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
 from torchrl.objectives import SoftUpdate
 
 from fop_modules import FOPLoss, FOPMixer, LinearTemperature, networks
-from fop_modules.envs import make_vmas_env
+from fop_modules.envs import env_sizes, make_vmas_env
 
 torch.manual_seed(0)
 NUM_ENVS, MAX_STEPS = 8, 50  # 8 copies of the task simulated together, episodes of 50 steps
 env = make_vmas_env("balance", num_envs=NUM_ENVS, max_steps=MAX_STEPS, seed=0)
 
-obs_spec = env.full_observation_spec["agents", "observation"]  # [E, N, obs]
-action_spec = env.full_action_spec["agents", "action"]  # [E, N, act], bounded
-n_agents, obs_dim = obs_spec.shape[-2], obs_spec.shape[-1]
-action_dim = action_spec.shape[-1]
-state_dim = env.full_observation_spec["state"].shape[-1]
-low, high = action_spec.space.low.min().item(), action_spec.space.high.max().item()
+sizes = env_sizes(env)  # read from the specs: agents, observation, state, action size and box
+n_agents, obs_dim, state_dim, action_dim = sizes.n_agents, sizes.obs_dim, sizes.state_dim, sizes.action_dim
+low, high = sizes.low, sizes.high
 print(f"{n_agents} agents, observation {obs_dim}, action {action_dim} in [{low}, {high}], state {state_dim}")
 # --8<-- [end:env]
 

@@ -4,6 +4,7 @@ continuous tasks."""
 
 from fop_modules.envs.differential_game import MTQ_QUADRATICS, DifferentialGameEnv
 from fop_modules.envs.matrix_game import QTRAN_PAYOFF, MatrixGameEnv
+from fop_modules.envs.sizes import EnvSizes, env_sizes
 from fop_modules.envs.smac import SMACEnv, StarCraftNotAvailable
 from fop_modules.envs.smac_fake import FakeStarCraft2Env
 from fop_modules.envs.smax import SMAXEnv  # imports jax only when built
@@ -22,4 +23,6 @@ __all__ = [
     "focus_fire_policy",
     "make_vmas_env",
     "TeamReward",
+    "EnvSizes",
+    "env_sizes",
 ]
