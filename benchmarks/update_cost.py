@@ -234,7 +234,6 @@ class HandWrittenContinuousFOP(_HandWrittenFOP):
     def update(self, b: dict[str, torch.Tensor]) -> None:
         # eq. (9): y = r + gamma (1 - d) (min_k Q_jt^target(s', u') - alpha log pi_jt(u')), u' ~ pi_jt
         with torch.no_grad():
-            self._alpha_i(b["next_obs"], b["next_state"])  # as the loss: alpha_i (unused with V_i networks)
             loc, scale = self._policy(b["next_obs"])
             next_action, u = self._sample(loc, scale)
             log_pi = self._log_prob(loc, scale, u)
@@ -243,7 +242,6 @@ class HandWrittenContinuousFOP(_HandWrittenFOP):
                       for critic, mixer in zip(self.target_critics, self.target_mixers)]
             y = b["reward"] + self.gamma * (~b["terminated"]) * (
                 torch.stack(q_next).amin(0) - self.alpha * self._joint_log_prob(log_pi))
-            self._alpha_i(b["obs"], b["state"])  # as the loss (unused)
             v = self.value(b["obs"])
         loss_q = 0.0
         for critic, mixer in zip(self.critics, self.mixers):

@@ -798,7 +798,12 @@ class FOPLoss(LossModule):
         soft = safe * torch.logsumexp(q_all / safe, -1, keepdim=True)
         return torch.where(alpha_i > 0, soft, hard)
 
-    def _state_value(self, td, q_all: Tensor | None, alpha_i: Tensor, params) -> Tensor:
+    def _mixer_alphas(self, tensordict: TensorDictBase, policy=None) -> Tensor | None:
+        """alpha_i for the mixer's analytic V_i (:meth:`individual_alphas`); None where V_i comes
+        from the V networks, which do not read it (no forward passes, no random draws for it)."""
+        return self.individual_alphas(tensordict, policy) if self.value_network is None else None
+
+    def _state_value(self, td, q_all: Tensor | None, alpha_i: Tensor | None, params) -> Tensor:
         """V_i for the mixer, detached: analytic from Q_i, or the V network (eq. 9 never reaches it)."""
         if self.value_network is None:
             return self._soft_value(q_all.detach(), alpha_i, td.get(self.tensor_keys.action_mask, None))
@@ -815,7 +820,7 @@ class FOPLoss(LossModule):
             [self._critic(td, params, k, action, frozen) for k in range(self.num_qvalue_nets)]
         ).amin(0)
 
-    def _twin_q_jt(self, td: TensorDictBase, action: Tensor, k: int, alpha_i: Tensor, target: bool):
+    def _twin_q_jt(self, td: TensorDictBase, action: Tensor, k: int, alpha_i: Tensor | None, target: bool):
         """Twin k's Q_i, V_i and eq. (7) mix at ``action``, with current or target parameters.
 
         Returns (Q_i [*B, N, A] or [*B, N, 1], V_i, Q_jt [*B, 1], lambda [*B, N, 1], regulariser).
@@ -843,7 +848,7 @@ class FOPLoss(LossModule):
         in ``tensordict``, with the current parameters. Returns a TensorDict with keys
         ``q_i`` ([*B, N, A] discrete or [*B, N, 1]), ``v_i``, ``lambda_i`` ([*B, N, 1]), ``q_jt`` ([*B, 1])."""
         action = tensordict.get(self.tensor_keys.action)
-        alpha_i = self.individual_alphas(tensordict)
+        alpha_i = self._mixer_alphas(tensordict)
         q_all, v, q_jt, lam, _ = self._twin_q_jt(tensordict, action, 0, alpha_i, target=False)
         return TensorDict({"q_i": q_all, "v_i": v, "lambda_i": lam, "q_jt": q_jt},
                           batch_size=tensordict.batch_size)
@@ -860,7 +865,7 @@ class FOPLoss(LossModule):
         next_td = rows.get("next")
         alpha = self.alpha_value
         policy = self._policy(next_td)  # one forward for alpha_i and u' (no draw in between)
-        alpha_i = self.individual_alphas(next_td, policy)
+        alpha_i = self._mixer_alphas(next_td, policy)
         if self.discrete:
             probs, log_probs = policy
             next_action = torch.distributions.Categorical(probs=probs).sample()  # [*B, N]
@@ -900,7 +905,7 @@ class FOPLoss(LossModule):
             rows = self._rows(tensordict)
             target = self._td_target(tensordict, rows)
             action = rows.get(self.tensor_keys.action)
-            alpha_i = self.individual_alphas(rows)
+            alpha_i = self._mixer_alphas(rows)
             loss, q_jts = 0.0, []
             for k in range(self.num_qvalue_nets):
                 _, _, q_jt, _, regularizer = self._twin_q_jt(rows, action, k, alpha_i, target=False)

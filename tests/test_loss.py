@@ -1151,6 +1151,24 @@ def test_paper_alpha_i_shares_the_objectives_policy_forward(variant, monkeypatch
     assert torch.isfinite(shared)
 
 
+@pytest.mark.parametrize("variant", ["discrete", "continuous"])
+def test_eq9_computes_alpha_i_only_for_an_analytic_v(variant, monkeypatch):
+    """alpha_i enters eq. (9) only through the analytic soft V_i; with V_i networks the mixer reads
+    V_i(o_i) and nothing reads alpha_i, so eq. (9) must not spend forward passes and random draws
+    on it (the paper's formula runs the critic, the V network, the mixer and a policy sample)."""
+    make = (lambda: discrete_loss(value=True, individual_temperature="paper")) if variant == "discrete" else (
+        lambda: continuous_loss(individual_temperature="paper"))
+    loss, td = make(), discrete_td() if variant == "discrete" else continuous_td()
+    calls = []
+    original = FOPLoss.individual_alphas
+    monkeypatch.setattr(FOPLoss, "individual_alphas", lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
+    loss.qvalue_loss(td)
+    assert calls == []
+    analytic = discrete_loss(individual_temperature="shared")  # analytic V_i: alpha_i is read
+    analytic.qvalue_loss(discrete_td())
+    assert len(calls) == 2  # the target's next step and the batch's own
+
+
 def test_the_loss_checks_the_batch_once_and_not_again_in_every_mixer_call(monkeypatch):
     """The mixer's own value check (one synchronisation per call) repeats the loss's scan of the
     batch: inside the loss only the loss checks; the mixer used alone still checks."""
