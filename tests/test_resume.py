@@ -50,18 +50,22 @@ RUN = ["collect.total_frames=3008", "checkpoint.every_frames=480", "trainer.log_
 LOSSES = ("train/loss_qvalue", "train/loss_actor", "train/entropy", "train/alpha", "train/reward_per_frame")
 
 
-def _sigint_as_in_a_terminal() -> None:
-    """Ctrl-C's default disposition in the child. A run started with SIGINT ignored keeps ignoring it
-    (as ``nohup`` and background jobs ask), and pytest inherits it ignored when CI runs it in the
-    background: the fault-injection runs must see the Ctrl-C of a terminal."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+@pytest.fixture(autouse=True)
+def _sigint_as_in_a_terminal():
+    """The recipe runs started here get Ctrl-C's default disposition, as in a terminal. A run that
+    starts with SIGINT ignored keeps ignoring it (as ``nohup`` and background jobs ask), and pytest
+    inherits it ignored when CI runs in the background. A Python handler in this process (unlike
+    an ignored signal) is reset to the default in a child at ``exec``."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    if previous is not None:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _recipe(*args: str, **kwargs) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     return subprocess.Popen([sys.executable, str(ROOT / "recipes" / "train.py"), *args], cwd=ROOT,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            preexec_fn=_sigint_as_in_a_terminal, **kwargs)
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
 
 
 def _rows(path: Path) -> dict[tuple[str, str], dict[str, str]]:
