@@ -47,7 +47,8 @@ from torchrl.objectives import DDPGLoss, LossModule, SACLoss, ValueEstimators
 from fop_modules import networks, recurrent
 from fop_modules.envs.sizes import env_sizes
 from fop_modules.episode_losses import EpisodeDiscreteSACLoss, EpisodeQMixerLoss
-from fop_modules.lightning import Objective, trainable
+from fop_modules.loss import trainable
+from fop_modules.optimisation import Objective
 
 __all__ = [
     "Baseline",

@@ -22,10 +22,7 @@ as ``[<module class>]evaluate``, beside Lightning's ``[_TrainingEpochLoop].train
 from __future__ import annotations
 
 import copy
-import math
-from dataclasses import dataclass
-from enum import Enum
-from typing import Any, Callable
+from typing import Callable
 
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_warn
@@ -35,196 +32,21 @@ from torch import nn
 from torchrl.collectors import BaseCollector
 from torchrl.data import TensorDictReplayBuffer
 from torchrl.envs import DeviceCastTransform, EnvBase
-from torchrl.objectives import HardUpdate, LossModule, SoftUpdate
+from torchrl.objectives import LossModule
 
 from fop_modules.checkpointing import gather_ranks, load_replay_state, replay_state
-from fop_modules.collectors import KINDS as COLLECTOR_KINDS
 from fop_modules.collectors import make_collector, needs_weight_sync
 from fop_modules.episodes import EpisodeAssembler, mask_partial_episodes
 from fop_modules.evaluation import first_episodes, greedy_rollouts
-from fop_modules.loss import FOPLoss, trainable
+from fop_modules.loop_config import CollectConfig
+from fop_modules.loss import FOPLoss
+from fop_modules.optimisation import Objective, OptimConfig
 from fop_modules.replay import make_replay_buffer
-from fop_modules.target_update import FusedSoftUpdate
 from fop_modules.temperature import TemperatureSchedule
 
-__all__ = [
-    "MARLLightningModule",
-    "FOPLightningModule",
-    "Objective",
-    "trainable",
-    "OptimConfig",
-    "CollectConfig",
-    "OptimizerName",
-    "TargetUpdate",
-]
+__all__ = ["MARLLightningModule", "FOPLightningModule"]
 
 SEED_STRIDE = 1_000  # DDP rank r seeds its collector with seed + r * SEED_STRIDE
-
-
-class OptimizerName(str, Enum):
-    """``optim.name``. A str Enum (equal to its value) so that Hydra's structured configs check it."""
-
-    adam = "adam"
-    rmsprop = "rmsprop"
-
-
-class TargetUpdate(str, Enum):
-    """``optim.target_update``: polyak averaging or periodic copies of the target networks."""
-
-    soft = "soft"
-    hard = "hard"
-
-
-@dataclass
-class OptimConfig:
-    """Optimisers, one per objective. ``lr_*`` per objective; ``grad_clip`` is a norm (None: off)."""
-
-    name: OptimizerName = OptimizerName.adam
-    lr_qvalue: float = 3e-4
-    lr_mixer: float | None = None  # the mixer's own rate in the eq. (9) optimiser (None: lr_qvalue)
-    lr_value: float = 3e-4
-    lr_actor: float = 3e-4
-    lr_alpha: float = 3e-4
-    grad_clip: float | None = None
-    rmsprop_alpha: float = 0.99  # the authors' RMSprop smoothing
-    eps: float = 1e-5
-    target_update: TargetUpdate = TargetUpdate.soft
-    tau: float = 0.005  # soft (polyak) target update rate
-    hard_update_interval: int = 200  # updates between hard target copies
-    on_nonfinite: str = "raise"  # a nan/inf loss stops the run | skips that step
-
-    def __post_init__(self) -> None:
-        for name in ("lr_qvalue", "lr_value", "lr_actor", "lr_alpha"):
-            if not 0 < getattr(self, name) < math.inf:
-                raise ValueError(f"optim.{name} must be finite and > 0, got {getattr(self, name)}")
-        if self.lr_mixer is not None and not 0 < self.lr_mixer < math.inf:
-            raise ValueError(f"optim.lr_mixer must be finite and > 0, or null, got {self.lr_mixer}")
-        if self.name not in ("adam", "rmsprop"):
-            raise ValueError(f"optim.name must be 'adam' or 'rmsprop', got {self.name!r}")
-        if self.target_update not in ("soft", "hard"):
-            raise ValueError(f"optim.target_update must be 'soft' or 'hard', got {self.target_update!r}")
-        if not 0 < self.tau <= 1:
-            raise ValueError(f"optim.tau must be in (0, 1], got {self.tau}")
-        if self.on_nonfinite not in ("raise", "skip"):
-            raise ValueError(f"optim.on_nonfinite must be 'raise' or 'skip', got {self.on_nonfinite!r}")
-        if self.grad_clip is not None and not 0 < self.grad_clip < math.inf:
-            raise ValueError(f"optim.grad_clip must be finite and > 0, or null (no clipping), got {self.grad_clip}")
-        if not 0 < self.eps < math.inf:
-            raise ValueError(f"optim.eps must be finite and > 0, got {self.eps}")
-        if not 0 <= self.rmsprop_alpha < 1:
-            raise ValueError(f"optim.rmsprop_alpha must be in [0, 1), got {self.rmsprop_alpha}")
-        if self.hard_update_interval < 1:
-            raise ValueError(f"optim.hard_update_interval must be >= 1, got {self.hard_update_interval}")
-
-    def make_optimizer(self, param_groups: list[dict]) -> torch.optim.Optimizer:
-        """The optimiser ``name`` names over ``param_groups`` (each group with its own ``lr``),
-        with ``eps`` (and ``rmsprop_alpha`` for RMSprop)."""
-        if self.name == "adam":
-            return torch.optim.Adam(param_groups, eps=self.eps)
-        return torch.optim.RMSprop(param_groups, alpha=self.rmsprop_alpha, eps=self.eps)
-
-    def make_target_updater(self, loss_module: LossModule) -> SoftUpdate | HardUpdate:
-        """The target networks' update, one ``step()`` per update: polyak with ``tau``
-        (:class:`~fop_modules.target_update.FusedSoftUpdate`, TorchRL's ``SoftUpdate`` values in
-        one fused call) or a copy every ``hard_update_interval`` steps (``HardUpdate``)."""
-        if self.target_update == "soft":
-            return FusedSoftUpdate(loss_module, tau=self.tau)
-        return HardUpdate(loss_module, value_network_update_interval=self.hard_update_interval)
-
-
-@dataclass
-class CollectConfig:
-    """How data is collected, stored and replayed. All counts are env frames unless named."""
-
-    total_frames: int = 10_000  # env frames of the whole run (frames = env steps x parallel envs)
-    frames_per_batch: int = 16  # frames per collector batch (one training_step)
-    init_random_frames: int = 0  # frames collected with a uniform random policy first
-    buffer_size: int = 100_000  # replay capacity in frames
-    batch_size: int = 64  # transitions per update
-    updates_per_batch: int = 1  # FOP updates per collected batch
-    warmup_frames: int = 64  # no update before the buffer holds this many frames
-    policy_warmup_frames: int = 0  # no policy (eq. 11) or temperature update before this many
-    #   env frames: the critics first learn from the warm-up data while the policies stay put
-    eval_interval: int = 1_000  # frames between greedy evaluations (0: only at the end)
-    eval_envs: int = 8  # parallel envs of a greedy evaluation
-    eval_max_steps: int = 1  # steps of an evaluation rollout
-    sequence_length: int | None = None  # None: replay transitions; L: replay slices of up to L
-    #   steps within one episode, batch_size of them per update (L >= the episode limit: whole
-    #   episodes, as the authors do); needed by recurrent actors
-    collector: str = "single"  # fop_modules.collectors: single | multi_sync | multi_async | distributed
-    num_workers: int = 1  # env processes of the multi_* and distributed collectors
-    launcher: str = "mp"  # distributed: local processes | SLURM jobs
-
-    def __post_init__(self) -> None:
-        if self.policy_warmup_frames < 0:
-            raise ValueError(f"collect.policy_warmup_frames must be >= 0, got {self.policy_warmup_frames}")
-        for name in ("total_frames", "frames_per_batch", "buffer_size", "batch_size",
-                     "updates_per_batch", "eval_envs", "eval_max_steps", "num_workers"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"collect.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("init_random_frames", "eval_interval"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"collect.{name} must be >= 0, got {getattr(self, name)}")
-        if self.collector not in COLLECTOR_KINDS:
-            raise ValueError(f"collect.collector must be one of {COLLECTOR_KINDS}, got {self.collector!r}")
-        if self.launcher not in ("mp", "submitit"):
-            raise ValueError(f"collect.launcher must be 'mp' or 'submitit', got {self.launcher!r}")
-        if self.sequence_length is not None and self.sequence_length < 1:
-            raise ValueError(f"collect.sequence_length must be >= 1 or null, got {self.sequence_length}")
-        if self.batch_size * (self.sequence_length or 1) > self.buffer_size:
-            raise ValueError(
-                f"collect.batch_size ({self.batch_size}) x sequence_length "
-                f"({self.sequence_length or 1}) frames is larger than collect.buffer_size "
-                f"({self.buffer_size})"
-            )
-        if self.warmup_frames < self.batch_size:
-            raise ValueError(
-                f"collect.warmup_frames ({self.warmup_frames}) must be >= collect.batch_size "
-                f"({self.batch_size}) so the first update has a full batch"
-            )
-        if self.total_frames % self.frames_per_batch:  # TorchRL's collector would round it up
-            whole = -(-self.total_frames // self.frames_per_batch) * self.frames_per_batch
-            raise ValueError(
-                f"collect.total_frames ({self.total_frames}) must be a multiple of "
-                f"collect.frames_per_batch ({self.frames_per_batch}): the collector only stops after "
-                f"whole batches and would run {whole} frames; set collect.total_frames={whole}"
-            )
-        if self.total_frames < self.warmup_frames:
-            raise ValueError(
-                f"collect.total_frames ({self.total_frames}) is below collect.warmup_frames "
-                f"({self.warmup_frames}): the run would end before its first update"
-            )
-        if self.policy_warmup_frames > self.total_frames:
-            raise ValueError(
-                f"collect.policy_warmup_frames ({self.policy_warmup_frames}) is above "
-                f"collect.total_frames ({self.total_frames}): the policies would never be trained"
-            )
-
-
-@dataclass
-class Objective:
-    """One optimiser: the loss output it minimises and its parameter groups.
-
-    Args:
-        loss_key: the ``loss_*`` entry of the loss module's output (e.g. ``"loss_qvalue"``).
-        param_groups: torch's optimiser format, ``[{"params": [...], "lr": 3e-4}, ...]``.
-
-    Examples:
-        >>> import torch
-        >>> w = torch.nn.Parameter(torch.zeros(2))
-        >>> Objective("loss_actor", [{"params": [w], "lr": 1e-3}]).loss_key
-        'loss_actor'
-    """
-
-    loss_key: str
-    param_groups: list[dict[str, Any]]
-
-    def __post_init__(self) -> None:
-        for group in self.param_groups:
-            if not group["params"]:
-                raise ValueError(f"objective {self.loss_key!r} has a parameter group with no parameters")
-            if not group["lr"] > 0:
-                raise ValueError(f"objective {self.loss_key!r} needs lr > 0, got {group['lr']}")
 
 
 class MARLLightningModule(L.LightningModule):

@@ -44,7 +44,7 @@ import torch
 from torchrl.envs import EnvBase, TransformedEnv
 from torchrl.objectives import HardUpdate, SoftUpdate, ValueEstimators
 
-from fop_modules.lightning import OptimConfig
+from fop_modules.optimisation import OptimConfig
 from fop_modules.loss import FOPLoss
 from fop_modules.reward_scaling import fit_reward_standardisation
 from fop_modules.temperature import LinearTemperature, TemperatureSchedule

@@ -29,7 +29,8 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from fop_modules import baselines
-from fop_modules.lightning import CollectConfig, OptimConfig
+from fop_modules.loop_config import CollectConfig
+from fop_modules.optimisation import OptimConfig
 from fop_modules.temperature import ConstantTemperature, TemperatureSchedule
 
 SCHEMA_NAME = "fop_modules_schema"  # namespaced: torchrl registers its own `env`, `loss`, ... nodes

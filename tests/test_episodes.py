@@ -21,7 +21,9 @@ from torchrl.collectors import Collector
 from torchrl.envs import SerialEnv
 
 from fop_modules.episodes import EpisodeAssembler, mask_partial_episodes
-from fop_modules.lightning import CollectConfig, FOPLightningModule, OptimConfig
+from fop_modules.lightning import FOPLightningModule
+from fop_modules.loop_config import CollectConfig
+from fop_modules.optimisation import OptimConfig
 from fop_modules.recurrent import find_encoder
 from fop_modules.temperature import ConstantTemperature
 

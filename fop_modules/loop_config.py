@@ -1,0 +1,79 @@
+"""What the training loop does, counted in env frames: collection, replay, updates and greedy
+evaluation (:class:`CollectConfig`, read by :class:`~fop_modules.lightning.MARLLightningModule`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fop_modules.collectors import KINDS as COLLECTOR_KINDS
+
+__all__ = ["CollectConfig"]
+
+
+@dataclass
+class CollectConfig:
+    """How data is collected, stored and replayed. All counts are env frames unless named."""
+
+    total_frames: int = 10_000  # env frames of the whole run (frames = env steps x parallel envs)
+    frames_per_batch: int = 16  # frames per collector batch (one training_step)
+    init_random_frames: int = 0  # frames collected with a uniform random policy first
+    buffer_size: int = 100_000  # replay capacity in frames
+    batch_size: int = 64  # transitions per update
+    updates_per_batch: int = 1  # FOP updates per collected batch
+    warmup_frames: int = 64  # no update before the buffer holds this many frames
+    policy_warmup_frames: int = 0  # no policy (eq. 11) or temperature update before this many
+    #   env frames: the critics first learn from the warm-up data while the policies stay put
+    eval_interval: int = 1_000  # frames between greedy evaluations (0: only at the end)
+    eval_envs: int = 8  # parallel envs of a greedy evaluation
+    eval_max_steps: int = 1  # steps of an evaluation rollout
+    sequence_length: int | None = None  # None: replay transitions; L: replay slices of up to L
+    #   steps within one episode, batch_size of them per update (L >= the episode limit: whole
+    #   episodes, as the authors do); needed by recurrent actors
+    collector: str = "single"  # fop_modules.collectors: single | multi_sync | multi_async | distributed
+    num_workers: int = 1  # env processes of the multi_* and distributed collectors
+    launcher: str = "mp"  # distributed: local processes | SLURM jobs
+
+    def __post_init__(self) -> None:
+        if self.policy_warmup_frames < 0:
+            raise ValueError(f"collect.policy_warmup_frames must be >= 0, got {self.policy_warmup_frames}")
+        for name in ("total_frames", "frames_per_batch", "buffer_size", "batch_size",
+                     "updates_per_batch", "eval_envs", "eval_max_steps", "num_workers"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"collect.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("init_random_frames", "eval_interval"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"collect.{name} must be >= 0, got {getattr(self, name)}")
+        if self.collector not in COLLECTOR_KINDS:
+            raise ValueError(f"collect.collector must be one of {COLLECTOR_KINDS}, got {self.collector!r}")
+        if self.launcher not in ("mp", "submitit"):
+            raise ValueError(f"collect.launcher must be 'mp' or 'submitit', got {self.launcher!r}")
+        if self.sequence_length is not None and self.sequence_length < 1:
+            raise ValueError(f"collect.sequence_length must be >= 1 or null, got {self.sequence_length}")
+        if self.batch_size * (self.sequence_length or 1) > self.buffer_size:
+            raise ValueError(
+                f"collect.batch_size ({self.batch_size}) x sequence_length "
+                f"({self.sequence_length or 1}) frames is larger than collect.buffer_size "
+                f"({self.buffer_size})"
+            )
+        if self.warmup_frames < self.batch_size:
+            raise ValueError(
+                f"collect.warmup_frames ({self.warmup_frames}) must be >= collect.batch_size "
+                f"({self.batch_size}) so the first update has a full batch"
+            )
+        if self.total_frames % self.frames_per_batch:  # TorchRL's collector would round it up
+            whole = -(-self.total_frames // self.frames_per_batch) * self.frames_per_batch
+            raise ValueError(
+                f"collect.total_frames ({self.total_frames}) must be a multiple of "
+                f"collect.frames_per_batch ({self.frames_per_batch}): the collector only stops after "
+                f"whole batches and would run {whole} frames; set collect.total_frames={whole}"
+            )
+        if self.total_frames < self.warmup_frames:
+            raise ValueError(
+                f"collect.total_frames ({self.total_frames}) is below collect.warmup_frames "
+                f"({self.warmup_frames}): the run would end before its first update"
+            )
+        if self.policy_warmup_frames > self.total_frames:
+            raise ValueError(
+                f"collect.policy_warmup_frames ({self.policy_warmup_frames}) is above "
+                f"collect.total_frames ({self.total_frames}): the policies would never be trained"
+            )

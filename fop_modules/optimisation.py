@@ -1,0 +1,118 @@
+"""Optimisation settings of the training loop: the optimiser and its rates, gradient clipping,
+target-network updates, and :class:`Objective`, one optimiser's loss output and parameter groups.
+
+:class:`OptimConfig` builds the optimisers (:meth:`OptimConfig.make_optimizer`) and the target
+update (:meth:`OptimConfig.make_target_updater`) that :class:`~fop_modules.lightning.MARLLightningModule`
+steps, and that a loop of one's own can use the same way.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+import torch
+from torchrl.objectives import HardUpdate, LossModule, SoftUpdate
+
+from fop_modules.target_update import FusedSoftUpdate
+
+__all__ = ["Objective", "OptimConfig", "OptimizerName", "TargetUpdate"]
+
+
+class OptimizerName(str, Enum):
+    """``optim.name``. A str Enum (equal to its value) so that Hydra's structured configs check it."""
+
+    adam = "adam"
+    rmsprop = "rmsprop"
+
+
+class TargetUpdate(str, Enum):
+    """``optim.target_update``: polyak averaging or periodic copies of the target networks."""
+
+    soft = "soft"
+    hard = "hard"
+
+
+@dataclass
+class OptimConfig:
+    """Optimisers, one per objective. ``lr_*`` per objective; ``grad_clip`` is a norm (None: off)."""
+
+    name: OptimizerName = OptimizerName.adam
+    lr_qvalue: float = 3e-4
+    lr_mixer: float | None = None  # the mixer's own rate in the eq. (9) optimiser (None: lr_qvalue)
+    lr_value: float = 3e-4
+    lr_actor: float = 3e-4
+    lr_alpha: float = 3e-4
+    grad_clip: float | None = None
+    rmsprop_alpha: float = 0.99  # the authors' RMSprop smoothing
+    eps: float = 1e-5
+    target_update: TargetUpdate = TargetUpdate.soft
+    tau: float = 0.005  # soft (polyak) target update rate
+    hard_update_interval: int = 200  # updates between hard target copies
+    on_nonfinite: str = "raise"  # a nan/inf loss stops the run | skips that step
+
+    def __post_init__(self) -> None:
+        for name in ("lr_qvalue", "lr_value", "lr_actor", "lr_alpha"):
+            if not 0 < getattr(self, name) < math.inf:
+                raise ValueError(f"optim.{name} must be finite and > 0, got {getattr(self, name)}")
+        if self.lr_mixer is not None and not 0 < self.lr_mixer < math.inf:
+            raise ValueError(f"optim.lr_mixer must be finite and > 0, or null, got {self.lr_mixer}")
+        if self.name not in ("adam", "rmsprop"):
+            raise ValueError(f"optim.name must be 'adam' or 'rmsprop', got {self.name!r}")
+        if self.target_update not in ("soft", "hard"):
+            raise ValueError(f"optim.target_update must be 'soft' or 'hard', got {self.target_update!r}")
+        if not 0 < self.tau <= 1:
+            raise ValueError(f"optim.tau must be in (0, 1], got {self.tau}")
+        if self.on_nonfinite not in ("raise", "skip"):
+            raise ValueError(f"optim.on_nonfinite must be 'raise' or 'skip', got {self.on_nonfinite!r}")
+        if self.grad_clip is not None and not 0 < self.grad_clip < math.inf:
+            raise ValueError(f"optim.grad_clip must be finite and > 0, or null (no clipping), got {self.grad_clip}")
+        if not 0 < self.eps < math.inf:
+            raise ValueError(f"optim.eps must be finite and > 0, got {self.eps}")
+        if not 0 <= self.rmsprop_alpha < 1:
+            raise ValueError(f"optim.rmsprop_alpha must be in [0, 1), got {self.rmsprop_alpha}")
+        if self.hard_update_interval < 1:
+            raise ValueError(f"optim.hard_update_interval must be >= 1, got {self.hard_update_interval}")
+
+    def make_optimizer(self, param_groups: list[dict]) -> torch.optim.Optimizer:
+        """The optimiser ``name`` names over ``param_groups`` (each group with its own ``lr``),
+        with ``eps`` (and ``rmsprop_alpha`` for RMSprop)."""
+        if self.name == "adam":
+            return torch.optim.Adam(param_groups, eps=self.eps)
+        return torch.optim.RMSprop(param_groups, alpha=self.rmsprop_alpha, eps=self.eps)
+
+    def make_target_updater(self, loss_module: LossModule) -> SoftUpdate | HardUpdate:
+        """The target networks' update, one ``step()`` per update: polyak with ``tau``
+        (:class:`~fop_modules.target_update.FusedSoftUpdate`, TorchRL's ``SoftUpdate`` values in
+        one fused call) or a copy every ``hard_update_interval`` steps (``HardUpdate``)."""
+        if self.target_update == "soft":
+            return FusedSoftUpdate(loss_module, tau=self.tau)
+        return HardUpdate(loss_module, value_network_update_interval=self.hard_update_interval)
+
+
+@dataclass
+class Objective:
+    """One optimiser: the loss output it minimises and its parameter groups.
+
+    Args:
+        loss_key: the ``loss_*`` entry of the loss module's output (e.g. ``"loss_qvalue"``).
+        param_groups: torch's optimiser format, ``[{"params": [...], "lr": 3e-4}, ...]``.
+
+    Examples:
+        >>> import torch
+        >>> w = torch.nn.Parameter(torch.zeros(2))
+        >>> Objective("loss_actor", [{"params": [w], "lr": 1e-3}]).loss_key
+        'loss_actor'
+    """
+
+    loss_key: str
+    param_groups: list[dict[str, Any]]
+
+    def __post_init__(self) -> None:
+        for group in self.param_groups:
+            if not group["params"]:
+                raise ValueError(f"objective {self.loss_key!r} has a parameter group with no parameters")
+            if not group["lr"] > 0:
+                raise ValueError(f"objective {self.loss_key!r} needs lr > 0, got {group['lr']}")
