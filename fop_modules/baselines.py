@@ -257,8 +257,8 @@ def masac(env: EnvBase, cfg: MASACConfig) -> Baseline:
     else:
         if cfg.recurrent:
             raise WrongActionSpace(
-                f"algorithm=masac with recurrent=true (GRU agents) needs discrete actions, but "
-                f"{type(env).__name__} has continuous actions {ACTION_KEY}: set algorithm.recurrent=false"
+                f"MASAC with recurrent=True (GRU agents) needs discrete actions, but "
+                f"{type(env).__name__} has continuous actions {ACTION_KEY}: set recurrent=False"
             )
         action_dim = sizes.action_dim
         actor = networks.continuous_actor(n_agents, obs_dim, action_dim, low=sizes.low, high=sizes.high, **net)

@@ -227,7 +227,7 @@ class EnvFrameCheckpoint(ModelCheckpoint):
         started: float | None = None,
     ) -> None:
         if every_frames < 0:
-            raise ValueError(f"checkpoint.every_frames must be >= 0, got {every_frames}")
+            raise ValueError(f"every_frames must be >= 0, got {every_frames}")
         # save_top_k=0: no history, only last.ckpt; every_n_epochs=1: also at the end of the
         # single epoch the recipe runs (the end of training)
         super().__init__(dirpath=dirpath, save_last=True, save_top_k=0, every_n_epochs=1)
@@ -451,7 +451,7 @@ class RNGCheckpoint(Callback):
         if len(saved) != trainer.world_size:
             raise ValueError(
                 f"the checkpoint holds generator states of {len(saved)} process(es) but this run has "
-                f"{trainer.world_size}: resume with the same trainer.devices and trainer.num_nodes"
+                f"{trainer.world_size}: resume with a Trainer of the same devices and num_nodes"
             )
         self._pending = saved[trainer.global_rank]
 

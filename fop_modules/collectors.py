@@ -30,11 +30,35 @@ from torch import nn
 from torchrl.collectors import BaseCollector, Collector, MultiAsyncCollector, MultiSyncCollector
 from torchrl.envs import EnvBase
 
-__all__ = ["CollectorKind", "FrameBudget", "make_collector", "needs_weight_sync", "SeededEnvFactory"]
+__all__ = ["CollectorKind", "FrameBudget", "check_collector", "make_collector", "needs_weight_sync", "SeededEnvFactory"]
 
 CollectorKind = Literal["single", "multi_sync", "multi_async", "distributed"]
 KINDS = ("single", "multi_sync", "multi_async", "distributed")
+LAUNCHERS = ("mp", "submitit")  # how the distributed collector starts its workers
 ENDLESS = 2**62  # total_frames of a collector that FrameBudget stops (DistributedCollector reads -1 as 0)
+
+
+def check_collector(kind: str, num_workers: int = 1, launcher: str = "mp", frames_per_batch: int = 1) -> None:
+    """Raises ValueError for a collector :func:`make_collector` cannot build (its arguments, named
+    as there); :class:`~fop_modules.loop_config.CollectConfig` checks its own with it at start-up.
+
+    Examples:
+        >>> check_collector("distributed", num_workers=3, frames_per_batch=10)
+        Traceback (most recent call last):
+        ...
+        ValueError: frames_per_batch (10) must be a multiple of num_workers (3) for the distributed collector
+    """
+    if kind not in KINDS:
+        raise ValueError(f"collector kind must be one of {KINDS}, got {kind!r}")
+    if num_workers < 1:
+        raise ValueError(f"num_workers must be >= 1, got {num_workers}")
+    if launcher not in LAUNCHERS:
+        raise ValueError(f"launcher must be one of {LAUNCHERS}, got {launcher!r}")
+    if kind == "distributed" and frames_per_batch % num_workers:
+        raise ValueError(
+            f"frames_per_batch ({frames_per_batch}) must be a multiple of num_workers ({num_workers}) "
+            "for the distributed collector"
+        )
 
 
 def make_collector(
@@ -66,7 +90,8 @@ def make_collector(
         seed: seeds worker ``k``'s envs and torch/numpy generators with ``seed + k``.
 
     Raises:
-        ValueError: an unknown kind, ``num_workers < 1``, or frame counts the workers cannot share.
+        ValueError: an unknown kind or launcher, ``num_workers < 1``, or frame counts the workers
+            cannot share (:func:`check_collector`).
 
     Examples:
         >>> from functools import partial
@@ -79,10 +104,7 @@ def make_collector(
         ([8, 8], 2)
         >>> collector.shutdown()
     """
-    if kind not in KINDS:
-        raise ValueError(f"collect.collector must be one of {KINDS}, got {kind!r}")
-    if num_workers < 1:
-        raise ValueError(f"collect.num_workers must be >= 1, got {num_workers}")
+    check_collector(kind, num_workers, launcher, frames_per_batch)
     common = dict(frames_per_batch=frames_per_batch, total_frames=total_frames,
                   init_random_frames=init_random_frames, env_device="cpu", policy_device="cpu")
     if kind == "single":
@@ -93,11 +115,6 @@ def make_collector(
     else:
         from torchrl.collectors.distributed import DistributedCollector
 
-        if frames_per_batch % num_workers:
-            raise ValueError(
-                f"collect.frames_per_batch ({frames_per_batch}) must be a multiple of "
-                f"collect.num_workers ({num_workers}) for the distributed collector"
-            )
         # TorchRL 0.14.1's DistributedCollector.set_seed fails (its worker parses the seed with
         # int(bytes.split(...)) and the sender waits for b"updated"): each worker's env factory
         # seeds instead

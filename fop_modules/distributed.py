@@ -57,5 +57,5 @@ class RankConsistency(Callback):
             raise RuntimeError(
                 f"after training, rank parameters differ from rank 0's by up to "
                 f"{self.parameter_difference}: the ranks did not stay one learner (use "
-                "trainer.strategy=ddp_find_unused_parameters_true; see fop_modules.distributed)"
+                "the strategy 'ddp_find_unused_parameters_true'; see fop_modules.distributed)"
             )

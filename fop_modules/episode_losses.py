@@ -75,7 +75,7 @@ def transitions(
     if tensordict.batch_dims != 2:
         raise ValueError(
             f"{type(loss).__name__} needs [M] transitions or [B, T] episode slices (time last); GRU "
-            f"agents need slices (collect.sequence_length); got batch {list(tensordict.batch_size)}"
+            f"agents need slices (a sequence replay); got batch {list(tensordict.batch_size)}"
         )
     valid = real_steps(loss, tensordict)
     rows = tensordict[valid]

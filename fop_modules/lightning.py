@@ -199,11 +199,11 @@ class MARLLightningModule(L.LightningModule):
                      f"{self.env_frames} (update {self.updates})")
             if self.optim.on_nonfinite == "raise":
                 raise FloatingPointError(
-                    f"{where}: stopping instead of training on it (optim.on_nonfinite=skip skips such steps)"
+                    f"{where}: stopping instead of training on it (OptimConfig(on_nonfinite='skip') skips such steps)"
                 )
             self.nonfinite_skips += 1
             if self.nonfinite_skips == 1:
-                rank_zero_warn(f"{where}: skipped this optimiser step (optim.on_nonfinite=skip); "
+                rank_zero_warn(f"{where}: skipped this optimiser step (OptimConfig(on_nonfinite='skip')); "
                                "further skips are counted in train/nonfinite_skips")
             return
         optimizer.zero_grad()
@@ -294,7 +294,7 @@ class MARLLightningModule(L.LightningModule):
             if len(run["replay"]) != self.trainer.world_size:
                 raise ValueError(
                     f"the checkpoint holds the replay buffers of {len(run['replay'])} rank(s) but this "
-                    f"run has {self.trainer.world_size}: resume with the same trainer.devices and num_nodes"
+                    f"run has {self.trainer.world_size}: resume with a Trainer of the same devices and num_nodes"
                 )
             load_replay_state(self.buffer, run["replay"][self.global_rank])
 
@@ -358,15 +358,9 @@ class FOPLightningModule(MARLLightningModule):
         seed: int = 0,
     ) -> None:
         if temperature is None and not loss_module.learn_alpha:
-            raise ValueError(
-                "give a temperature schedule, or build FOPLoss with learn_alpha=True "
-                "(recipe: `~temperature algorithm.learn_alpha=true`)"
-            )
+            raise ValueError("give a temperature schedule, or build FOPLoss with learn_alpha=True")
         if temperature is not None and loss_module.learn_alpha:
-            raise ValueError(
-                "alpha is learned (learn_alpha=True): do not also give a schedule "
-                "(recipe: add `~temperature`)"
-            )
+            raise ValueError("alpha is learned (FOPLoss(learn_alpha=True)): do not also give a temperature schedule")
         super().__init__(
             loss_module, policy, self.fop_objectives(loss_module, optim), make_env, make_eval_env,
             collect=collect, optim=optim, seed=seed,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fop_modules.collectors import KINDS as COLLECTOR_KINDS
+from fop_modules.collectors import check_collector
 
 __all__ = ["CollectConfig"]
 
@@ -35,45 +35,42 @@ class CollectConfig:
 
     def __post_init__(self) -> None:
         if self.policy_warmup_frames < 0:
-            raise ValueError(f"collect.policy_warmup_frames must be >= 0, got {self.policy_warmup_frames}")
+            raise ValueError(f"CollectConfig.policy_warmup_frames must be >= 0, got {self.policy_warmup_frames}")
         for name in ("total_frames", "frames_per_batch", "buffer_size", "batch_size",
                      "updates_per_batch", "eval_envs", "eval_max_steps", "num_workers"):
             if getattr(self, name) < 1:
-                raise ValueError(f"collect.{name} must be >= 1, got {getattr(self, name)}")
+                raise ValueError(f"CollectConfig.{name} must be >= 1, got {getattr(self, name)}")
         for name in ("init_random_frames", "eval_interval"):
             if getattr(self, name) < 0:
-                raise ValueError(f"collect.{name} must be >= 0, got {getattr(self, name)}")
-        if self.collector not in COLLECTOR_KINDS:
-            raise ValueError(f"collect.collector must be one of {COLLECTOR_KINDS}, got {self.collector!r}")
-        if self.launcher not in ("mp", "submitit"):
-            raise ValueError(f"collect.launcher must be 'mp' or 'submitit', got {self.launcher!r}")
+                raise ValueError(f"CollectConfig.{name} must be >= 0, got {getattr(self, name)}")
+        check_collector(self.collector, self.num_workers, self.launcher, self.frames_per_batch)
         if self.sequence_length is not None and self.sequence_length < 1:
-            raise ValueError(f"collect.sequence_length must be >= 1 or null, got {self.sequence_length}")
+            raise ValueError(f"CollectConfig.sequence_length must be >= 1 or None, got {self.sequence_length}")
         if self.batch_size * (self.sequence_length or 1) > self.buffer_size:
             raise ValueError(
-                f"collect.batch_size ({self.batch_size}) x sequence_length "
-                f"({self.sequence_length or 1}) frames is larger than collect.buffer_size "
+                f"CollectConfig.batch_size ({self.batch_size}) x sequence_length "
+                f"({self.sequence_length or 1}) frames is larger than CollectConfig.buffer_size "
                 f"({self.buffer_size})"
             )
         if self.warmup_frames < self.batch_size:
             raise ValueError(
-                f"collect.warmup_frames ({self.warmup_frames}) must be >= collect.batch_size "
+                f"CollectConfig.warmup_frames ({self.warmup_frames}) must be >= CollectConfig.batch_size "
                 f"({self.batch_size}) so the first update has a full batch"
             )
         if self.total_frames % self.frames_per_batch:  # TorchRL's collector would round it up
             whole = -(-self.total_frames // self.frames_per_batch) * self.frames_per_batch
             raise ValueError(
-                f"collect.total_frames ({self.total_frames}) must be a multiple of "
-                f"collect.frames_per_batch ({self.frames_per_batch}): the collector only stops after "
-                f"whole batches and would run {whole} frames; set collect.total_frames={whole}"
+                f"CollectConfig.total_frames ({self.total_frames}) must be a multiple of "
+                f"CollectConfig.frames_per_batch ({self.frames_per_batch}): the collector only stops after "
+                f"whole batches and would run {whole} frames; set CollectConfig.total_frames={whole}"
             )
         if self.total_frames < self.warmup_frames:
             raise ValueError(
-                f"collect.total_frames ({self.total_frames}) is below collect.warmup_frames "
+                f"CollectConfig.total_frames ({self.total_frames}) is below CollectConfig.warmup_frames "
                 f"({self.warmup_frames}): the run would end before its first update"
             )
         if self.policy_warmup_frames > self.total_frames:
             raise ValueError(
-                f"collect.policy_warmup_frames ({self.policy_warmup_frames}) is above "
-                f"collect.total_frames ({self.total_frames}): the policies would never be trained"
+                f"CollectConfig.policy_warmup_frames ({self.policy_warmup_frames}) is above "
+                f"CollectConfig.total_frames ({self.total_frames}): the policies would never be trained"
             )

@@ -603,7 +603,7 @@ class FOPLoss(LossModule):
         if tensordict.batch_dims != 2:
             raise ValueError(
                 "recurrent networks need [B, T] batches of trajectory slices (time last), got batch "
-                f"{list(tensordict.batch_size)}: replay with collect.sequence_length"
+                f"{list(tensordict.batch_size)}: replay sequences (make_replay_buffer's sequence_length)"
             )
         unrolled, embeddings, precomputed = tensordict, None, contextlib.nullcontext()
         if self._encoders:

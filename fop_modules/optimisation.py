@@ -22,14 +22,14 @@ __all__ = ["Objective", "OptimConfig", "OptimizerName", "TargetUpdate"]
 
 
 class OptimizerName(str, Enum):
-    """``optim.name``. A str Enum (equal to its value) so that Hydra's structured configs check it."""
+    """``OptimConfig.name``. A str Enum (equal to its value) so that Hydra's structured configs check it."""
 
     adam = "adam"
     rmsprop = "rmsprop"
 
 
 class TargetUpdate(str, Enum):
-    """``optim.target_update``: polyak averaging or periodic copies of the target networks."""
+    """``OptimConfig.target_update``: polyak averaging or periodic copies of the target networks."""
 
     soft = "soft"
     hard = "hard"
@@ -56,25 +56,25 @@ class OptimConfig:
     def __post_init__(self) -> None:
         for name in ("lr_qvalue", "lr_value", "lr_actor", "lr_alpha"):
             if not 0 < getattr(self, name) < math.inf:
-                raise ValueError(f"optim.{name} must be finite and > 0, got {getattr(self, name)}")
+                raise ValueError(f"OptimConfig.{name} must be finite and > 0, got {getattr(self, name)}")
         if self.lr_mixer is not None and not 0 < self.lr_mixer < math.inf:
-            raise ValueError(f"optim.lr_mixer must be finite and > 0, or null, got {self.lr_mixer}")
+            raise ValueError(f"OptimConfig.lr_mixer must be finite and > 0, or null, got {self.lr_mixer}")
         if self.name not in ("adam", "rmsprop"):
-            raise ValueError(f"optim.name must be 'adam' or 'rmsprop', got {self.name!r}")
+            raise ValueError(f"OptimConfig.name must be 'adam' or 'rmsprop', got {self.name!r}")
         if self.target_update not in ("soft", "hard"):
-            raise ValueError(f"optim.target_update must be 'soft' or 'hard', got {self.target_update!r}")
+            raise ValueError(f"OptimConfig.target_update must be 'soft' or 'hard', got {self.target_update!r}")
         if not 0 < self.tau <= 1:
-            raise ValueError(f"optim.tau must be in (0, 1], got {self.tau}")
+            raise ValueError(f"OptimConfig.tau must be in (0, 1], got {self.tau}")
         if self.on_nonfinite not in ("raise", "skip"):
-            raise ValueError(f"optim.on_nonfinite must be 'raise' or 'skip', got {self.on_nonfinite!r}")
+            raise ValueError(f"OptimConfig.on_nonfinite must be 'raise' or 'skip', got {self.on_nonfinite!r}")
         if self.grad_clip is not None and not 0 < self.grad_clip < math.inf:
-            raise ValueError(f"optim.grad_clip must be finite and > 0, or null (no clipping), got {self.grad_clip}")
+            raise ValueError(f"OptimConfig.grad_clip must be finite and > 0, or null (no clipping), got {self.grad_clip}")
         if not 0 < self.eps < math.inf:
-            raise ValueError(f"optim.eps must be finite and > 0, got {self.eps}")
+            raise ValueError(f"OptimConfig.eps must be finite and > 0, got {self.eps}")
         if not 0 <= self.rmsprop_alpha < 1:
-            raise ValueError(f"optim.rmsprop_alpha must be in [0, 1), got {self.rmsprop_alpha}")
+            raise ValueError(f"OptimConfig.rmsprop_alpha must be in [0, 1), got {self.rmsprop_alpha}")
         if self.hard_update_interval < 1:
-            raise ValueError(f"optim.hard_update_interval must be >= 1, got {self.hard_update_interval}")
+            raise ValueError(f"OptimConfig.hard_update_interval must be >= 1, got {self.hard_update_interval}")
 
     def make_optimizer(self, param_groups: list[dict]) -> torch.optim.Optimizer:
         """The optimiser ``name`` names over ``param_groups`` (each group with its own ``lr``),

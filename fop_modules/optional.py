@@ -32,7 +32,7 @@ def require(module: str, *, needed_for: str, extra: str) -> ModuleType:
 
     Args:
         module: the module to import, e.g. ``"jaxmarl"``.
-        needed_for: what the user selected, e.g. ``"env=smax"`` (starts the message).
+        needed_for: what needs it, e.g. ``"SMAXEnv"`` (starts the message).
         extra: the key of :data:`INSTALL` whose command installs it.
 
     Examples:

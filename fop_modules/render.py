@@ -61,7 +61,7 @@ def _smax_frames(env: EnvBase, game: SMAXEnv, policy: nn.Module, max_steps: int)
     jax_env = game.jax_env
     if not hasattr(jax_env, "heuristic_policy"):
         raise ValueError(
-            "rendering a SMAX battle needs the heuristic enemy (env.heuristic_enemy=true): JaxMARL's "
+            "rendering a SMAX battle needs the heuristic enemy (SMAXEnv(heuristic_enemy=True)): JaxMARL's "
             "visualiser recomputes the enemies' actions, which random enemies do not allow"
         )
     jax = require("jax", needed_for="rendering a SMAX battle", extra="smax")

@@ -187,9 +187,11 @@ def register() -> None:
 
 
 @contextlib.contextmanager
-def startup_errors(section: str, node: DictConfig | None = None):
+def startup_errors(section: str, node: DictConfig | None = None, owner: str | None = None):
     """Turns the ValueError/TypeError of something built from ``section`` into a ConfigError,
-    named ``section.key`` when the message names one key of ``node``."""
+    named ``section.key`` when the message names one key of ``node``. The library names its own
+    fields (``CollectConfig.batch_size``): with ``owner`` (that class's name) they read as the
+    config keys the user sets (``collect.batch_size``)."""
     try:
         yield
     except ConfigError:
@@ -199,11 +201,13 @@ def startup_errors(section: str, node: DictConfig | None = None):
             if not isinstance(error.__cause__, (ValueError, TypeError)):
                 raise (error.__cause__ or error) from None  # e.g. a missing dependency
             error = error.__cause__
-        if str(error).startswith(f"{section}."):  # the message names its key already
-            raise ConfigError(str(error)) from None
-        named = [str(key) for key in (node or {}) if re.search(rf"\b{key}\b", str(error))]
+        message = str(error).replace(f"{owner}.", f"{section}.") if owner else str(error)
+        message = re.sub(r"\bNone\b", "null", message) if owner else message  # YAML's word for it
+        if message.startswith(f"{section}."):  # the message names its key already
+            raise ConfigError(message) from None
+        named = [str(key) for key in (node or {}) if re.search(rf"\b{key}\b", message)]
         where = f"{section}.{named[0]}" if len(named) == 1 else section
-        raise ConfigError(f"{where}: {error}") from None
+        raise ConfigError(f"{where}: {message}") from None
 
 
 def check_target_keys(node: DictConfig, section: str) -> None:
@@ -345,7 +349,7 @@ def validate(cfg: DictConfig) -> Validated:
         for key in cfg[section]:  # `+section.key=...` appends past Hydra's struct check
             if key not in known:
                 raise ConfigError(f"{section}.{key}: unknown key; known: {known}")
-        with startup_errors(section):  # __post_init__ checks the ranges of its own section
+        with startup_errors(section, cfg[section], cls.__name__):  # __post_init__ checks its own ranges
             # merged onto the schema: a config read back from a run's config.yaml is untyped
             values = OmegaConf.to_container(cfg[section], resolve=True)
             try:

@@ -6,6 +6,8 @@ recipes/schema.py); two run the command line to check what a user sees (one para
 
 from __future__ import annotations
 
+import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +23,8 @@ from torch import nn
 
 from fop_modules import FOPLoss, FOPMixer, networks
 from fop_modules.envs.smac import SMACEnv, StarCraftNotAvailable
+from fop_modules.loop_config import CollectConfig
+from fop_modules.optimisation import OptimConfig
 from fop_modules.optional import MissingDependency
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -117,6 +121,10 @@ def test_unknown_group_choice_lists_the_available_ones(group):
         (["algorithm.alpha_init=inf"], r"algorithm.alpha_init must be finite and >= 0"),
         (["algorithm.target_entropy=-inf"], r"algorithm.target_entropy must be a finite number or 'auto'"),
         (["collect.sequence_length=10"], r"collect.sequence_length=10 replays trajectory slices, which only a recurrent FOP .* add collect.sequence_length=null"),
+        (["collect.sequence_length=0"], r"^collect.sequence_length must be >= 1 or null, got 0$"),
+        (["collect.collector=threads"], r"^collect.collector: collector kind must be one of \('single'"),
+        (["collect.collector=distributed", "collect.num_workers=3"],
+         r"^collect: frames_per_batch \(16\) must be a multiple of num_workers \(3\) for the distributed collector"),
         (["trainer.strategy=ddp"], r"trainer.strategy=ddp fails at the first update.* set trainer.strategy=ddp_find_unused_parameters_true"),
         (["trainer.strategy=ddp_spawn_find_unused_parameters_false"], r"set trainer.strategy=ddp_spawn_find_unused_parameters_true"),
     ],
@@ -343,7 +351,7 @@ def test_smax_without_jaxmarl_names_the_extra(monkeypatch):
     from fop_modules.envs.smax import SMAXEnv
 
     _hide(monkeypatch, "jaxmarl")
-    with pytest.raises(MissingDependency, match=r'SMAXEnv \(env=smax\) needs .*`jaxmarl.*pip install -e "\.\[smax\]"'):
+    with pytest.raises(MissingDependency, match=r'SMAXEnv needs .*`jaxmarl.*pip install -e "\.\[smax\]"'):
         SMAXEnv("3m", num_envs=1)
 
 
@@ -366,7 +374,7 @@ def test_vmas_missing_names_the_install_command(monkeypatch):
     from fop_modules.envs.vmas import make_vmas_env
 
     _hide(monkeypatch, "vmas")
-    with pytest.raises(MissingDependency, match=r'env=vmas\) needs the Python package `vmas`.*pip install "vmas>=1.5"'):
+    with pytest.raises(MissingDependency, match=r'make_vmas_env needs the Python package `vmas`.*pip install "vmas>=1.5"'):
         make_vmas_env("navigation", num_envs=1)
 
 
@@ -450,3 +458,41 @@ def test_mixer_names_the_key_of_a_bad_value(change, error, match):
         _corrupt(td, ("agents", "action") if key == "action" else key, value)
     with pytest.raises(error, match=match):
         FOPMixer(n_agents=2, state_dim=3, action_dim=4)(td)
+
+
+# ============================================================================ library errors in library terms
+# The library names its own arguments and fields; the recipe's schema turns them into config keys.
+
+RECIPE_KEY = re.compile(r"\b(?:collect|optim|algorithm|checkpoint|trainer|temperature|env)(?:\.[a-z_]+|=)|\brecipe\b")
+
+
+def _error_texts(path: Path) -> list[tuple[int, str]]:
+    """The string parts of every ``raise`` and warning call of a module, by line."""
+    texts = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        call = node.exc if isinstance(node, ast.Raise) else node if isinstance(node, ast.Call) else None
+        if not isinstance(call, ast.Call):
+            continue
+        name = ast.unparse(call.func)
+        if isinstance(node, ast.Call) and "warn" not in name:
+            continue
+        for arg in call.args:
+            for part in ast.walk(arg):
+                if isinstance(part, ast.Constant) and isinstance(part.value, str):
+                    texts.append((part.lineno, part.value))
+    return texts
+
+
+def test_library_errors_name_library_arguments_not_recipe_keys():
+    quoting = [f"{path.relative_to(ROOT)}:{line}: {text!r}" for path in sorted((ROOT / "fop_modules").rglob("*.py"))
+               for line, text in _error_texts(path) if RECIPE_KEY.search(text)]
+    assert quoting == []
+
+
+def test_library_config_errors_name_their_fields():
+    with pytest.raises(ValueError, match=r"^CollectConfig.batch_size \(64\) x sequence_length \(1\) frames is larger than CollectConfig.buffer_size \(10\)$"):
+        CollectConfig(buffer_size=10)
+    with pytest.raises(ValueError, match=r"^OptimConfig.lr_actor must be finite and > 0, got -1$"):
+        OptimConfig(lr_actor=-1)
+    with pytest.raises(ValueError, match=r"^frames_per_batch \(16\) must be a multiple of num_workers \(3\)"):
+        CollectConfig(collector="distributed", num_workers=3)  # at start-up, not when the collector is built

@@ -71,7 +71,7 @@ def _import_smax():
     try:
         # the package before its submodule: an already imported submodule hides a missing parent
         jax, jnp, _, smax = (
-            require(name, needed_for="SMAXEnv (env=smax)", extra="smax")
+            require(name, needed_for="SMAXEnv", extra="smax")
             for name in ("jax", "jax.numpy", "jaxmarl.environments", "jaxmarl.environments.smax")
         )
     finally:

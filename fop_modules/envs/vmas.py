@@ -150,7 +150,7 @@ def make_vmas_env(
         >>> td["next", "step_count"].squeeze(-1).tolist()
         [[1, 2], [1, 2]]
     """
-    require("vmas", needed_for="make_vmas_env (env=vmas)", extra="vmas")  # else no scenarios
+    require("vmas", needed_for="make_vmas_env", extra="vmas")  # else no scenarios
     available = VmasEnv.available_envs
     if scenario not in available:
         close = difflib.get_close_matches(scenario, available, n=3)
