@@ -55,6 +55,9 @@ KEYS_ADDED_SINCE = {"reward_std": None}  # raw rewards, as before reward standar
 DDP_STRATEGY = "ddp_find_unused_parameters_true"  # several learners: fop_modules/distributed.py
 # `hydra.run.dir: ${if_null:${resume},<new dir>}`: a resumed run writes into the run it continues
 OmegaConf.register_new_resolver("if_null", lambda value, default: default if value is None else value, replace=True)
+# `${episodes:5000}`: frames of 5000 episodes at the config's `episode_limit` (replay and warm-up sizes
+# follow a map's limit instead of being copied per map)
+OmegaConf.register_new_resolver("episodes", lambda n, *, _root_: int(n) * int(_root_.episode_limit), replace=True)
 
 
 def uses_gru(algo: DictConfig) -> bool:

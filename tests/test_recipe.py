@@ -60,6 +60,15 @@ def test_every_experiment_and_algorithm_composes_validates_and_builds(experiment
     assert loss.n_agents == env.n_agents
 
 
+@pytest.mark.parametrize(("experiment", "limit"), [("smac_mmm", 120), ("smac_mmm2", 200), ("smac_2c_vs_64zg", 300),
+                                                ("smax_3m", 80), ("smax_5m_vs_6m", 120)])
+def test_replay_and_warmup_sizes_follow_the_episode_limit(experiment, limit):
+    """The authors' 5000 episodes of replay and 100 of warm-up, in frames of the map's own limit
+    (`${episodes:N}`): a map or an override sets `episode_limit` alone."""
+    collect = _compose([f"+experiment={experiment}", f"episode_limit={limit}"]).collect
+    assert (collect.buffer_size, collect.warmup_frames) == (5000 * limit, 100 * limit)
+
+
 @pytest.mark.parametrize("temperature", TEMPERATURES)
 def test_every_temperature_config_instantiates(temperature):
     from hydra.utils import instantiate
