@@ -266,6 +266,22 @@ def fop_temperature(cfg: DictConfig, algo: AlgorithmConfig, collect: CollectConf
     return temperature
 
 
+def greedy_note(cfg: DictConfig) -> str | None:
+    """The line a greedy FOP run prints (``algorithm.greedy=true``, ``algorithm=fop_greedy``):
+    alpha = 0 for the whole run wins over the temperature group and ``learn_alpha``, and says which
+    of them it sets aside. None for any other run."""
+    algo = cfg.algorithm
+    if is_baseline(algo) or not algo.get("greedy"):
+        return None
+    unused = []
+    if cfg.temperature is not None:
+        unused.append(f"temperature ({str(cfg.temperature.get('_target_')).rsplit('.', 1)[-1]})")
+    if algo.get("learn_alpha"):
+        unused.append("algorithm.learn_alpha=true")
+    return "note: algorithm.greedy=true: alpha = 0 for the whole run" + (
+        f"; {' and '.join(unused)} not used" if unused else "")
+
+
 def is_baseline(algo: DictConfig) -> bool:
     """Whether the algorithm section selects a baseline (``name`` in baselines.ALGORITHMS)."""
     return algo.get("name") in baselines.ALGORITHMS

@@ -183,6 +183,8 @@ def train(cfg: DictConfig, run_dir: Path, callbacks: Sequence[L.Callback] = ()) 
     ``callbacks`` are added to the trainer's own (benchmarks/throughput.py reads its profiler)."""
     start = time.perf_counter()
     typed = schema.validate(cfg)  # ranges and relations of keys: ConfigError names the key
+    if (note := schema.greedy_note(cfg)) is not None:  # alpha = 0 sets the temperature aside: say so
+        print(note, flush=True)
     # saves and stops on SIGINT/SIGTERM, and keeps the run's wall time across resumes; a signal
     # while the run is built stops it before it trains, one after the last batch changes nothing
     checkpoint = EnvFrameCheckpoint(run_dir / "checkpoints", cfg.checkpoint.every_frames, started=start)

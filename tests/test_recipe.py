@@ -79,9 +79,13 @@ def test_every_temperature_config_instantiates(temperature):
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
-def test_greedy_algorithm_runs_with_alpha_zero_in_every_experiment(experiment, tmp_path):
+def test_greedy_algorithm_runs_with_alpha_zero_in_every_experiment(experiment, tmp_path, capsys):
     cfg = _compose([f"+experiment={experiment}", "algorithm=fop_greedy", *_short(experiment)])
     train.train(cfg, tmp_path)
+    # the temperature the experiment picks (or its learned alpha) is set aside, and the run says so
+    note = next(line for line in capsys.readouterr().out.splitlines() if "algorithm.greedy=true" in line)
+    assert note.startswith("note: algorithm.greedy=true: alpha = 0 for the whole run; ")
+    assert ("Temperature) not used" in note) != ("learn_alpha=true not used" in note), note
     metrics = (tmp_path / "logs" / "metrics.csv").read_text().splitlines()
     alpha_column = metrics[0].split(",").index("train/alpha")
     alphas = {row.split(",")[alpha_column] for row in metrics[1:]} - {""}
