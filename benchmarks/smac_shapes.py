@@ -1,6 +1,6 @@
 """SMAC-shaped FOP learners and synthetic episodes for the benchmarks, built by the real pipeline.
 
-The learner comes from ``recipes/train.py`` (``make_env`` + ``build_loss`` + ``FOPLightningModule``)
+The learner comes from ``recipes/train.py`` (``make_env``, ``fop_modules.algorithm.build_fop``, ``FOPLightningModule``)
 with ``+experiment=smac_<map>`` and ``env.backend=fake`` (the stand-in game has the real maps'
 observation, state and action sizes). Episodes are random tensors with the env's own keys, shapes
 and dtypes (``env.fake_tensordict()``), stored through the module's replay buffer and sampled
@@ -26,9 +26,10 @@ import lightning as L  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 
 import schema  # noqa: E402  (recipes/schema.py)
+from fop_modules.algorithm import build_fop  # noqa: E402
 from fop_modules.envs.smac import SMACEnv  # noqa: E402
 from fop_modules.lightning import FOPLightningModule  # noqa: E402
-from train import build_loss, make_env  # noqa: E402  (recipes/train.py)
+from train import make_env  # noqa: E402  (recipes/train.py)
 
 MAPS = {"MMM": "smac_mmm", "MMM2": "smac_mmm2", "3s_vs_3z": "smac_3s_vs_3z", "2c_vs_64zg": "smac_2c_vs_64zg"}
 
@@ -88,7 +89,7 @@ def recipe_learner(cfg: DictConfig) -> tuple[FOPLightningModule, object]:
     """(module, env) as ``recipes/train.py`` builds them for the composed ``cfg``."""
     typed = schema.validate(cfg)
     env = make_env(cfg.env, cfg.algorithm)
-    loss, policy = build_loss(env, typed.algorithm)
+    loss, policy = build_fop(env, typed.algorithm)
     module = FOPLightningModule(
         loss, policy, make_env=None, make_eval_env=None,
         collect=typed.collect, optim=typed.optim, temperature=typed.temperature,

@@ -29,6 +29,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from fop_modules import baselines
+from fop_modules.algorithm import FOPConfig
 from fop_modules.loop_config import CollectConfig
 from fop_modules.optimisation import OptimConfig
 from fop_modules.temperature import ConstantTemperature, TemperatureSchedule
@@ -50,93 +51,10 @@ class ConfigError(ValueError):
     """A config value the run cannot start with; the message names the dotted key."""
 
 
-class Decomposition(str, Enum):
-    fop = "fop"  # FOPMixer: sum_i lambda_i (Q_i - V_i) + V_jt (eq. 7)
-    linear = "linear"  # LinearMixer: DOP's sum_i k_i(s) Q_i + b(s)
-
-
-class AdvantageForm(str, Enum):
-    stopgrad = "stopgrad"  # the authors' code
-    paper = "paper"  # eq. (7)
-
-
-class IndividualTemperature(str, Enum):
-    shared = "shared"  # alpha_i = alpha (authors)
-    paper = "paper"  # the paper's alpha_i formula
-
-
-class EntropyReduction(str, Enum):
-    sum = "sum"
-    mean = "mean"
-
-
-class LossFunction(str, Enum):
-    l2 = "l2"
-    l1 = "l1"
-    smooth_l1 = "smooth_l1"
-
-
-class Activation(str, Enum):
-    relu = "relu"
-    tanh = "tanh"
-
-
 class LoggerName(str, Enum):
     csv = "csv"
     tensorboard = "tensorboard"  # needs `pip install -e ".[tensorboard]"`
     wandb = "wandb"  # needs `pip install -e ".[wandb]"`
-
-
-@dataclass
-class AlgorithmConfig:
-    """Types of configs/algorithm/*.yaml (the comments there say what each key does)."""
-
-    name: str = MISSING
-    decomposition: Decomposition = MISSING
-    advantage_form: AdvantageForm = MISSING
-    n_heads: int = MISSING
-    v_hidden: int = MISSING
-    hidden: List[int] = MISSING
-    activation: Activation = MISSING
-    agent_id: bool = MISSING
-    recurrent: bool = MISSING
-    rnn_hidden: int = MISSING
-    recurrent_critic: bool = MISSING
-    value_network: bool = MISSING
-    num_qvalue_nets: int = MISSING
-    greedy: bool = MISSING
-    learn_alpha: bool = MISSING
-    alpha_init: float = MISSING
-    target_entropy: Any = MISSING  # a number or "auto" (Any: OmegaConf 2.3 fails on a Union here)
-    individual_temperature: IndividualTemperature = MISSING
-    entropy_reduction: EntropyReduction = MISSING
-    loss_function: LossFunction = MISSING
-    gamma: float = MISSING
-    td_lambda: Optional[float] = MISSING
-
-    def __post_init__(self) -> None:
-        for name in ("n_heads", "v_hidden", "rnn_hidden"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"algorithm.{name} must be >= 1, got {getattr(self, name)}")
-        if not self.hidden or min(self.hidden) < 1:
-            raise ConfigError(f"algorithm.hidden must be a non-empty list of sizes >= 1, got {self.hidden}")
-        if self.num_qvalue_nets not in (1, 2):
-            raise ConfigError(f"algorithm.num_qvalue_nets must be 1 or 2, got {self.num_qvalue_nets}")
-        if not 0 <= self.gamma <= 1:
-            raise ConfigError(f"algorithm.gamma must be in [0, 1], got {self.gamma}")
-        if self.td_lambda is not None and not 0 <= self.td_lambda <= 1:
-            raise ConfigError(f"algorithm.td_lambda must be in [0, 1] or null, got {self.td_lambda}")
-        if not 0 <= self.alpha_init < math.inf or (self.learn_alpha and self.alpha_init == 0):
-            raise ConfigError(
-                f"algorithm.alpha_init must be finite and >= 0 (> 0 with learn_alpha: alpha is learned in log "
-                f"space), got {self.alpha_init}"
-            )
-        entropy = self.target_entropy
-        if entropy != "auto" and (isinstance(entropy, bool) or not isinstance(entropy, (int, float))
-                                  or not math.isfinite(entropy)):
-            raise ConfigError(
-                f"algorithm.target_entropy must be a finite number or 'auto', got {self.target_entropy!r}"
-            )
 
 
 @dataclass
@@ -160,7 +78,7 @@ class RunConfig:
     seed: int = MISSING
     env: Any = MISSING
     temperature: Any = None  # null (`~temperature`): alpha is learned
-    algorithm: Any = MISSING  # FOP's AlgorithmConfig or a baseline's config: checked by validate
+    algorithm: Any = MISSING  # FOP's FOPConfig or a baseline's config: checked by validate
     collect: CollectConfig = MISSING
     optim: OptimConfig = MISSING
     trainer: Dict[str, Any] = MISSING  # lightning.Trainer arguments
@@ -175,7 +93,7 @@ class RunConfig:
 class Validated:
     """The typed sections of a validated run config."""
 
-    algorithm: Any  # AlgorithmConfig (FOP and its ablations) or a baselines.ALGORITHMS config
+    algorithm: Any  # FOPConfig (FOP and its ablations) or a baselines.ALGORITHMS config
     collect: CollectConfig
     optim: OptimConfig
     temperature: TemperatureSchedule | None
@@ -227,7 +145,7 @@ def check_target_keys(node: DictConfig, section: str) -> None:
             raise ConfigError(f"{section}.{key}: not an argument of {target}; allowed: {allowed}")
 
 
-def fop_temperature(cfg: DictConfig, algo: AlgorithmConfig, collect: CollectConfig) -> TemperatureSchedule | None:
+def fop_temperature(cfg: DictConfig, algo: FOPConfig, collect: CollectConfig) -> TemperatureSchedule | None:
     """FOP's cross-key checks; returns its temperature schedule (None: alpha is learned)."""
     if (algo.recurrent or algo.recurrent_critic) and collect.sequence_length is None:
         raise ConfigError(
@@ -246,7 +164,7 @@ def fop_temperature(cfg: DictConfig, algo: AlgorithmConfig, collect: CollectConf
             "replayed trajectory slices (null td_lambda: one-step TD on transitions)"
         )
 
-    if algo.greedy:  # alpha = 0 whatever the temperature group or learn_alpha (build_loss drops it)
+    if algo.greedy:  # alpha = 0 whatever the temperature group or learn_alpha (build_fop drops it)
         temperature = ConstantTemperature(0.0)  # greedy FOP (Fig. 3): no entropy at all
     elif cfg.temperature is not None:
         check_target_keys(cfg.temperature, "temperature")
@@ -303,7 +221,7 @@ def baseline_section(algo: DictConfig, collect: CollectConfig):
     """
     cls = baselines.ALGORITHMS[algo.name]
     known = {f.name for f in fields(cls)}
-    fop_keys = {f.name for f in fields(AlgorithmConfig)}
+    fop_keys = {f.name for f in fields(FOPConfig)}
     ignored = sorted((set(algo) - known - {"name"}) & fop_keys)
     unknown = sorted(set(algo) - known - fop_keys)
     if unknown:
@@ -357,7 +275,7 @@ def validate(cfg: DictConfig) -> Validated:
         ConfigError: naming the first bad key (dotted path) and what is allowed.
     """
     typed = {}
-    for section, cls in (("collect", CollectConfig), ("optim", OptimConfig), ("algorithm", AlgorithmConfig)):
+    for section, cls in (("collect", CollectConfig), ("optim", OptimConfig), ("algorithm", FOPConfig)):
         if section == "algorithm" and is_baseline(cfg.algorithm):
             typed[section] = baseline_section(cfg.algorithm, typed["collect"])
             break

@@ -29,7 +29,8 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 from torchrl.envs import Compose, RewardScaling, TransformedEnv
 
-from fop_modules import FOPLoss, FOPMixer, LinearMixer, baselines, networks, plots, probes, recurrent
+from fop_modules import baselines, plots, probes, recurrent
+from fop_modules.algorithm import build_fop
 from fop_modules.checkpointing import (
     LOG_ROW_KEY, AtomicCheckpointIO, EnvFrameCheckpoint, RNGCheckpoint, newest_loadable, previous_path,
 )
@@ -87,63 +88,6 @@ def make_env(env_cfg: DictConfig, algo: DictConfig, num_envs: int | None = None,
     return TransformedEnv(env, Compose(*transforms)) if transforms else env
 
 
-def build_loss(env, algo: DictConfig) -> tuple[FOPLoss, torch.nn.Module]:
-    """Networks sized from the env's specs, the mixer and FOPLoss; returns (loss, policy)."""
-    sizes = env_sizes(env)
-    n_agents, obs_dim, state_dim, discrete = sizes.n_agents, sizes.obs_dim, sizes.state_dim, sizes.discrete
-    action_dim = sizes.action_dim  # the number of actions, or the size of an action vector
-    net = {"hidden": list(algo.hidden), "agent_id": algo.agent_id, "activation": networks.ACTIVATIONS[algo.activation]}
-    if discrete:
-        n_actions = action_dim
-        if algo.recurrent:
-            actor = recurrent.recurrent_discrete_actor(
-                n_agents, obs_dim, n_actions, hidden=algo.rnn_hidden, agent_id=algo.agent_id
-            )
-        else:
-            actor = networks.discrete_actor(n_agents, obs_dim, n_actions, masked=sizes.masked, **net)
-        if algo.recurrent_critic:
-            critic = recurrent.recurrent_discrete_critic(
-                n_agents, obs_dim, n_actions, hidden=algo.rnn_hidden, agent_id=algo.agent_id
-            )
-        else:
-            critic = networks.discrete_critic(n_agents, obs_dim, n_actions, **net)
-    else:
-        actor = networks.continuous_actor(n_agents, obs_dim, action_dim, low=sizes.low, high=sizes.high, **net)
-        critic = networks.continuous_critic(n_agents, obs_dim, action_dim, **net)
-    value_net = networks.value_network(n_agents, obs_dim, **net) if algo.value_network else None
-
-    mixer_args = dict(n_agents=n_agents, state_dim=state_dim, action_dim=action_dim,
-                      discrete_actions=discrete)
-    if algo.decomposition == "fop":
-        mixer = FOPMixer(**mixer_args, n_heads=algo.n_heads, v_hidden=algo.v_hidden,
-                         advantage_form=algo.advantage_form)
-    elif algo.decomposition == "linear":
-        mixer = LinearMixer(**mixer_args, hidden=algo.v_hidden)
-    else:
-        raise ValueError(f"algorithm.decomposition must be 'fop' or 'linear', got {algo.decomposition!r}")
-
-    loss = FOPLoss(
-        actor, critic, mixer,
-        action_space="discrete" if discrete else "continuous",
-        value_network=value_net,
-        num_qvalue_nets=algo.num_qvalue_nets,
-        alpha_init=algo.alpha_init,
-        learn_alpha=algo.learn_alpha and not algo.greedy,  # greedy FOP: alpha fixed at 0
-        target_entropy=algo.target_entropy,
-        num_actions=action_dim if discrete else None,
-        individual_temperature=algo.individual_temperature,
-        entropy_reduction=algo.entropy_reduction,
-        loss_function=algo.loss_function,
-    )
-    if algo.td_lambda is None:
-        loss.make_value_estimator(gamma=algo.gamma)  # one-step TD, eq. (9)
-    else:
-        from torchrl.objectives.utils import ValueEstimators
-
-        loss.make_value_estimator(ValueEstimators.TDLambda, gamma=algo.gamma, lmbda=algo.td_lambda)
-    return loss, actor
-
-
 def build_module(cfg: DictConfig, typed, env) -> tuple[MARLLightningModule, torch.nn.Module, Callable]:
     """The Lightning module of ``cfg.algorithm`` (FOP or a baseline) for ``env``, its policy and
     its joint-Q probe; ``typed`` is ``schema.validate(cfg)``. recipes/evaluate.py and
@@ -158,7 +102,7 @@ def build_module(cfg: DictConfig, typed, env) -> tuple[MARLLightningModule, torc
         )
         return module, baseline.policy, baseline.joint_q
     with startup_errors("algorithm"):  # the networks' and FOPLoss's own checks
-        loss, policy = build_loss(env, typed.algorithm)
+        loss, policy = build_fop(env, typed.algorithm)
     module = FOPLightningModule(
         loss, policy, **envs, collect=typed.collect, optim=typed.optim,
         temperature=typed.temperature, seed=cfg.seed,

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf.errors import OmegaConfBaseException
@@ -22,6 +23,7 @@ from tensordict.nn import TensorDictModule
 from torch import nn
 
 from fop_modules import FOPLoss, FOPMixer, networks
+from fop_modules.algorithm import FOPConfig, build_fop
 from fop_modules.envs.smac import SMACEnv, StarCraftNotAvailable
 from fop_modules.loop_config import CollectConfig
 from fop_modules.optimisation import OptimConfig
@@ -496,3 +498,18 @@ def test_library_config_errors_name_their_fields():
         OptimConfig(lr_actor=-1)
     with pytest.raises(ValueError, match=r"^frames_per_batch \(16\) must be a multiple of num_workers \(3\)"):
         CollectConfig(collector="distributed", num_workers=3)  # at start-up, not when the collector is built
+    fop = yaml.safe_load((ROOT / "configs" / "algorithm" / "fop.yaml").read_text())
+    with pytest.raises(ValueError, match=r"^FOPConfig.num_qvalue_nets must be 1 or 2, got 3$"):
+        FOPConfig(**{**fop, "num_qvalue_nets": 3})
+    with pytest.raises(ValueError, match=r"^FOPConfig.td_lambda must be in \[0, 1\] or None, got 2$"):
+        FOPConfig(**{**fop, "td_lambda": 2})
+
+
+def test_fop_config_from_the_recipe_yaml_builds_fop_without_the_recipe():
+    """FOP's settings and builder live in the library: configs/algorithm/fop.yaml as a FOPConfig
+    builds the loss and policy for an env, no Hydra and no recipe involved."""
+    from fop_modules.envs import MatrixGameEnv
+
+    config = FOPConfig(**yaml.safe_load((ROOT / "configs" / "algorithm" / "fop.yaml").read_text()))
+    loss, policy = build_fop(MatrixGameEnv(num_envs=2), config)
+    assert (loss.n_agents, loss.num_qvalue_nets, policy is loss.actor_network) == (2, 2, True)

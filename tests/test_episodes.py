@@ -20,6 +20,7 @@ from tensordict import TensorDict
 from torchrl.collectors import Collector
 from torchrl.envs import SerialEnv
 
+from fop_modules.algorithm import build_fop
 from fop_modules.episodes import EpisodeAssembler, mask_partial_episodes
 from fop_modules.lightning import FOPLightningModule
 from fop_modules.loop_config import CollectConfig
@@ -43,7 +44,7 @@ def collected():
         cfg = compose("config", overrides=overrides)
     torch.manual_seed(0)
     env = SerialEnv(GAMES, lambda: train.make_env(cfg.env, cfg.algorithm))
-    loss, policy = train.build_loss(env, cfg.algorithm)
+    loss, policy = build_fop(env, cfg.algorithm)
     env.set_seed(0)
     collector = Collector(env, policy, frames_per_batch=FRAMES_PER_BATCH, total_frames=1200)
     batches = []

@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
+from fop_modules.algorithm import build_fop
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "recipes"))
 import train  # noqa: E402  (the recipe module)
@@ -56,7 +58,7 @@ def test_every_experiment_and_algorithm_composes_validates_and_builds(experiment
     cfg = _compose([f"+experiment={experiment}", f"algorithm={algorithm}", *learned_alpha, *_short(experiment)])
     train.schema.validate(cfg)
     env = train.make_env(cfg.env, cfg.algorithm)
-    loss, policy = train.build_loss(env, cfg.algorithm)
+    loss, policy = build_fop(env, cfg.algorithm)
     assert loss.n_agents == env.n_agents
 
 
@@ -275,7 +277,7 @@ def test_mtq_uses_the_papers_individual_temperatures(algorithm):
     with alpha_i = alpha, FOP reaches (5, 5) in 4/5 seeds; with the formula in 10/10)."""
     cfg = _compose(["+experiment=mtq", f"algorithm={algorithm}", *SHORT])
     assert cfg.algorithm.individual_temperature == "paper" and cfg.algorithm.value_network
-    loss, _ = train.build_loss(train.make_env(cfg.env, cfg.algorithm), cfg.algorithm)
+    loss, _ = build_fop(train.make_env(cfg.env, cfg.algorithm), cfg.algorithm)
     assert loss.individual_temperature == "paper" and loss.num_qvalue_nets == 1
 
 

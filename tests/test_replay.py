@@ -17,6 +17,7 @@ from tensordict import TensorDict
 from torchrl.collectors import Collector
 from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
 
+from fop_modules.algorithm import build_fop
 from fop_modules.checkpointing import load_replay_state, replay_state
 from fop_modules.episodes import EpisodeAssembler, mask_partial_episodes
 from fop_modules.lightning import FOPLightningModule
@@ -37,7 +38,7 @@ def _collect(overrides: list[str], frames: int, frames_per_batch: int, seed: int
         cfg = compose("config", overrides=overrides)
     torch.manual_seed(seed)
     env = train.make_env(cfg.env, cfg.algorithm)
-    loss, policy = train.build_loss(env, cfg.algorithm)
+    loss, policy = build_fop(env, cfg.algorithm)
     env.set_seed(seed)
     collector = Collector(env, policy, frames_per_batch=frames_per_batch, total_frames=frames)
     batches = [batch.clone() for batch in collector]
