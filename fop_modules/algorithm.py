@@ -11,7 +11,6 @@ one's own can build the same parts::
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, List, Optional
@@ -94,29 +93,27 @@ class FOPConfig:
     name: str = "fop"  # the name runs are filed under (summary.json, plots)
 
     def __post_init__(self) -> None:
-        for name in ("n_heads", "v_hidden", "rnn_hidden"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"FOPConfig.{name} must be >= 1, got {getattr(self, name)}")
+        """Checks the fields before anything is built: the loss's and the mixer's options by their
+        own rules (:meth:`FOPLoss.check_options`, :meth:`FOPMixer.check_options`, whose messages
+        name them), the rest here."""
+        FOPLoss.check_options(
+            num_qvalue_nets=self.num_qvalue_nets, value_network=self.value_network,
+            individual_temperature=self.individual_temperature, entropy_reduction=self.entropy_reduction,
+            learn_alpha=self.learn_alpha and not self.greedy, alpha_init=self.alpha_init,
+            target_entropy=self.target_entropy,
+        )
+        if self.decomposition == "fop":
+            FOPMixer.check_options(n_heads=self.n_heads, v_hidden=self.v_hidden, advantage_form=self.advantage_form)
+        elif self.v_hidden < 1:  # LinearMixer's hidden size
+            raise ValueError(f"FOPConfig.v_hidden must be >= 1, got {self.v_hidden}")
+        if self.rnn_hidden < 1:
+            raise ValueError(f"FOPConfig.rnn_hidden must be >= 1, got {self.rnn_hidden}")
         if not self.hidden or min(self.hidden) < 1:
             raise ValueError(f"FOPConfig.hidden must be a non-empty list of sizes >= 1, got {self.hidden}")
-        if self.num_qvalue_nets not in (1, 2):
-            raise ValueError(f"FOPConfig.num_qvalue_nets must be 1 or 2, got {self.num_qvalue_nets}")
         if not 0 <= self.gamma <= 1:
             raise ValueError(f"FOPConfig.gamma must be in [0, 1], got {self.gamma}")
         if self.td_lambda is not None and not 0 <= self.td_lambda <= 1:
             raise ValueError(f"FOPConfig.td_lambda must be in [0, 1] or None, got {self.td_lambda}")
-        if not 0 <= self.alpha_init < math.inf or (self.learn_alpha and self.alpha_init == 0):
-            raise ValueError(
-                f"FOPConfig.alpha_init must be finite and >= 0 (> 0 with learn_alpha: alpha is learned in log "
-                f"space), got {self.alpha_init}"
-            )
-        entropy = self.target_entropy
-        if entropy != "auto" and (isinstance(entropy, bool) or not isinstance(entropy, (int, float))
-                                  or not math.isfinite(entropy)):
-            raise ValueError(
-                f"FOPConfig.target_entropy must be a finite number or 'auto', got {self.target_entropy!r}"
-            )
-
 
 
 def build_fop(env: EnvBase, algo: FOPConfig) -> tuple[FOPLoss, nn.Module]:

@@ -297,28 +297,14 @@ class FOPLoss(LossModule):
         super().__init__()
         if action_space not in ("discrete", "continuous"):
             raise ValueError(f"action_space must be 'discrete' or 'continuous', got {action_space!r}")
-        if num_qvalue_nets not in (1, 2):
-            raise ValueError(f"num_qvalue_nets must be 1 or 2, got {num_qvalue_nets}")
         if value_network is None and action_space == "continuous":
             raise ValueError(
                 "continuous actions need a value_network for V_i (eq. 10): the analytic soft "
                 "value alpha * logsumexp(Q_i / alpha) exists only for discrete actions"
             )
-        if individual_temperature not in ("shared", "paper"):
-            raise ValueError(
-                f"individual_temperature must be 'shared' or 'paper', got {individual_temperature!r}"
-            )
-        if individual_temperature == "paper" and value_network is None:
-            raise ValueError(
-                "individual_temperature='paper' needs a value_network: with the analytic V_i the "
-                "alpha_i formula refers to itself"
-            )
-        if entropy_reduction not in ("sum", "mean"):
-            raise ValueError(f"entropy_reduction must be 'sum' or 'mean', got {entropy_reduction!r}")
-        if not alpha_init >= 0:
-            raise ValueError(f"alpha_init must be >= 0, got {alpha_init}")
-        if learn_alpha and alpha_init <= 0:
-            raise ValueError("a learned alpha needs alpha_init > 0 (it is learned in log space)")
+        self.check_options(num_qvalue_nets=num_qvalue_nets, value_network=value_network is not None,
+                           individual_temperature=individual_temperature, entropy_reduction=entropy_reduction,
+                           learn_alpha=learn_alpha, alpha_init=alpha_init, target_entropy=target_entropy)
 
         self.discrete = action_space == "discrete"
         self.num_qvalue_nets = num_qvalue_nets
@@ -373,6 +359,49 @@ class FOPLoss(LossModule):
             else:
                 target_entropy = -float(self.n_agents * mixers[0].action_dim)
         self.register_buffer("target_entropy", torch.tensor(float(target_entropy)))
+
+    @staticmethod
+    def check_options(
+        *,
+        num_qvalue_nets: int = 2,
+        value_network: bool = False,
+        individual_temperature: str = "shared",
+        entropy_reduction: str = "sum",
+        learn_alpha: bool = False,
+        alpha_init: float = 1.0,
+        target_entropy: float | str = "auto",
+    ) -> None:
+        """Raises ValueError for options the constructor refuses, before any network is built
+        (``value_network``: whether one will be given); the constructor runs it on its own.
+
+        Examples:
+            >>> FOPLoss.check_options(num_qvalue_nets=3)
+            Traceback (most recent call last):
+            ...
+            ValueError: num_qvalue_nets must be 1 or 2, got 3
+        """
+        if num_qvalue_nets not in (1, 2):
+            raise ValueError(f"num_qvalue_nets must be 1 or 2, got {num_qvalue_nets}")
+        if individual_temperature not in ("shared", "paper"):
+            raise ValueError(
+                f"individual_temperature must be 'shared' or 'paper', got {individual_temperature!r}"
+            )
+        if individual_temperature == "paper" and not value_network:
+            raise ValueError(
+                "individual_temperature='paper' needs a value_network: with the analytic V_i the "
+                "alpha_i formula refers to itself"
+            )
+        if entropy_reduction not in ("sum", "mean"):
+            raise ValueError(f"entropy_reduction must be 'sum' or 'mean', got {entropy_reduction!r}")
+        if not 0 <= alpha_init < math.inf:
+            raise ValueError(f"alpha_init must be finite and >= 0, got {alpha_init}")
+        if learn_alpha and alpha_init <= 0:
+            raise ValueError(
+                f"alpha_init must be > 0 with learn_alpha (alpha is learned in log space), got {alpha_init}"
+            )
+        if target_entropy != "auto" and (isinstance(target_entropy, bool) or not isinstance(target_entropy, (int, float))
+                                         or not math.isfinite(target_entropy)):
+            raise ValueError(f"target_entropy must be a finite number or 'auto', got {target_entropy!r}")
 
     @property
     def in_keys(self) -> list[NestedKey]:

@@ -273,14 +273,9 @@ class FOPMixer(_MixerBase):
         out_keys: Sequence[NestedKey] | None = None,
     ) -> None:
         super().__init__(n_agents, state_dim, action_dim, discrete_actions, in_keys, out_keys)
-        if advantage_form not in ("paper", "stopgrad"):
-            raise ValueError(
-                f"advantage_form must be 'paper' or 'stopgrad', got {advantage_form!r}"
-            )
+        self.check_options(n_heads=n_heads, v_hidden=v_hidden, advantage_form=advantage_form)
         if qatten is not None and advantage_form != "stopgrad":
             raise ValueError("Qatten weights exist only in the authors' advantage_form='stopgrad'")
-        if n_heads < 1:
-            raise ValueError(f"n_heads must be >= 1, got {n_heads}")
         self.advantage_form = advantage_form
         self.qatten = qatten
         joint = state_dim + n_agents * action_dim
@@ -291,6 +286,23 @@ class FOPMixer(_MixerBase):
         self.v_jt = nn.Sequential(
             nn.Linear(state_dim, v_hidden), nn.ReLU(), nn.Linear(v_hidden, 1)
         )
+
+    @staticmethod
+    def check_options(*, n_heads: int = 4, v_hidden: int = 32, advantage_form: str = "stopgrad") -> None:
+        """Raises ValueError for options the constructor refuses, before it builds anything.
+
+        Examples:
+            >>> FOPMixer.check_options(advantage_form="sum")
+            Traceback (most recent call last):
+            ...
+            ValueError: advantage_form must be 'paper' or 'stopgrad', got 'sum'
+        """
+        if advantage_form not in ("paper", "stopgrad"):
+            raise ValueError(f"advantage_form must be 'paper' or 'stopgrad', got {advantage_form!r}")
+        if n_heads < 1:
+            raise ValueError(f"n_heads must be >= 1, got {n_heads}")
+        if v_hidden < 1:
+            raise ValueError(f"v_hidden must be >= 1, got {v_hidden}")
 
     def lambda_weights(self, state: Tensor, joint_action: Tensor) -> Tensor:
         """lambda_i(s, u) > 0, shape [*B, N, 1]  (sec. 4.3, QPLEX's weight network)."""

@@ -123,6 +123,10 @@ def startup_errors(section: str, node: DictConfig | None = None, owner: str | No
         message = re.sub(r"\bNone\b", "null", message) if owner else message  # YAML's word for it
         if message.startswith(f"{section}."):  # the message names its key already
             raise ConfigError(message) from None
+        first = message.split(" ", 1)[0]
+        if owner and node is not None and first in node:  # the config class's field (or an argument of
+            # the library check it runs) is the section's key
+            raise ConfigError(f"{section}.{message}") from None
         named = [str(key) for key in (node or {}) if re.search(rf"\b{key}\b", message)]
         where = f"{section}.{named[0]}" if len(named) == 1 else section
         raise ConfigError(f"{where}: {message}") from None
