@@ -22,7 +22,7 @@ batch. ``single`` with a CPU learner acts with the learner's policy itself.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Callable, Literal, get_args
 
 import numpy as np
 import torch
@@ -33,7 +33,7 @@ from torchrl.envs import EnvBase
 __all__ = ["CollectorKind", "FrameBudget", "check_collector", "make_collector", "needs_weight_sync", "SeededEnvFactory"]
 
 CollectorKind = Literal["single", "multi_sync", "multi_async", "distributed"]
-KINDS = ("single", "multi_sync", "multi_async", "distributed")
+KINDS = get_args(CollectorKind)  # ("single", "multi_sync", "multi_async", "distributed")
 LAUNCHERS = ("mp", "submitit")  # how the distributed collector starts its workers
 ENDLESS = 2**62  # total_frames of a collector that FrameBudget stops (DistributedCollector reads -1 as 0)
 

@@ -37,7 +37,7 @@ class CollectConfig:
         if self.policy_warmup_frames < 0:
             raise ValueError(f"CollectConfig.policy_warmup_frames must be >= 0, got {self.policy_warmup_frames}")
         for name in ("total_frames", "frames_per_batch", "buffer_size", "batch_size",
-                     "updates_per_batch", "eval_envs", "eval_max_steps", "num_workers"):
+                     "updates_per_batch", "eval_envs", "eval_max_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"CollectConfig.{name} must be >= 1, got {getattr(self, name)}")
         for name in ("init_random_frames", "eval_interval"):
