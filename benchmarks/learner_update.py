@@ -50,17 +50,16 @@ def timed(fn, repeats: int, device: torch.device = torch.device("cpu")) -> float
 
 def bare_forward_backward(module, batch) -> None:
     loss = module.loss_module
-    with loss.shared_unroll(batch) as seq:
-        rows = loss._rows(seq)  # the real (unpadded) steps, as the update computes them
-        total = loss._policy(rows)[1].sum()
-        for k in range(loss.num_qvalue_nets):
-            q = loss._critic(rows, loss.qvalue_network_params, k)
-            q_next = loss._critic(rows.get("next"), loss.qvalue_network_params, k)
-            action = rows.get(loss.tensor_keys.action)
-            q_i = loss._chosen(q, action)
-            v_i = q.mean(-1, keepdim=True)
-            q_jt = loss._mix(loss.mixer_params, k, q_i, v_i, rows, action)[0]
-            total = total + q_jt.sum() + q_next.sum()
+    rows = loss.unroll(batch).rows  # the real (unpadded) steps, as the update computes them
+    total = loss._policy(rows)[1].sum()
+    for k in range(loss.num_qvalue_nets):
+        q = loss._critic(rows, loss.qvalue_network_params, k)
+        q_next = loss._critic(rows.get("next"), loss.qvalue_network_params, k)
+        action = rows.get(loss.tensor_keys.action)
+        q_i = loss._chosen(q, action)
+        v_i = q.mean(-1, keepdim=True)
+        q_jt = loss._mix(loss.mixer_params, k, q_i, v_i, rows, action)[0]
+        total = total + q_jt.sum() + q_next.sum()
     total.backward()
 
 

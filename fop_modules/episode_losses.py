@@ -4,19 +4,13 @@
 ``collect.sequence_length`` is set (the episode limit: whole episodes, as PyMARL replays them;
 TorchRL's ``SliceSampler`` pads short slices at their end and marks the real steps in
 ``("collector", "mask")``). TorchRL's ``QMixerLoss`` and ``DiscreteSACLoss`` read transitions.
-The losses here bridge the two as :class:`~fop_modules.FOPLoss` does:
+The losses here run :func:`~fop_modules.slices.transitions` first (the step
+:meth:`FOPLoss.unroll <fop_modules.FOPLoss.unroll>` takes for FOP: a GRU unrolled once per
+parameter set over the slices' real steps, which become flat rows carrying its embeddings). The
+TorchRL loss then runs on those rows with the encoder in its precomputed mode (its step is a
+no-op, the heads read the embeddings): a TorchRL loss calls the whole network, encoder included.
 
-1. The agents' :class:`~fop_modules.recurrent.GRUEncoder` is unrolled once over the batch per
-   parameter set (:meth:`~fop_modules.recurrent.GRUEncoder.unroll_steps`: one packed GRU run over
-   every agent and slice, each slice only over its real steps), from the hidden state the agent
-   had at the slice's first step. It gives h_t at every real step t and h_{t+1} at its successor.
-2. The M real steps become M flat transitions carrying those embeddings at ``("agents",
-   "embed")`` and ``("next", "agents", "embed")``: padding never reaches a network, and the mean
-   over the M rows is PyMARL's masked mean over ``[B, T]``.
-3. The TorchRL loss runs on them with the encoder in its precomputed mode (its step is a no-op,
-   the heads read the embeddings).
-
-MLP agents go through the same path (step 1 is skipped), so transitions and episodes both work.
+MLP agents go through the same path (nothing to unroll), so transitions and episodes both work.
 """
 
 from __future__ import annotations
@@ -28,69 +22,13 @@ import torch
 import torch.nn.functional as F
 from tensordict import NestedKey, TensorDictBase
 from torch import Tensor, nn
-from torchrl.objectives import DiscreteSACLoss, LossModule, QMixerLoss
+from torchrl.objectives import DiscreteSACLoss, QMixerLoss
 
 from fop_modules.networks import ACTION_KEY, MASK_KEY
 from fop_modules.recurrent import find_encoder
+from fop_modules.slices import transitions
 
-__all__ = ["EpisodeQMixerLoss", "EpisodeDiscreteSACLoss", "real_steps", "transitions"]
-
-
-def real_steps(loss: LossModule, tensordict: TensorDictBase) -> Tensor:
-    """The [B, T] mask of real (not padded) steps of a slice batch: the first of the loss's
-    mask keys (TorchRL's ``("collector", "mask")``) that the batch holds, else all steps."""
-    for key in loss._loss_mask_keys():
-        mask = tensordict.get(key, None)
-        if mask is not None:
-            return mask.reshape(tensordict.batch_size)
-    return torch.ones(tensordict.batch_size, dtype=torch.bool, device=tensordict.device)
-
-
-def transitions(
-    loss: LossModule,
-    tensordict: TensorDictBase,
-    network: nn.Module,
-    params: TensorDictBase,
-    next_params: TensorDictBase | None = None,
-) -> tuple[TensorDictBase, Tensor | None]:
-    """The real steps of a batch as flat transitions, with ``network``'s GRU embeddings.
-
-    Args:
-        loss: the loss (its mask keys say which steps are real).
-        tensordict: ``[M]`` transitions (returned as they are; MLP agents only) or ``[B, T]``
-            slices whose padding, if any, follows their real steps.
-        network: the agents' network; its :class:`~fop_modules.recurrent.GRUEncoder`, if any, is
-            unrolled.
-        params: the parameters of the root embeddings (with gradients).
-        next_params: the parameters of the ``"next"`` embeddings (no gradient; a target
-            network), or None: ``params``'s, from the same unroll.
-
-    Returns:
-        ``(rows, next_embed)``: the ``[M]`` rows, and the embeddings h_{t+1} under ``params``
-        [M, N, H] (detached) when ``next_params`` are given (else None; also None without a GRU).
-    """
-    encoder = find_encoder(network)
-    if tensordict.batch_dims == 1 and encoder is None:
-        return tensordict, None
-    if tensordict.batch_dims != 2:
-        raise ValueError(
-            f"{type(loss).__name__} needs [M] transitions or [B, T] episode slices (time last); GRU "
-            f"agents need slices (a sequence replay); got batch {list(tensordict.batch_size)}"
-        )
-    valid = real_steps(loss, tensordict)
-    rows = tensordict[valid]
-    if encoder is None:
-        return rows, None
-    with params.to_module(network):
-        root, next_embed = encoder.unroll_steps(tensordict, valid)  # h_t, h_{t+1} at the real steps
-    rows.set(encoder.embed_key, root)
-    if next_params is None:
-        rows.set(("next", *encoder.embed_key), next_embed)
-        return rows, None
-    with torch.no_grad(), next_params.to_module(network, preserve_module_state=False):
-        _, target_next = encoder.unroll_steps(tensordict, valid)
-    rows.set(("next", *encoder.embed_key), target_next)
-    return rows, next_embed.detach()
+__all__ = ["EpisodeQMixerLoss", "EpisodeDiscreteSACLoss"]
 
 
 def _key(key) -> tuple[str, ...]:

@@ -388,15 +388,15 @@ class FOPLightningModule(MARLLightningModule):
         optimizers = dict(zip(self.objectives, self._optimizers()))
         loss = self.loss_module
         out = {}
-        with loss.shared_unroll(sample) as sample:  # a GRU actor is unrolled once: the actor steps last
-            out["loss_qvalue"], _ = loss.qvalue_loss(sample)  # eq. (9)
-            self._step(optimizers["qvalue"], out["loss_qvalue"], "loss_qvalue")
-            if "value" in optimizers:
-                out["loss_value"], _ = loss.value_loss(sample)  # eq. (10)
-                self._step(optimizers["value"], out["loss_value"], "loss_value")
-            if self.env_frames >= self.collect.policy_warmup_frames:
-                out["loss_actor"], meta = loss.actor_loss(sample)  # eq. (11)
-                self._step(optimizers["actor"], out["loss_actor"], "loss_actor")
+        sample = loss.unroll(sample)  # a GRU actor is unrolled once: the actor steps last
+        out["loss_qvalue"], _ = loss.qvalue_loss(sample)  # eq. (9)
+        self._step(optimizers["qvalue"], out["loss_qvalue"], "loss_qvalue")
+        if "value" in optimizers:
+            out["loss_value"], _ = loss.value_loss(sample)  # eq. (10)
+            self._step(optimizers["value"], out["loss_value"], "loss_value")
+        if self.env_frames >= self.collect.policy_warmup_frames:
+            out["loss_actor"], meta = loss.actor_loss(sample)  # eq. (11)
+            self._step(optimizers["actor"], out["loss_actor"], "loss_actor")
         if "loss_actor" in out:
             if "alpha" in optimizers:
                 out["loss_alpha"] = loss.alpha_loss(meta["log_prob_jt"], meta["target_entropy"])  # dual temperature

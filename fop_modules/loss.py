@@ -26,7 +26,7 @@ from typing import Callable, Literal, Sequence
 
 import torch
 from tensordict import TensorDict, TensorDictBase, TensorDictParams
-from tensordict.nn import ProbabilisticTensorDictSequential, TensorDictModule
+from tensordict.nn import ProbabilisticTensorDictSequential, TensorDictModule, TensorDictSequential
 from tensordict.utils import NestedKey, unravel_key
 from torch import Tensor, nn
 from torchrl.modules.distributions.utils import rsample_and_log_prob, sample_and_log_prob
@@ -34,11 +34,13 @@ from torchrl.objectives import LossModule
 from torchrl.objectives.utils import ValueEstimators, dispatch_value_estimator, distance_loss
 
 from fop_modules.mixer import FOPMixer, LinearMixer
-from fop_modules.recurrent import find_encoder
+from fop_modules.recurrent import GRUEncoder, find_encoder
+from fop_modules.slices import Slices, real_steps
 
 __all__ = ["FOPLoss", "trainable"]
 
 ALPHA_I_RATIO_RANGE = (0.1, 10.0)  # clamp of alpha_i / alpha from the paper's formula (noisy ratio)
+_TWIN_EMBEDDINGS = ("_fop", "critic_embeddings")  # a GRU critic's embeddings per twin [M, K, N, H]
 
 
 def _fresh_copy(module: nn.Module) -> nn.Module:
@@ -155,18 +157,39 @@ def _module_output(net: nn.Module, tensordict: TensorDictBase, key: NestedKey,
     return _module_outputs(net, tensordict, replace).get(unravel_key(key))
 
 
-def _two_stage(actor: nn.Module) -> tuple[TensorDictModule, nn.Module] | None:
-    """(parameter module, probabilistic module) of an actor built as ``networks`` builds them
-    (a ``ProbabilisticActor`` of a plain ``TensorDictModule`` and the distribution), else None."""
-    stages = getattr(actor, "module", None)
-    if (isinstance(actor, ProbabilisticTensorDictSequential) and isinstance(stages, nn.ModuleList)
-            and len(stages) == 2 and type(stages[0]) is TensorDictModule and hasattr(stages[1], "dist_keys")):
-        return stages[0], stages[1]
+def _after_encoder(module: nn.Module, encoder: GRUEncoder | None) -> nn.Module | None:
+    """What runs after a GRU ``encoder`` in ``module`` (``TensorDictSequential(encoder, head)``, as
+    :mod:`fop_modules.recurrent` builds its networks): the head; ``module`` itself without an
+    encoder; None for any other layout."""
+    if encoder is None:
+        return module
+    stages = getattr(module, "module", None)
+    if isinstance(module, TensorDictSequential) and len(stages) == 2 and stages[0] is encoder:
+        return stages[1]
     return None
+
+
+def _policy_stages(actor: nn.Module, encoder: GRUEncoder | None) -> tuple[TensorDictModule, nn.Module] | None:
+    """(parameter module, probabilistic module) of an actor built as ``networks`` and
+    ``recurrent`` build them (a ``ProbabilisticActor`` of a plain ``TensorDictModule``, or of a GRU
+    encoder and one, and the distribution); the parameter module is the part after the encoder,
+    which reads the embeddings :meth:`FOPLoss.unroll` computes. None for any other layout."""
+    stages = getattr(actor, "module", None)
+    if not (isinstance(actor, ProbabilisticTensorDictSequential) and isinstance(stages, nn.ModuleList)
+            and len(stages) == 2 and hasattr(stages[1], "dist_keys")):
+        return None
+    head = _after_encoder(stages[0], encoder)
+    return (head, stages[1]) if type(head) is TensorDictModule else None
 
 
 class FOPLoss(LossModule):
     """FOP's joint TD, V, policy and dual-temperature objectives.
+
+    The objectives (:meth:`qvalue_loss` eq. 9, :meth:`value_loss` eq. 10, :meth:`actor_loss`
+    eq. 11, :meth:`alpha_loss`) read flat transitions. :meth:`unroll` is the step before them:
+    it checks a replayed batch and turns ``[B, T]`` slices into the rows of their real steps,
+    with a GRU actor's embeddings (:mod:`fop_modules.slices`); :meth:`forward` runs it once,
+    then every objective.
 
     Args:
         actor_network: per-agent policy with ``get_dist`` (TorchRL ``ProbabilisticActor``):
@@ -317,11 +340,15 @@ class FOPLoss(LossModule):
         mixers = _twins(mixer, num_qvalue_nets)
         self.n_agents = mixers[0].n_agents
         self.convert_to_functional(actor_network, "actor_network")
-        # A GRU actor (fop_modules.recurrent) is unrolled over [B, T] slices once per objective, or
-        # once for all of them inside `shared_unroll`.
+        # A GRU actor (fop_modules.recurrent) is unrolled over [B, T] slices by `unroll`; the
+        # objectives run the rest of the actor on the embeddings it writes. (Lists: not submodules.)
         self._encoders = [encoder] if (encoder := find_encoder(self.actor_network)) else []
-        self._sequence: TensorDictBase | None = None  # the [B, T] batch being unrolled
-        self._sequence_rows: TensorDictBase | None = None  # its valid steps, flat (see `_rows`)
+        self._actor_stages = _policy_stages(self.actor_network, encoder)
+        if encoder is not None and self._actor_stages is None:
+            raise ValueError(
+                "FOPLoss reads a recurrent actor as ProbabilisticActor(TensorDictSequential(GRUEncoder, "
+                "head), distribution), as fop_modules.recurrent.recurrent_discrete_actor builds it"
+            )
         # Twins are stacked along a leading dim of their params (one module: no stacking, since
         # tensordict's stacking of a single module gives non-leaf tensors); see `_twin`.
         twin_dim = num_qvalue_nets if num_qvalue_nets > 1 else None
@@ -339,8 +366,15 @@ class FOPLoss(LossModule):
         # per call, 2-6 calls per update) repeats `_check_input`'s scan of the batch, whose state,
         # next state and actions are what the loss mixes (sampled actions are valid): off here.
         self.mixer.check_values = False
-        # A GRU critic (the re-release's) is unrolled over the [B, T] batch at every call.
+        # A GRU critic (the re-release's) is unrolled over the [B, T] slices by each objective, with
+        # the parameters that objective uses (`_critic_input`); its head then reads the rows.
         self._critic_encoders = [enc] if (enc := find_encoder(self.qvalue_network)) else []
+        self._critic_head = [_after_encoder(self.qvalue_network, enc)] if enc is not None else []
+        if enc is not None and type(self._critic_head[0]) is not TensorDictModule:
+            raise ValueError(
+                "FOPLoss reads a recurrent critic as TensorDictSequential(GRUEncoder, head), as "
+                "fop_modules.recurrent.recurrent_discrete_critic builds it"
+            )
         if value_network is not None:
             self.convert_to_functional(value_network, "value_network", create_target_params=True)
         else:
@@ -529,9 +563,9 @@ class FOPLoss(LossModule):
     @property
     def check_values(self) -> bool:
         """Whether the loss also reads the batch's values: floats finite, action indices in range
-        (True; costs one device synchronisation and a sum over each float entry per eq. (9) call;
-        ``loss.check_values = False`` skips it). The batch is checked once, so the mixer's own
-        check is off inside the loss."""
+        (True; costs one device synchronisation and a sum over each float entry per :meth:`unroll`,
+        once per update when the objectives share one; ``loss.check_values = False`` skips it).
+        The batch is checked once, so the mixer's own check is off inside the loss."""
         return self._values_checked
 
     @check_values.setter
@@ -621,111 +655,108 @@ class FOPLoss(LossModule):
                 raise ValueError(text)
 
     # ------------------------------------------------------------------ network calls
-    @contextlib.contextmanager
-    def _unrolled(self, tensordict: TensorDictBase, grad: bool = True):
-        """Yields ``tensordict`` with a recurrent actor's embeddings for the root and ``"next"``
-        steps (one batched GRU unroll with the current parameters); unchanged without a GRU. A
-        recurrent critic reads the yielded batch to unroll itself with whichever parameters."""
-        if (not self._encoders and not self._critic_encoders) or tensordict is self._sequence:
-            yield tensordict  # nothing to unroll, or already unrolled (inside `shared_unroll`)
-            return
-        if tensordict.batch_dims != 2:
-            raise ValueError(
-                "recurrent networks need [B, T] batches of trajectory slices (time last), got batch "
-                f"{list(tensordict.batch_size)}: replay sequences (make_replay_buffer's sequence_length)"
-            )
-        unrolled, embeddings, precomputed = tensordict, None, contextlib.nullcontext()
-        if self._encoders:
-            encoder = self._encoders[0]
-            with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
-                valid = self._valid_steps(tensordict)
-                with self.actor_network_params.to_module(self.actor_network):
-                    if self._flattens(valid):  # the embeddings of the real steps only, as rows
-                        embeddings = encoder.unroll_steps(tensordict, valid)
-                    else:
-                        unrolled = encoder.unroll(tensordict, None if valid is None else valid.sum(-1))
-            precomputed = encoder.precomputed()
-        outer = self._sequence, self._sequence_rows
-        self._sequence, self._sequence_rows = unrolled, None
-        if embeddings is not None:  # the rows of `_rows`, with the actor's embeddings added
-            rows = self._rows(unrolled)
-            rows.set(encoder.embed_key, embeddings[0])
-            rows.set(("next", *encoder.embed_key), embeddings[1])
-        try:
-            with precomputed:
-                yield unrolled
-        finally:
-            self._sequence, self._sequence_rows = outer
+    def unroll(self, tensordict: TensorDictBase | Slices) -> Slices:
+        """The step before the objectives: a replayed batch as the flat transitions they read.
 
-    def shared_unroll(self, tensordict: TensorDictBase):
-        """Context manager: unrolls a recurrent actor once (with gradients) for several objectives.
+        - ``[*B]`` transitions (feed-forward networks): ``Slices(rows=tensordict)``.
+        - ``[B, T]`` slices of trajectories (time last, as TorchRL's ``SliceSampler`` gives them;
+          padding after each slice's real steps is marked by ``("collector", "mask")``): the M real
+          steps as flat rows (:mod:`fop_modules.slices`). A GRU actor is unrolled once over the
+          slices, from the hidden state stored at each slice's first step (zeroed where
+          ``"is_init"``), and its embeddings h_t, h_{t+1} are written to the rows, with gradients
+          when they are enabled: eq. (11) backpropagates through them. The ``[B, T]`` batch stays
+          in the result for TD(lambda) and a GRU critic.
 
-        ``with loss.shared_unroll(batch) as seq:`` then ``loss.qvalue_loss(seq)``,
-        ``loss.actor_loss(seq)``, ... reuse that one unroll instead of unrolling per objective
-        (:meth:`forward` and ``FOPLightningModule.update`` do this). Valid while the actor's
-        parameters do not change inside the block: step the actor's optimiser last in it. Without
-        a recurrent network it yields ``tensordict`` unchanged.
+        The batch is checked first (see Raises in the class docstring). Run this once per update
+        and pass the result to every objective, as :meth:`forward` and the Lightning module do:
+        it stays valid while the actor's parameters do not change, so step the actor's optimiser
+        last. Each objective also takes the batch itself, and unrolls it then.
+
+        Examples:
+            >>> import torch
+            >>> from tensordict import TensorDict
+            >>> from fop_modules import FOPLoss, FOPMixer
+            >>> from fop_modules.recurrent import recurrent_discrete_actor
+            >>> from fop_modules.networks import discrete_critic
+            >>> n, obs, A, B, T = 2, 3, 4, 5, 6
+            >>> loss = FOPLoss(recurrent_discrete_actor(n, obs, A, hidden=8), discrete_critic(n, obs, A),
+            ...                FOPMixer(n, state_dim=5, action_dim=A), action_space="discrete")
+            >>> step = {("agents", "observation"): torch.randn(B, T, n, obs), "state": torch.randn(B, T, 5),
+            ...         ("agents", "last_action"): torch.zeros(B, T, n, A),
+            ...         ("agents", "action_mask"): torch.ones(B, T, n, A, dtype=torch.bool)}
+            >>> batch = TensorDict({**step, "is_init": torch.zeros(B, T, 1, dtype=torch.bool),
+            ...     "rnn_hidden": torch.zeros(B, T, n, 8), ("agents", "action"): torch.randint(A, (B, T, n)),
+            ...     ("collector", "mask"): torch.arange(T).expand(B, T) < 4,  # 4 real steps per slice
+            ...     "next": {**step, "reward": torch.randn(B, T, 1), "done": torch.zeros(B, T, 1, dtype=torch.bool),
+            ...              "terminated": torch.zeros(B, T, 1, dtype=torch.bool)}}, [B, T])
+            >>> slices = loss.unroll(batch)
+            >>> slices.rows.batch_size, slices.rows["next", "agents", "embed"].shape
+            (torch.Size([20]), torch.Size([20, 2, 8]))
+            >>> loss_qvalue, meta = loss.qvalue_loss(slices)
         """
-        return self._unrolled(tensordict, grad=True)
-
-    def _valid_steps(self, tensordict: TensorDictBase) -> Tensor | None:
-        """The [B, T] mask of real (not padded) steps of a slice batch, or None."""
-        if tensordict.batch_dims != 2:
-            return None
-        for key in self._loss_mask_keys():
-            mask = tensordict.get(key, None)
-            if mask is not None:
-                return mask.reshape(tensordict.batch_size)
-        return None
-
-    def _rows(self, tensordict: TensorDictBase) -> TensorDictBase:
-        """The real steps of a padded [B, T] slice batch as one flat [M] batch, for the networks
-        and losses (so nothing is computed on padding; a mean over the M rows is the masked mean
-        over [B, T]). Computed once per unrolled batch. Other batches, and batches read by a
-        recurrent critic (it unrolls over [B, T]), are returned unchanged."""
-        mask = self._valid_steps(tensordict)
-        if not self._flattens(mask):
+        if isinstance(tensordict, Slices):
             return tensordict
-        if tensordict is self._sequence and self._sequence_rows is not None:
-            return self._sequence_rows
-        rows = tensordict.select(*self._row_keys(), strict=False)[mask]
-        if tensordict is self._sequence:
-            self._sequence_rows = rows
-        return rows
+        self._check_input(tensordict)
+        if tensordict.batch_dims != 2:
+            if self._encoders or self._critic_encoders:
+                raise ValueError(
+                    "recurrent networks need [B, T] batches of trajectory slices (time last), got batch "
+                    f"{list(tensordict.batch_size)}: replay sequences (make_replay_buffer's sequence_length)"
+                )
+            return Slices(tensordict)
+        valid = real_steps(self, tensordict)
+        rows = tensordict.select(*self._row_keys(), strict=False)[valid]
+        for encoder in self._encoders:
+            with self.actor_network_params.to_module(self.actor_network):
+                root, after = encoder.unroll_steps(tensordict, valid)  # h_t, h_{t+1} at the real steps
+            rows.set(encoder.embed_key, root)
+            rows.set(("next", *encoder.embed_key), after)
+        return Slices(rows, tensordict, valid)
 
-    def _flattens(self, valid: Tensor | None) -> bool:
-        """Whether the networks run on the real steps only (:meth:`_rows`) of a batch with this
-        mask of real steps: yes unless there is no mask or a recurrent critic unrolls the batch."""
-        return valid is not None and not self._critic_encoders
+    def _slices(self, tensordict: TensorDictBase | Slices, grad: bool) -> Slices:
+        """:meth:`unroll` for an objective given the batch itself (``grad``: whether it needs the
+        actor's gradients); a :class:`Slices` as it is."""
+        if isinstance(tensordict, Slices):
+            return tensordict
+        with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
+            return self.unroll(tensordict)
 
     def _row_keys(self) -> list[NestedKey]:
-        """What the networks read on the flattened steps: a recurrent actor's embeddings stand
-        for its encoder's inputs (observation, hidden state, last action)."""
+        """What the rows keep of a slice batch: every key the loss reads but those only a GRU
+        encoder reads (its observation, hidden state, episode start and last action), which the
+        embeddings stand for."""
         def both(keys):  # root and "next"
             return {unravel_key(k) for key in keys for k in (key, ("next", key))}
 
-        keys = {unravel_key(key) for key in self.in_keys}
-        for encoder in self._encoders:
-            keys = (keys - both(encoder.in_keys)) | both([encoder.embed_key])
-        return sorted(keys | both(self.qvalue_network.in_keys), key=str)
+        encoder_only = both(k for encoder in (*self._encoders, *self._critic_encoders) for k in encoder.in_keys)
+        readers = [] if self._critic_encoders else list(self.qvalue_network.in_keys)
+        if self.value_network is not None:
+            readers += self.value_network.in_keys
+        return sorted({unravel_key(key) for key in self.in_keys} - (encoder_only - both(readers)), key=str)
 
-    def _critic_input(self, tensordict: TensorDictBase) -> str:
-        """For a GRU critic: the root or ``"next"`` half of the batch being unrolled, whole."""
-        sequence = self._sequence
-        if sequence is None:
-            raise RuntimeError(
-                "a recurrent critic is only evaluated inside FOPLoss's objectives, on [B, T] batches"
-            )
-        if tensordict is sequence:
-            return "root"
-        if tensordict is sequence.get("next"):
-            return "next"
-        raise RuntimeError("a recurrent critic was given a tensordict that is not part of the batch")
+    def _critic_input(self, slices: Slices, half: Literal["root", "next"], params: TensorDictBase,
+                      grad: bool = False) -> TensorDictBase:
+        """The rows (``half="root"``) or their ``"next"`` steps, as the critic with ``params`` reads
+        them. A GRU critic is unrolled here over the slices once per twin, with gradients if
+        ``grad``, and each twin's embeddings of that half are added to the rows (stacked on dim 1
+        at ``_TWIN_EMBEDDINGS``); an MLP critic reads the rows as they are."""
+        rows = slices.rows if half == "root" else slices.rows.get("next")
+        if not self._critic_encoders:
+            return rows
+        encoder, embeddings = self._critic_encoders[0], []
+        with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
+            for k in range(self.num_qvalue_nets):
+                with self._twin(params, k).to_module(self.qvalue_network):
+                    root, after = encoder.unroll_steps(slices.sequence, slices.valid)
+                embeddings.append(root if half == "root" else after)
+        rows = rows.clone(False)
+        rows.set(_TWIN_EMBEDDINGS, torch.stack(embeddings, 1))  # [M, K, N, H]
+        return rows
 
     def _policy(self, tensordict: TensorDictBase):
         """Discrete: (probs, log_probs) [*B, N, A], both 0 at unavailable actions. Continuous: dist."""
-        stages = None if self._encoders else _two_stage(self.actor_network)
-        if stages is None:  # e.g. a GRU actor, whose unroll reads the module's state: TensorDict's path
+        stages = self._actor_stages
+        if stages is None:  # another layout (never a GRU actor): TensorDict's path
             with self.actor_network_params.to_module(self.actor_network):
                 dist = self.actor_network.get_dist(tensordict)
             logits = dist.logits if self.discrete else None
@@ -759,30 +790,26 @@ class FOPLoss(LossModule):
         log_probs = torch.log_softmax(logits.masked_fill(~mask, -torch.inf), -1)
         return log_probs.exp(), torch.where(mask, log_probs, torch.zeros_like(log_probs))
 
-    def _critic(
-        self, tensordict: TensorDictBase, params: TensorDictBase, k: int, action: Tensor | None = None,
-        frozen: bool = False,
-    ) -> Tensor:
+    def _critic(self, tensordict: TensorDictBase, params: TensorDictBase, k: int, action: Tensor | None = None) -> Tensor:
         """Twin k's critic: discrete Q_i(o_i, .) [*B, N, A]; continuous Q_i(o_i, u_i) [*B, N, 1].
 
-        ``frozen``: ``params`` are detached and must stay constants. ``to_module`` would otherwise
-        wrap them in new leaf Parameters that require grad (tensordict keeps the module's
-        registrations), and a backward through Q_i would compute critic gradients no one reads.
-        """
+        Detached ``params`` stay constants (:func:`_swapped` puts them in as they are; ``to_module``
+        would wrap them in leaf Parameters that require grad, and a backward through Q_i would
+        compute critic gradients no one reads)."""
         key = self.tensor_keys.action_value if self.discrete else self.tensor_keys.state_action_value
         replace = {} if action is None else {self.tensor_keys.action: action}
-        if self._critic_encoders:  # unroll the GRU with these parameters, then the head
-            td = tensordict.select(*self.qvalue_network.in_keys, strict=False)
-            td.update(replace)
-            with self._twin(params, k).to_module(self.qvalue_network, preserve_module_state=not frozen):
-                encoder = self._critic_encoders[0]
-                half = self._critic_input(tensordict)
-                unrolled = encoder.unroll(self._sequence)
-                source = unrolled if half == "root" else unrolled.get("next")
-                td.set(encoder.embed_key, source.get(encoder.embed_key))
-                with encoder.precomputed():
-                    q = self.qvalue_network(td).get(key, None)
-        else:  # `_swapped` puts detached (frozen) params in as they are, as preserve_module_state=False
+        if self._critic_encoders:  # the head on this twin's embeddings (`_critic_input`)
+            embeddings = tensordict.get(_TWIN_EMBEDDINGS, None)
+            if embeddings is None:
+                raise RuntimeError(
+                    "FOPLoss: a recurrent critic reads the embeddings its objectives compute from "
+                    "[B, T] slices; call the objectives (qvalue_loss, value_loss, actor_loss, forward)"
+                )
+            head = self._critic_head[0]
+            replace[head.in_keys[0]] = embeddings[:, k]
+            with _swapped(self.qvalue_network, self._twin(params, k)):
+                q = _module_output(head, tensordict, key, replace)
+        else:
             with _swapped(self.qvalue_network, self._twin(params, k)):
                 q = _module_output(self.qvalue_network, tensordict, key, replace)
         if q is None:
@@ -842,12 +869,9 @@ class FOPLoss(LossModule):
     def _chosen(q_all: Tensor, action: Tensor) -> Tensor:
         return q_all.gather(-1, action.long().reshape(*q_all.shape[:-1], 1))  # [*B, N, 1]
 
-    def _min_critic(self, td: TensorDictBase, params: TensorDictBase, action: Tensor | None = None,
-                    frozen: bool = False):
+    def _min_critic(self, td: TensorDictBase, params: TensorDictBase, action: Tensor | None = None):
         """min over twins of the critic (all actions if discrete, else at ``action``)."""
-        return torch.stack(
-            [self._critic(td, params, k, action, frozen) for k in range(self.num_qvalue_nets)]
-        ).amin(0)
+        return torch.stack([self._critic(td, params, k, action) for k in range(self.num_qvalue_nets)]).amin(0)
 
     def _twin_q_jt(self, td: TensorDictBase, action: Tensor, k: int, alpha_i: Tensor | None, target: bool):
         """Twin k's Q_i, V_i and eq. (7) mix at ``action``, with current or target parameters.
@@ -872,26 +896,29 @@ class FOPLoss(LossModule):
         return log_pi.sum(-2) if self.entropy_reduction == "sum" else log_pi.mean(-2)
 
     @torch.no_grad()
-    def joint_q(self, tensordict: TensorDictBase) -> TensorDict:
+    def joint_q(self, tensordict: TensorDictBase | Slices) -> TensorDict:
         """Inspection: twin 0's Q_i (all actions if discrete), V_i, lambda_i and Q_jt at the actions
         in ``tensordict``, with the current parameters. Returns a TensorDict with keys
-        ``q_i`` ([*B, N, A] discrete or [*B, N, 1]), ``v_i``, ``lambda_i`` ([*B, N, 1]), ``q_jt`` ([*B, 1])."""
-        action = tensordict.get(self.tensor_keys.action)
-        alpha_i = self._mixer_alphas(tensordict)
-        q_all, v, q_jt, lam, _ = self._twin_q_jt(tensordict, action, 0, alpha_i, target=False)
-        return TensorDict({"q_i": q_all, "v_i": v, "lambda_i": lam, "q_jt": q_jt},
-                          batch_size=tensordict.batch_size)
+        ``q_i`` ([*B, N, A] discrete or [*B, N, 1]), ``v_i``, ``lambda_i`` ([*B, N, 1]), ``q_jt`` ([*B, 1])
+        (``[M]``: the real steps, for slices)."""
+        if not isinstance(tensordict, Slices) and not self._critic_encoders:
+            tensordict = Slices(tensordict)  # the policy is not read: the steps and actions will do
+        rows = self._critic_input(self._slices(tensordict, grad=False), "root", self.qvalue_network_params)
+        action = rows.get(self.tensor_keys.action)
+        alpha_i = self._mixer_alphas(rows)
+        q_all, v, q_jt, lam, _ = self._twin_q_jt(rows, action, 0, alpha_i, target=False)
+        return TensorDict({"q_i": q_all, "v_i": v, "lambda_i": lam, "q_jt": q_jt}, batch_size=rows.batch_size)
 
     # ------------------------------------------------------------------ objectives
     @torch.no_grad()
-    def _td_target(self, tensordict: TensorDictBase, rows: TensorDictBase | None = None) -> Tensor:
+    def _td_target(self, tensordict: TensorDictBase | Slices) -> Tensor:
         """y = r + gamma (min_k Q_jt^target(tau', u') - alpha log pi_jt(u' | tau')), u' ~ pi_jt (eq. 9).
 
-        The networks run on ``rows`` (:meth:`_rows` of ``tensordict``); the value estimator on
-        ``tensordict`` (TD(lambda) needs the time dimension). Returns y at ``rows``.
+        The networks run on the rows' next steps; the value estimator on the ``[B, T]`` slices
+        when there are any (TD(lambda) needs the time dimension). Returns y at the rows [M, 1].
         """
-        rows = tensordict if rows is None else rows
-        next_td = rows.get("next")
+        slices = self._slices(tensordict, grad=False)
+        next_td = self._critic_input(slices, "next", self.target_qvalue_network_params)
         alpha = self.alpha_value
         policy = self._policy(next_td)  # one forward for alpha_i and u' (no draw in between)
         alpha_i = self._mixer_alphas(next_td, policy)
@@ -908,10 +935,12 @@ class FOPLoss(LossModule):
             for k in range(self.num_qvalue_nets)
         ]
         next_value = torch.stack(q_jts).amin(0) - alpha * self._joint_log_prob(log_pi)  # [*B, 1]
-        td = tensordict.clone(False)
-        valid = None if rows is tensordict else self._valid_steps(tensordict)
-        if valid is not None:  # back to [B, T], zero on padding (masked out of the loss)
+        if slices.sequence is None:
+            td = slices.rows.clone(False)
+        else:  # back to [B, T], zero on padding (no target there is read)
+            valid = slices.valid
             next_value = next_value.new_zeros(*valid.shape, 1).masked_scatter_(valid.unsqueeze(-1), next_value)
+            td = slices.sequence.clone(False)
             # SliceSampler marks every padded step done, so TorchRL's vectorised TD(lambda) splits
             # the padding into one-step trajectories (slow); each slice's last real step is done
             # already, so clearing the flags on padding changes no target at a real step.
@@ -919,58 +948,67 @@ class FOPLoss(LossModule):
                 td.set(("next", key), td.get(("next", key)) & valid.unsqueeze(-1))
         td.set(("next", self.tensor_keys.value), next_value)
         target = self.value_estimator.value_estimate(td)  # [*B, 1]
-        return target if valid is None else target[valid]
+        return target if slices.sequence is None else target[slices.valid]
 
-    def qvalue_loss(self, tensordict: TensorDictBase) -> tuple[Tensor, dict[str, Tensor]]:
+    def qvalue_loss(self, tensordict: TensorDictBase | Slices) -> tuple[Tensor, dict[str, Tensor]]:
         """Eq. (9): joint soft TD error of every twin's Q_jt; trains critics and mixers only.
+
+        Args:
+            tensordict: a batch of transitions or slices, or its :meth:`unroll`.
 
         Returns:
             ``(loss, meta)``: the scalar loss (summed over twins) and, detached, ``meta["q_jt"]``
             (twin 0's Q_jt at the batch's actions, [M, 1]) and ``meta["td_error"]``
             (|Q_jt - y|, [M, 1]); M is the batch, or its real steps for a padded [B, T] batch.
         """
-        self._check_input(tensordict)
-        with self._unrolled(tensordict, grad=False) as tensordict:  # the policy is only sampled
-            rows = self._rows(tensordict)
-            target = self._td_target(tensordict, rows)
-            action = rows.get(self.tensor_keys.action)
-            alpha_i = self._mixer_alphas(rows)
-            loss, q_jts = 0.0, []
-            for k in range(self.num_qvalue_nets):
-                _, _, q_jt, _, regularizer = self._twin_q_jt(rows, action, k, alpha_i, target=False)
-                error = distance_loss(q_jt, target, loss_function=self.loss_function) + regularizer
-                loss = loss + self._reduce_loss(error, rows)
-                q_jts.append(q_jt.detach())
+        slices = self._slices(tensordict, grad=False)  # the policy is only sampled here
+        target = self._td_target(slices)
+        rows = self._critic_input(slices, "root", self.qvalue_network_params, grad=True)
+        action = rows.get(self.tensor_keys.action)
+        alpha_i = self._mixer_alphas(rows)
+        loss, q_jts = 0.0, []
+        for k in range(self.num_qvalue_nets):
+            _, _, q_jt, _, regularizer = self._twin_q_jt(rows, action, k, alpha_i, target=False)
+            error = distance_loss(q_jt, target, loss_function=self.loss_function) + regularizer
+            loss = loss + self._reduce_loss(error, rows)
+            q_jts.append(q_jt.detach())
         q_jt = q_jts[0]
         return loss, {"q_jt": q_jt, "td_error": (q_jt - target).abs()}
 
-    def value_loss(self, tensordict: TensorDictBase) -> tuple[Tensor, dict[str, Tensor]]:
+    def value_loss(self, tensordict: TensorDictBase | Slices) -> tuple[Tensor, dict[str, Tensor]]:
         """Eq. (10): V_i regresses E_{u_i~pi_i}[Q_i - alpha_i log pi_i]; trains V_i only.
+
+        Args:
+            tensordict: a batch of transitions or slices, or its :meth:`unroll`.
 
         Returns:
             ``(loss, meta)``: the scalar loss and ``meta["state_value"]``, V_i [M, N, 1], detached.
         """
         if self.value_network is None:
             raise RuntimeError("value_loss needs a value_network (this loss uses the analytic V_i)")
-        with torch.no_grad(), self._unrolled(tensordict) as unrolled:
-            unrolled = self._rows(unrolled)
-            policy = self._policy(unrolled)  # one forward for alpha_i and the target
-            alpha_i = self.individual_alphas(unrolled, policy)
+        with torch.no_grad():
+            rows = self._critic_input(self._slices(tensordict, grad=False), "root", self.qvalue_network_params)
+            policy = self._policy(rows)  # one forward for alpha_i and the target
+            alpha_i = self.individual_alphas(rows, policy)
             params = self.qvalue_network_params
             if self.discrete:
                 probs, log_probs = policy
-                q_all = self._min_critic(unrolled, params)
+                q_all = self._min_critic(rows, params)
                 target = (probs * (q_all - alpha_i * log_probs)).sum(-1, keepdim=True)  # exact E
             else:
                 action, log_pi = sample_and_log_prob(policy)  # exact at saturation (see _td_target)
-                q = self._min_critic(unrolled, params, action)
+                q = self._min_critic(rows, params, action)
                 target = q - alpha_i * log_pi.unsqueeze(-1)
-        v = self._value_net(unrolled, self.value_network_params)  # [*B, N, 1]
+        v = self._value_net(rows, self.value_network_params)  # [*B, N, 1]
         loss = distance_loss(v, target, loss_function=self.loss_function)
-        return self._reduce_loss(loss, unrolled), {"state_value": v.detach()}
+        return self._reduce_loss(loss, rows), {"state_value": v.detach()}
 
-    def actor_loss(self, tensordict: TensorDictBase) -> tuple[Tensor, dict[str, Tensor]]:
+    def actor_loss(self, tensordict: TensorDictBase | Slices) -> tuple[Tensor, dict[str, Tensor]]:
         """Eq. (11): E_{u_i~pi_i}[alpha_i log pi_i(u_i) - Q_i(u_i)] with min over twins; trains pi_i.
+
+        Args:
+            tensordict: a batch of transitions or slices, or its :meth:`unroll` (with gradients:
+                a GRU actor's unroll is part of what this objective trains).
 
         Returns:
             ``(loss, meta)``: the scalar loss and, detached, per sample (the real steps of a padded
@@ -979,17 +1017,16 @@ class FOPLoss(LossModule):
             dual update's target [M, 1]. ``alpha_loss(meta["log_prob_jt"], meta["target_entropy"])``
             reads both.
         """
-        with self._unrolled(tensordict) as unrolled:
-            return self._actor_loss(self._rows(unrolled))
-
-    def _actor_loss(self, tensordict: TensorDictBase) -> tuple[Tensor, dict[str, Tensor]]:
-        policy = self._policy(tensordict)  # one forward (with gradients) for alpha_i and eq. (11)
-        alpha_i = self.individual_alphas(tensordict, policy)
+        slices = self._slices(tensordict, grad=True)
+        with torch.no_grad():  # Q_i is a constant of eq. (11)
+            rows = self._critic_input(slices, "root", self.qvalue_network_params)
+        policy = self._policy(rows)  # one forward (with gradients) for alpha_i and eq. (11)
+        alpha_i = self.individual_alphas(rows, policy)
         params = self.qvalue_network_params.detach()  # gradients reach pi_i only
         if self.discrete:
             probs, log_probs = policy
-            with torch.no_grad():  # Q_i is a constant of eq. (11): no graph through the critics
-                q_all = self._min_critic(tensordict, params)
+            with torch.no_grad():  # no graph through the critics
+                q_all = self._min_critic(rows, params)
             loss = (probs * (alpha_i * log_probs - q_all)).sum(-1, keepdim=True)  # exact E [*B,N,1]
             log_pi = (probs * log_probs).sum(-1, keepdim=True).detach()  # -H(pi_i)
         else:
@@ -997,15 +1034,12 @@ class FOPLoss(LossModule):
             # pre-tanh draw (exact at saturation, SAC's appendix C correction in stable form)
             action, log_prob = rsample_and_log_prob(policy)
             log_prob = log_prob.unsqueeze(-1)  # [*B, N, 1]
-            q = self._min_critic(tensordict, params, action, frozen=True)  # d Q_i / d u_i only
+            q = self._min_critic(rows, params, action)  # d Q_i / d u_i only
             loss = alpha_i * log_prob - q
             log_pi = log_prob.detach()
         log_pi_jt = log_pi.sum(-2)  # E log pi_jt = -H(pi_jt) [*B, 1]
-        target = self._target_entropy(tensordict)  # [*B, 1]
-        valid = self._valid_steps(tensordict)
-        if valid is not None:  # a padded [B, T] batch (a recurrent critic): its real steps only
-            log_pi_jt, target = log_pi_jt[valid], target[valid]
-        return self._reduce_loss(loss, tensordict), {"log_prob_jt": log_pi_jt, "target_entropy": target}
+        target = self._target_entropy(rows)  # [*B, 1]
+        return self._reduce_loss(loss, rows), {"log_prob_jt": log_pi_jt, "target_entropy": target}
 
     def _target_entropy(self, tensordict: TensorDictBase) -> Tensor:
         """The dual update's target entropy per sample [*B, 1]: discrete ``"auto"`` with a mask,
@@ -1031,18 +1065,20 @@ class FOPLoss(LossModule):
         return self._reduce_loss(-self.log_alpha * (log_prob_jt + target).detach())
 
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
-        with self.shared_unroll(tensordict) as tensordict:
-            loss_qvalue, q_meta = self.qvalue_loss(tensordict)
-            out = {"loss_qvalue": loss_qvalue}
-            if self.value_network is not None:
-                out["loss_value"] = self.value_loss(tensordict)[0]
-            out["loss_actor"], actor_meta = self.actor_loss(tensordict)
-            if self.learn_alpha:
-                out["loss_alpha"] = self.alpha_loss(actor_meta["log_prob_jt"], actor_meta["target_entropy"])
-            alpha_i = self.individual_alphas(self._rows(tensordict)).squeeze(-1)
+        slices = self.unroll(tensordict)  # once for every objective: nothing is stepped in between
+        loss_qvalue, q_meta = self.qvalue_loss(slices)
+        out = {"loss_qvalue": loss_qvalue}
+        if self.value_network is not None:
+            out["loss_value"] = self.value_loss(slices)[0]
+        out["loss_actor"], actor_meta = self.actor_loss(slices)
+        if self.learn_alpha:
+            out["loss_alpha"] = self.alpha_loss(actor_meta["log_prob_jt"], actor_meta["target_entropy"])
+        rows = slices.rows
+        if self.individual_temperature == "paper":  # alpha_i reads the critic
+            rows = self._critic_input(slices, "root", self.qvalue_network_params)
         out.update(
             alpha=self.alpha_value.clone(),
-            alpha_i=alpha_i,
+            alpha_i=self.individual_alphas(rows).squeeze(-1),
             entropy=-actor_meta["log_prob_jt"].mean(),
             q_jt=q_meta["q_jt"].mean(),
             td_error=q_meta["td_error"].mean(),

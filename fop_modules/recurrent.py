@@ -222,8 +222,9 @@ class GRUEncoder(TensorDictModuleBase):
     @contextlib.contextmanager
     def precomputed(self) -> Iterator[None]:
         """Inside the block the step mode is a no-op: the embeddings already written by
-        :meth:`unroll` are used (the loss calls the actor separately on the root and on
-        ``"next"``, and both read the one unroll, with its gradient graph)."""
+        :meth:`unroll` or :meth:`unroll_steps` are used. For losses that call the whole network
+        (TorchRL's, :mod:`fop_modules.episode_losses`); :class:`~fop_modules.FOPLoss` runs the
+        head after the encoder itself."""
         self._precomputed = True
         try:
             yield

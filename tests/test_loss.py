@@ -856,7 +856,7 @@ def test_learned_alpha_stays_bounded_when_masks_leave_few_actions():
     mask = torch.zeros(64, N, n_actions, dtype=torch.bool)
     first = torch.randint(n_actions - 1, (64, N, 1))
     mask.scatter_(-1, first, True).scatter_(-1, first + 1, True)  # two available actions each
-    batch = discrete_td(batch=(64,), mask=mask)
+    batch = discrete_td(batch=(64,), mask=mask, next_mask=mask)
     actor = torch.optim.Adam(loss.actor_network_params.values(True, True), lr=1e-2)
     alpha = torch.optim.Adam([loss.log_alpha], lr=1e-2)
     highest = 0.0
@@ -1030,8 +1030,8 @@ def test_td_lambda_hand_computed():
             g = r[b, t] + gamma * ((1 - lmbda) * c + lmbda * g)
             expected[b, t] = g
     y = loss._td_target(td)
-    assert y.shape == (2, 3, 1)
-    assert torch.allclose(y.squeeze(-1), expected, atol=1e-5)
+    assert y.shape == (6, 1)  # the 2 x 3 steps as rows, row-major
+    assert torch.allclose(y.reshape(2, 3), expected, atol=1e-5)
     # and loss_qvalue with it: Q_jt = sum_i 0.5 (Q_i(u_i) - V_i) with V_i = 0.5 lse(Q_i / 0.5)
     v = _soft_v(Q_TABLE, 0.5)
     chosen = Q_TABLE.expand(2, 3, N, A).gather(-1, td[ACTION_KEY].unsqueeze(-1)).squeeze(-1)
@@ -1044,13 +1044,13 @@ def test_td0_default_gamma_and_td1():
     loss = hand_loss(Q_TABLE, alpha=0.5)
     set_mixer(loss.target_mixer_params, 0, 2.0, v_jt=2.0)
     td = discrete_td(batch=(2, 3), next_mask=_one_action_mask((2, 3)))
-    assert torch.allclose(loss._td_target(td), td["next", "reward"] + 0.99 * 2.0)  # TorchRL default
+    assert torch.allclose(loss._td_target(td).reshape(2, 3, 1), td["next", "reward"] + 0.99 * 2.0)  # TorchRL default
     loss.make_value_estimator(ValueEstimators.TD1, gamma=0.5)
     r = td["next", "reward"].squeeze(-1)
     g2 = r[:, 2] + 0.5 * 2.0
     g1 = r[:, 1] + 0.5 * g2
     g0 = r[:, 0] + 0.5 * g1
-    assert torch.allclose(loss._td_target(td).squeeze(-1), torch.stack([g0, g1, g2], -1), atol=1e-5)
+    assert torch.allclose(loss._td_target(td).reshape(2, 3), torch.stack([g0, g1, g2], -1), atol=1e-5)
 
 
 def _perturb(params):

@@ -102,9 +102,10 @@ def test_actor_loss_matches_a_step_by_step_policy():
     torch.manual_seed(0)
     loss, actor = _loss()
     batch = _batch()
-    with loss._unrolled(batch) as unrolled:
-        probs, _ = loss._policy(unrolled)
-        next_probs, _ = loss._policy(unrolled["next"])
+    B, T = batch.batch_size
+    rows = loss.unroll(batch).rows  # every step is real: [B * T] rows in row-major order
+    probs = loss._policy(rows)[0].reshape(B, T, N, A)
+    next_probs = loss._policy(rows["next"])[0].reshape(B, T, N, A)
     h = batch["rnn_hidden"][:, 0]
     for t in range(batch.batch_size[1]):
         td = batch[:, t].exclude("next").clone()
@@ -141,10 +142,13 @@ def test_recurrent_critic_equals_its_step_by_step_values():
     torch.manual_seed(0)
     loss, critic = _recurrent_critic_loss()
     batch = _batch()  # whole episodes: is_init at t = 0
-    with loss._unrolled(batch) as unrolled:
-        q = loss._critic(unrolled, loss.qvalue_network_params, 1)
-        q_next = loss._critic(unrolled["next"], loss.target_qvalue_network_params, 0)
-        q0 = loss._critic(unrolled, loss.qvalue_network_params, 0)
+    B, T = batch.batch_size
+    slices = loss.unroll(batch)
+    rows = loss._critic_input(slices, "root", loss.qvalue_network_params)
+    next_rows = loss._critic_input(slices, "next", loss.target_qvalue_network_params)
+    q = loss._critic(rows, loss.qvalue_network_params, 1).reshape(B, T, N, A)
+    q_next = loss._critic(next_rows, loss.target_qvalue_network_params, 0).reshape(B, T, N, A)
+    q0 = loss._critic(rows, loss.qvalue_network_params, 0).reshape(B, T, N, A)
     h = torch.zeros(batch.batch_size[0], N, H)
     for t in range(batch.batch_size[1]):  # twin 1, stepped like a collector would
         td = batch[:, t].exclude("next").clone()
@@ -244,48 +248,62 @@ def _padded_batch(lengths):
     return batch
 
 
-def test_losses_on_real_steps_equal_the_masked_losses_over_the_padded_batch():
-    """FOPLoss runs its networks on the real steps of a padded slice batch only (flattened); the
-    losses and their gradients equal the masked mean over the whole [B, T] batch."""
+@pytest.mark.parametrize("recurrent_critic", [False, True])
+def test_losses_on_padded_slices_are_the_real_steps_losses(recurrent_critic):
+    """The networks run on the real steps of a padded slice batch only: the losses and their
+    gradients equal those of each slice on its own without padding (weighted by its real steps,
+    TD(lambda) within the slice), whatever the padding holds."""
+    from fop_modules.recurrent import recurrent_discrete_critic
+
     torch.manual_seed(0)
     loss, _ = _loss()
+    if recurrent_critic:
+        loss = FOPLoss(recurrent_discrete_actor(N, OBS, A, hidden=H), recurrent_discrete_critic(N, OBS, A, hidden=H),
+                       FOPMixer(N, state_dim=N * OBS, action_dim=A), action_space="discrete", num_qvalue_nets=2)
     loss.make_value_estimator(ValueEstimators.TDLambda, gamma=0.9, lmbda=0.8)
-    batch = _padded_batch([6, 2])
-    with loss.shared_unroll(batch) as seq:  # the networks do see only the 6 + 2 real steps
-        assert loss._rows(seq).batch_size == torch.Size([8])
-    grads = {}
-    for path in ("rows", "padded"):
-        if path == "padded":  # the plain path: every step through the networks, masked in the mean
-            loss._flattens = lambda valid: False
+    lengths = [6, 2]
+    batch = _padded_batch(lengths)
+    assert loss.unroll(batch).rows.batch_size == torch.Size([8])  # the networks see the 6 + 2 real steps
+
+    def losses_and_grads(td):
         out = {}
         for name in ("qvalue", "actor"):
             loss.zero_grad()
-            value, _ = getattr(loss, f"{name}_loss")(batch)
+            value, _ = getattr(loss, f"{name}_loss")(td)
             value.backward()
             out[name] = value.detach()
-            out[name + "_grads"] = [p.grad.clone() for p in loss.parameters() if p.grad is not None]
-        grads[path] = out
+            out[name + "_grads"] = [p.grad.clone() if p.grad is not None else torch.zeros_like(p)
+                                    for p in loss.parameters()]
+        return out
+
+    padded = losses_and_grads(batch)
+    noisy = batch.clone()  # other padding: nothing changes
+    pad = ~noisy["collector", "mask"]
+    noisy["agents", "observation"][pad] = 100 * torch.randn_like(noisy["agents", "observation"][pad])
+    noisy["next", "reward"][pad] = 1e3
     assert batch["next", "done"][~batch["collector", "mask"]].all()  # the input is left as it was
+    alone = [losses_and_grads(batch[b:b + 1, :length].exclude("collector")) for b, length in enumerate(lengths)]
+    weights = [length / sum(lengths) for length in lengths]
     for name in ("qvalue", "actor"):
-        torch.testing.assert_close(grads["rows"][name], grads["padded"][name])
-        for a, b in zip(grads["rows"][name + "_grads"], grads["padded"][name + "_grads"], strict=True):
-            torch.testing.assert_close(a, b)
+        torch.testing.assert_close(losses_and_grads(noisy)[name], padded[name])
+        torch.testing.assert_close(padded[name], sum(w * one[name] for w, one in zip(weights, alone)))
+        for k, grad in enumerate(padded[name + "_grads"]):
+            torch.testing.assert_close(grad, sum(w * one[name + "_grads"][k] for w, one in zip(weights, alone)))
 
 
-def test_shared_unroll_gives_the_losses_of_separate_unrolls():
+def test_one_unroll_gives_the_losses_of_separate_unrolls():
     torch.manual_seed(0)
     loss, _ = _loss()
     batch = _padded_batch([6, 3])
     separate = loss.actor_loss(batch)[0], loss.qvalue_loss(batch)[0]
-    with loss.shared_unroll(batch) as seq:
-        shared = loss.actor_loss(seq)[0], loss.qvalue_loss(seq)[0]
-        assert loss._sequence is seq
+    slices = loss.unroll(batch)
+    shared = loss.actor_loss(slices)[0], loss.qvalue_loss(slices)[0]
     torch.testing.assert_close(shared, separate)
 
 
-def test_alpha_loss_and_entropy_leave_out_padded_steps_with_a_recurrent_critic():
-    """A GRU critic unrolls the padded [B, T] batch: the dual objective and the logged entropy
-    still average over the real steps only (padding holds whatever the sampler put there)."""
+def test_alpha_loss_and_metrics_leave_out_padded_steps_with_a_recurrent_critic():
+    """With a GRU critic too, the dual objective and the logged entropy, Q_jt and TD error
+    average over the real steps only (padding holds whatever the sampler put there)."""
     from fop_modules.recurrent import recurrent_discrete_critic
 
     torch.manual_seed(0)
@@ -303,5 +321,7 @@ def test_alpha_loss_and_entropy_leave_out_padded_steps_with_a_recurrent_critic()
     other["agents", "action_mask"][padding] = torch.tensor([True, False, False, False])  # target entropy 0
     torch.manual_seed(1)
     moved = loss(other)
-    for key in ("entropy", "loss_alpha", "loss_actor"):
+    for key in ("entropy", "loss_alpha", "loss_actor", "q_jt", "td_error"):
         torch.testing.assert_close(moved[key], out[key])
+    _, q_meta = loss.qvalue_loss(batch)
+    assert q_meta["q_jt"].shape == q_meta["td_error"].shape == (8, 1)

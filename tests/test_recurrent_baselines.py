@@ -22,7 +22,8 @@ from torchrl.modules import QValueModule, VDNMixer
 
 from fop_modules import baselines
 from fop_modules.baselines import MASACConfig, ValueDecompositionConfig
-from fop_modules.episode_losses import EpisodeQMixerLoss, transitions
+from fop_modules.episode_losses import EpisodeQMixerLoss
+from fop_modules.slices import transitions
 from fop_modules.recurrent import find_encoder
 
 ROOT = Path(__file__).resolve().parent.parent
