@@ -12,7 +12,6 @@ one's own can build the same parts::
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
 from typing import Any, List, Optional
 
 from torch import nn
@@ -20,46 +19,24 @@ from torchrl.envs import EnvBase
 
 from fop_modules import networks, recurrent
 from fop_modules.envs.sizes import env_sizes
-from fop_modules.loss import FOPLoss
-from fop_modules.mixer import FOPMixer, LinearMixer
+from fop_modules.choices import choices_enum
+from fop_modules.loss import EntropyReductionName, FOPLoss, IndividualTemperatureName, LossFunctionName
+from fop_modules.mixer import AdvantageFormName, FOPMixer, LinearMixer
 
 __all__ = ["FOPConfig", "build_fop", "Decomposition", "AdvantageForm", "IndividualTemperature",
            "EntropyReduction", "LossFunction", "Activation"]
 
 
 # The choices of FOPConfig's fields: str Enums (equal to their values) that Hydra's structured
-# configs check while composing; the library's classes take the same strings.
-
-
-class Decomposition(str, Enum):
-    fop = "fop"  # FOPMixer: sum_i lambda_i (Q_i - V_i) + V_jt (eq. 7)
-    linear = "linear"  # LinearMixer: DOP's sum_i k_i(s) Q_i + b(s)
-
-
-class AdvantageForm(str, Enum):
-    stopgrad = "stopgrad"  # the authors' code
-    paper = "paper"  # eq. (7)
-
-
-class IndividualTemperature(str, Enum):
-    shared = "shared"  # alpha_i = alpha (authors)
-    paper = "paper"  # the paper's alpha_i formula
-
-
-class EntropyReduction(str, Enum):
-    sum = "sum"
-    mean = "mean"
-
-
-class LossFunction(str, Enum):
-    l2 = "l2"
-    l1 = "l1"
-    smooth_l1 = "smooth_l1"
-
-
-class Activation(str, Enum):
-    relu = "relu"
-    tanh = "tanh"
+# configs check while composing, read off the library's own option types and registries.
+DECOMPOSITIONS = {"fop": FOPMixer, "linear": LinearMixer}  # eq. (7) | DOP's sum_i k_i(s) Q_i + b(s)
+Decomposition = choices_enum("Decomposition", DECOMPOSITIONS, "FOPConfig.decomposition: the mixer.")
+AdvantageForm = choices_enum("AdvantageForm", AdvantageFormName, "FOPConfig.advantage_form (FOPMixer's).")
+IndividualTemperature = choices_enum("IndividualTemperature", IndividualTemperatureName,
+                                     "FOPConfig.individual_temperature (FOPLoss's).")
+EntropyReduction = choices_enum("EntropyReduction", EntropyReductionName, "FOPConfig.entropy_reduction (FOPLoss's).")
+LossFunction = choices_enum("LossFunction", LossFunctionName, "FOPConfig.loss_function (FOPLoss's).")
+Activation = choices_enum("Activation", networks.ACTIVATIONS, "FOPConfig.activation (networks.ACTIVATIONS).")
 
 
 @dataclass
@@ -100,7 +77,7 @@ class FOPConfig:
             num_qvalue_nets=self.num_qvalue_nets, value_network=self.value_network,
             individual_temperature=self.individual_temperature, entropy_reduction=self.entropy_reduction,
             learn_alpha=self.learn_alpha and not self.greedy, alpha_init=self.alpha_init,
-            target_entropy=self.target_entropy,
+            target_entropy=self.target_entropy, loss_function=self.loss_function,
         )
         if self.decomposition == "fop":
             FOPMixer.check_options(n_heads=self.n_heads, v_hidden=self.v_hidden, advantage_form=self.advantage_form)
@@ -149,13 +126,13 @@ def build_fop(env: EnvBase, algo: FOPConfig) -> tuple[FOPLoss, nn.Module]:
 
     mixer_args = dict(n_agents=n_agents, state_dim=state_dim, action_dim=action_dim,
                       discrete_actions=discrete)
-    if algo.decomposition == "fop":
+    if algo.decomposition not in DECOMPOSITIONS:
+        raise ValueError(f"FOPConfig.decomposition must be one of {list(DECOMPOSITIONS)}, got {algo.decomposition!r}")
+    if DECOMPOSITIONS[algo.decomposition] is FOPMixer:
         mixer = FOPMixer(**mixer_args, n_heads=algo.n_heads, v_hidden=algo.v_hidden,
                          advantage_form=algo.advantage_form)
-    elif algo.decomposition == "linear":
-        mixer = LinearMixer(**mixer_args, hidden=algo.v_hidden)
     else:
-        raise ValueError(f"FOPConfig.decomposition must be 'fop' or 'linear', got {algo.decomposition!r}")
+        mixer = LinearMixer(**mixer_args, hidden=algo.v_hidden)
 
     loss = FOPLoss(
         actor, critic, mixer,

@@ -16,13 +16,14 @@ in its row: eq. (9) does not reach V_i or pi_i.
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import math
 import weakref
 from copy import deepcopy
 from dataclasses import dataclass
 from functools import partial
-from typing import Callable, Literal, Sequence
+from typing import Callable, ClassVar, Literal, Sequence, get_args
 
 import torch
 from tensordict import TensorDict, TensorDictBase, TensorDictParams
@@ -37,7 +38,12 @@ from fop_modules.mixer import FOPMixer, LinearMixer
 from fop_modules.recurrent import GRUEncoder, find_encoder
 from fop_modules.slices import Slices, real_steps
 
-__all__ = ["FOPLoss", "trainable"]
+__all__ = ["FOPLoss", "DiscreteFOPLoss", "ContinuousFOPLoss", "trainable", "IndividualTemperatureName",
+           "EntropyReductionName", "LossFunctionName"]
+
+IndividualTemperatureName = Literal["shared", "paper"]  # alpha_i = alpha (authors) | the paper's formula
+EntropyReductionName = Literal["sum", "mean"]  # log pi_jt in eq. (9): over agents (paper) | mean (authors)
+LossFunctionName = Literal["l2", "l1", "smooth_l1"]  # eq. (9) and (10)'s distance (TorchRL's distance_loss)
 
 ALPHA_I_RATIO_RANGE = (0.1, 10.0)  # clamp of alpha_i / alpha from the paper's formula (noisy ratio)
 _TWIN_EMBEDDINGS = ("_fop", "critic_embeddings")  # a GRU critic's embeddings per twin [M, K, N, H]
@@ -203,7 +209,8 @@ class FOPLoss(LossModule):
             copies) or a list of ``num_qvalue_nets`` modules.
         mixer: a :class:`~fop_modules.FOPMixer` or :class:`~fop_modules.LinearMixer` (or a list,
             one per twin critic).
-        action_space: ``"discrete"`` or ``"continuous"``.
+        action_space: ``"discrete"`` (builds a :class:`DiscreteFOPLoss`) or ``"continuous"``
+            (a :class:`ContinuousFOPLoss`); those classes may be built directly, without it.
         value_network: V_i(o_i) network trained by eq. (10) (the paper's form). If ``None``
             (discrete only), V_i is the analytic soft value alpha * logsumexp(Q_i / alpha) over the
             available actions, as in the authors' code.
@@ -298,13 +305,28 @@ class FOPLoss(LossModule):
     value_network_params: TensorDictParams
     target_value_network_params: TensorDictParams
 
+    action_space: ClassVar[str]  # "discrete" or "continuous": the subclass's
+    discrete: ClassVar[bool]
+
+    def __new__(cls, *args, **kwargs):
+        """``FOPLoss(..., action_space=...)`` builds :class:`DiscreteFOPLoss` or
+        :class:`ContinuousFOPLoss` (the way TorchRL splits ``DiscreteSACLoss`` from ``SACLoss``,
+        behind one constructor)."""
+        if cls is FOPLoss:
+            space = kwargs.get("action_space")
+            classes = {"discrete": DiscreteFOPLoss, "continuous": ContinuousFOPLoss}
+            if space not in classes:
+                raise ValueError(f"action_space must be 'discrete' or 'continuous', got {space!r}")
+            cls = classes[space]
+        return super().__new__(cls)
+
     def __init__(
         self,
         actor_network: ProbabilisticTensorDictSequential,
         qvalue_network: TensorDictModule | Sequence[TensorDictModule],
         mixer: FOPMixer | LinearMixer | Sequence[FOPMixer | LinearMixer],
         *,
-        action_space: Literal["discrete", "continuous"],
+        action_space: Literal["discrete", "continuous"] | None = None,
         value_network: TensorDictModule | None = None,
         num_qvalue_nets: int = 1,
         alpha_init: float = 1.0,
@@ -312,14 +334,15 @@ class FOPLoss(LossModule):
         target_entropy: float | Literal["auto"] = "auto",
         target_entropy_weight: float = 0.98,
         num_actions: int | None = None,
-        individual_temperature: Literal["shared", "paper"] = "shared",
-        entropy_reduction: Literal["sum", "mean"] = "sum",
-        loss_function: str = "l2",
+        individual_temperature: IndividualTemperatureName = "shared",
+        entropy_reduction: EntropyReductionName = "sum",
+        loss_function: LossFunctionName = "l2",
         reduction: str = "mean",
     ) -> None:
         super().__init__()
-        if action_space not in ("discrete", "continuous"):
-            raise ValueError(f"action_space must be 'discrete' or 'continuous', got {action_space!r}")
+        action_space = self.action_space if action_space is None else action_space
+        if action_space != self.action_space:
+            raise ValueError(f"{type(self).__name__} is FOP for {self.action_space} actions, got action_space={action_space!r}")
         if value_network is None and action_space == "continuous":
             raise ValueError(
                 "continuous actions need a value_network for V_i (eq. 10): the analytic soft "
@@ -327,9 +350,9 @@ class FOPLoss(LossModule):
             )
         self.check_options(num_qvalue_nets=num_qvalue_nets, value_network=value_network is not None,
                            individual_temperature=individual_temperature, entropy_reduction=entropy_reduction,
-                           learn_alpha=learn_alpha, alpha_init=alpha_init, target_entropy=target_entropy)
+                           learn_alpha=learn_alpha, alpha_init=alpha_init, target_entropy=target_entropy,
+                           loss_function=loss_function)
 
-        self.discrete = action_space == "discrete"
         self.num_qvalue_nets = num_qvalue_nets
         self.individual_temperature = individual_temperature
         self.entropy_reduction = entropy_reduction
@@ -385,13 +408,9 @@ class FOPLoss(LossModule):
         else:
             self.register_buffer("alpha", torch.tensor(float(alpha_init)))
         num_actions = mixers[0].action_dim if num_actions is None else num_actions
-        # "auto" with discrete actions: a weight of each sample's log |available actions| (eq. below)
-        self.target_entropy_weight = target_entropy_weight if target_entropy == "auto" and self.discrete else None
+        self.target_entropy_weight: float | None = None  # set where "auto" follows the action masks
         if target_entropy == "auto":
-            if self.discrete:  # all actions available: the target without a mask
-                target_entropy = target_entropy_weight * self.n_agents * math.log(num_actions)
-            else:
-                target_entropy = -float(self.n_agents * mixers[0].action_dim)
+            target_entropy = self._auto_target_entropy(target_entropy_weight, num_actions)
         self.register_buffer("target_entropy", torch.tensor(float(target_entropy)))
 
     @staticmethod
@@ -404,6 +423,7 @@ class FOPLoss(LossModule):
         learn_alpha: bool = False,
         alpha_init: float = 1.0,
         target_entropy: float | str = "auto",
+        loss_function: str = "l2",
     ) -> None:
         """Raises ValueError for options the constructor refuses, before any network is built
         (``value_network``: whether one will be given); the constructor runs it on its own.
@@ -416,7 +436,7 @@ class FOPLoss(LossModule):
         """
         if num_qvalue_nets not in (1, 2):
             raise ValueError(f"num_qvalue_nets must be 1 or 2, got {num_qvalue_nets}")
-        if individual_temperature not in ("shared", "paper"):
+        if individual_temperature not in get_args(IndividualTemperatureName):
             raise ValueError(
                 f"individual_temperature must be 'shared' or 'paper', got {individual_temperature!r}"
             )
@@ -425,8 +445,10 @@ class FOPLoss(LossModule):
                 "individual_temperature='paper' needs a value_network: with the analytic V_i the "
                 "alpha_i formula refers to itself"
             )
-        if entropy_reduction not in ("sum", "mean"):
+        if entropy_reduction not in get_args(EntropyReductionName):
             raise ValueError(f"entropy_reduction must be 'sum' or 'mean', got {entropy_reduction!r}")
+        if loss_function not in get_args(LossFunctionName):
+            raise ValueError(f"loss_function must be one of {list(get_args(LossFunctionName))}, got {loss_function!r}")
         if not 0 <= alpha_init < math.inf:
             raise ValueError(f"alpha_init must be finite and >= 0, got {alpha_init}")
         if learn_alpha and alpha_init <= 0:
@@ -446,8 +468,7 @@ class FOPLoss(LossModule):
         keys = {*self.actor_network.in_keys, *self.qvalue_network.in_keys, self.tensor_keys.state}
         if self.value_network is not None:
             keys.update(self.value_network.in_keys)
-        if self.discrete:
-            keys.add(self.tensor_keys.action_mask)
+        keys.update(self._optional_in_keys())
         action = unravel_key(self.tensor_keys.action)  # a continuous critic reads it too
         keys = {unravel_key(key) for key in keys} - {action}
         keys.update([unravel_key(("next", key)) for key in keys])
@@ -541,16 +562,8 @@ class FOPLoss(LossModule):
             return shared
         # Paper: alpha_i = alpha * E_{u_i~pi_i}[Q_i - V_i] / E_{u~pi_jt}[lambda_i (Q_i - V_i)]
         v = self._value_net(tensordict, self.value_network_params)  # [*B, N, 1]
-        if self.discrete:
-            q_all = self._critic(tensordict, self.qvalue_network_params, 0)
-            probs, _ = self._policy(tensordict) if policy is None else policy
-            numerator = (probs * (q_all - v)).sum(-1, keepdim=True)  # exact E over u_i
-            action = torch.distributions.Categorical(probs=probs).sample()  # u ~ pi_jt [*B, N]
-            advantage = q_all.gather(-1, action.unsqueeze(-1)) - v
-        else:
-            action = (self._policy(tensordict) if policy is None else policy).sample()
-            advantage = self._critic(tensordict, self.qvalue_network_params, 0, action) - v
-            numerator = advantage
+        policy = self._policy(tensordict) if policy is None else policy
+        numerator, advantage, action = self._advantages(tensordict, policy, v)
         _, lam, _ = self._mix(self.mixer_params, 0, advantage + v, v, tensordict, action)
         batch_dims = tuple(range(numerator.dim() - 2))
         ratio = numerator.mean(batch_dims) / (lam * advantage).mean(batch_dims)  # [N, 1]
@@ -578,10 +591,7 @@ class FOPLoss(LossModule):
         keys, batch, n = self.tensor_keys, list(tensordict.batch_size), self.n_agents
         if tensordict.batch_size.numel() == 0:
             raise ValueError(f"FOPLoss: the batch is empty (batch_size {batch}): give it at least one sample")
-        if self.discrete:
-            action = ("[*B, n_agents]", [*batch, n], "action indices")
-        else:
-            action = ("[*B, n_agents, action_dim]", [*batch, n, self.mixer.action_dim], "actions")
+        action = self._action_spec(batch)
         state = ("[*B, state_dim]", [*batch, self.mixer.state_dim], "global state for the mixer")
         team = ("[*B, 1]", [*batch, 1])
         expected = {
@@ -599,15 +609,15 @@ class FOPLoss(LossModule):
                     f"FOPLoss: the input has no {key!r} ({what}, shape {pattern}); rename the "
                     f"loss's keys with loss.set_keys(...) if the data has it under another name"
                 )
-            if key == keys.action and self.discrete and list(tensor.shape) == [*shape, 1]:
-                continue  # indices with a trailing singleton, as TorchRL's specs may give them
+            if key == keys.action and self._accepts_action_shape(list(tensor.shape), shape):
+                continue
             _check_shape(tensor, key, pattern, shape, what)
         self._check_dtypes(tensordict)
         if self.check_values:
             self._check_values(tensordict)
 
     def _check_dtypes(self, tensordict: TensorDictBase) -> None:
-        """Done flags and masks are bool, discrete actions integer indices; masks [*B, N, A]."""
+        """Done flags are bool; then the actions' own rules (:meth:`_check_action_dtypes`)."""
         keys = self.tensor_keys
         for key in (("next", keys.done), ("next", keys.terminated)):
             if tensordict.get(key).dtype != torch.bool:
@@ -615,36 +625,14 @@ class FOPLoss(LossModule):
                     f"FOPLoss: {key!r} must be a bool tensor (TorchRL's done flags), got "
                     f"{tensordict.get(key).dtype}: convert it with .bool()"
                 )
-        if not self.discrete:
-            return
-        dtype = tensordict.get(keys.action).dtype
-        if dtype.is_floating_point or dtype.is_complex or dtype == torch.bool:
-            raise TypeError(
-                f"FOPLoss: {keys.action!r} must hold integer action indices (int64), got {dtype}; "
-                "float indices are not rounded: convert them with .long() if they are whole numbers"
-            )
-        expected = [*tensordict.batch_size, self.n_agents, self.mixer.action_dim]
-        for key in (keys.action_mask, ("next", keys.action_mask)):
-            mask = tensordict.get(key, None)
-            if mask is None:
-                continue
-            _check_shape(mask, key, "[*B, n_agents, n_actions]", expected, "available actions")
-            if mask.dtype != torch.bool:
-                raise TypeError(f"FOPLoss: {key!r} (available actions) must be a bool tensor, got {mask.dtype}")
+        self._check_action_dtypes(tensordict)
 
     def _check_values(self, tensordict: TensorDictBase) -> None:
         """Every floating-point entry the loss reads is finite and discrete actions lie in
         [0, n_actions). One device synchronisation reads all flags; a float entry is scanned
         element by element only when its sum is not finite (NaN and inf propagate through a sum;
         an overflow of the sum alone raises nothing)."""
-        checks: list[tuple[Tensor, Callable[[], str | None]]] = []  # (suspect flag, message or None)
-        if self.discrete:
-            key, n_actions = self.tensor_keys.action, self.mixer.action_dim
-            index = tensordict.get(key)
-            checks.append((((index < 0) | (index >= n_actions)).any(), lambda key=key, index=index: (
-                f"FOPLoss: {key!r} holds action indices from {index.min().item()} to "
-                f"{index.max().item()}; with {n_actions} actions they must lie in [0, {n_actions - 1}]"
-            )))
+        checks = self._action_value_checks(tensordict)  # (suspect flag, message or None)
         for key in self.in_keys:
             tensor = tensordict.get(key, None)
             if isinstance(tensor, Tensor) and tensor.is_floating_point():
@@ -754,49 +742,28 @@ class FOPLoss(LossModule):
         return rows
 
     def _policy(self, tensordict: TensorDictBase):
-        """Discrete: (probs, log_probs) [*B, N, A], both 0 at unavailable actions. Continuous: dist."""
+        """pi_i at the rows, as the action space reads it (:meth:`_policy_from`)."""
         stages = self._actor_stages
         if stages is None:  # another layout (never a GRU actor): TensorDict's path
             with self.actor_network_params.to_module(self.actor_network):
-                dist = self.actor_network.get_dist(tensordict)
-            logits = dist.logits if self.discrete else None
-        else:  # hot path: the parameter module on tensors, then the distribution (same values)
-            head, dist_module = stages
-            with _swapped(self.actor_network, self.actor_network_params):
-                outputs = _module_outputs(head, tensordict)
-            # The distribution as the actor builds it (a categorical's normalised logits round
-            # differently from the raw ones: reading those would change the results).
-            inputs = tensordict.select(*(k for k in dist_module.in_keys if k not in outputs), strict=False)
-            inputs.update(outputs)
-            dist = dist_module.get_dist(inputs)
-            logits = dist.logits if self.discrete else None
-        if not self.discrete:
-            return dist
-        mask = tensordict.get(self.tensor_keys.action_mask, None)
-        if mask is None:
-            log_probs = torch.log_softmax(logits, -1)
-            return log_probs.exp(), log_probs
-        if mask.shape != logits.shape:
-            raise ValueError(
-                f"{self.tensor_keys.action_mask!r} must have the policy's shape "
-                f"{list(logits.shape)}, got {list(mask.shape)}"
-            )
-        if not mask.any(-1).all():
-            raise ValueError(
-                f"every agent needs at least one available action in {self.tensor_keys.action_mask!r}"
-            )
-        # Mask before the softmax (the authors renormalise after it); where() keeps gradients
-        # and products finite at unavailable actions, even with one available action.
-        log_probs = torch.log_softmax(logits.masked_fill(~mask, -torch.inf), -1)
-        return log_probs.exp(), torch.where(mask, log_probs, torch.zeros_like(log_probs))
+                return self._policy_from(self.actor_network.get_dist(tensordict), tensordict)
+        head, dist_module = stages  # hot path: the parameter module on tensors, then the distribution
+        with _swapped(self.actor_network, self.actor_network_params):
+            outputs = _module_outputs(head, tensordict)
+        # The distribution as the actor builds it (a categorical's normalised logits round
+        # differently from the raw ones: reading those would change the results).
+        inputs = tensordict.select(*(k for k in dist_module.in_keys if k not in outputs), strict=False)
+        inputs.update(outputs)
+        return self._policy_from(dist_module.get_dist(inputs), tensordict)
 
     def _critic(self, tensordict: TensorDictBase, params: TensorDictBase, k: int, action: Tensor | None = None) -> Tensor:
-        """Twin k's critic: discrete Q_i(o_i, .) [*B, N, A]; continuous Q_i(o_i, u_i) [*B, N, 1].
+        """Twin k's critic: discrete Q_i(o_i, .) [*B, N, A]; continuous Q_i(o_i, u_i) [*B, N, 1]
+        (``_critic_key``, :meth:`_critic_shape`).
 
         Detached ``params`` stay constants (:func:`_swapped` puts them in as they are; ``to_module``
         would wrap them in leaf Parameters that require grad, and a backward through Q_i would
         compute critic gradients no one reads)."""
-        key = self.tensor_keys.action_value if self.discrete else self.tensor_keys.state_action_value
+        key = self._critic_key
         replace = {} if action is None else {self.tensor_keys.action: action}
         if self._critic_encoders:  # the head on this twin's embeddings (`_critic_input`)
             embeddings = tensordict.get(_TWIN_EMBEDDINGS, None)
@@ -814,12 +781,7 @@ class FOPLoss(LossModule):
                 q = _module_output(self.qvalue_network, tensordict, key, replace)
         if q is None:
             raise KeyError(f"FOPLoss: the critic wrote no {key!r}; loss.set_keys(...) names its output")
-        batch, n = [*tensordict.batch_size], self.n_agents
-        if self.discrete:  # Q_i(o_i, .) for every action
-            expected = ("[*B, n_agents, n_actions]", [*batch, n, self.mixer.action_dim], "Q_i(o_i, .)")
-        else:
-            expected = ("[*B, n_agents, 1]", [*batch, n, 1], "Q_i(o_i, u_i)")
-        _check_shape(q, key, *expected)
+        _check_shape(q, key, *self._critic_shape([*tensordict.batch_size]))
         return q
 
     def _value_net(self, tensordict: TensorDictBase, params: TensorDictBase) -> Tensor:
@@ -865,10 +827,6 @@ class FOPLoss(LossModule):
             return self._soft_value(q_all.detach(), alpha_i, td.get(self.tensor_keys.action_mask, None))
         return self._value_net(td, params).detach()
 
-    @staticmethod
-    def _chosen(q_all: Tensor, action: Tensor) -> Tensor:
-        return q_all.gather(-1, action.long().reshape(*q_all.shape[:-1], 1))  # [*B, N, 1]
-
     def _min_critic(self, td: TensorDictBase, params: TensorDictBase, action: Tensor | None = None):
         """min over twins of the critic (all actions if discrete, else at ``action``)."""
         return torch.stack([self._critic(td, params, k, action) for k in range(self.num_qvalue_nets)]).amin(0)
@@ -883,12 +841,8 @@ class FOPLoss(LossModule):
         value = None
         if self.value_network is not None:
             value = self.target_value_network_params if target else self.value_network_params
-        if self.discrete:
-            q_all = self._critic(td, critic, k)
-            q = self._chosen(q_all, action)
-        else:
-            q_all = q = self._critic(td, critic, k, action)
-        v = self._state_value(td, q_all if self.discrete else None, alpha_i, value)
+        q_all, q = self._critic_at(td, critic, k, action)
+        v = self._state_value(td, q_all, alpha_i, value)
         return (q_all, v, *self._mix(mixer, k, q, v, td, action))
 
     def _joint_log_prob(self, log_pi: Tensor) -> Tensor:
@@ -922,14 +876,7 @@ class FOPLoss(LossModule):
         alpha = self.alpha_value
         policy = self._policy(next_td)  # one forward for alpha_i and u' (no draw in between)
         alpha_i = self._mixer_alphas(next_td, policy)
-        if self.discrete:
-            probs, log_probs = policy
-            next_action = torch.distributions.Categorical(probs=probs).sample()  # [*B, N]
-            log_pi = log_probs.gather(-1, next_action.unsqueeze(-1))  # [*B, N, 1]
-        else:
-            # scored at the pre-tanh draw itself: log_prob(action) inverts a saturated tanh wrongly
-            next_action, log_pi = sample_and_log_prob(policy)  # [*B, N, d], [*B, N]
-            log_pi = log_pi.unsqueeze(-1)
+        next_action, log_pi = self._draw(policy)  # u' ~ pi_jt(. | tau'), log pi_i(u'_i) [*B, N, 1]
         q_jts = [
             self._twin_q_jt(next_td, next_action, k, alpha_i, target=True)[2]
             for k in range(self.num_qvalue_nets)
@@ -990,15 +937,7 @@ class FOPLoss(LossModule):
             rows = self._critic_input(self._slices(tensordict, grad=False), "root", self.qvalue_network_params)
             policy = self._policy(rows)  # one forward for alpha_i and the target
             alpha_i = self.individual_alphas(rows, policy)
-            params = self.qvalue_network_params
-            if self.discrete:
-                probs, log_probs = policy
-                q_all = self._min_critic(rows, params)
-                target = (probs * (q_all - alpha_i * log_probs)).sum(-1, keepdim=True)  # exact E
-            else:
-                action, log_pi = sample_and_log_prob(policy)  # exact at saturation (see _td_target)
-                q = self._min_critic(rows, params, action)
-                target = q - alpha_i * log_pi.unsqueeze(-1)
+            target = self._soft_value_target(rows, policy, alpha_i)  # E_pi_i[Q_i - alpha_i log pi_i]
         v = self._value_net(rows, self.value_network_params)  # [*B, N, 1]
         loss = distance_loss(v, target, loss_function=self.loss_function)
         return self._reduce_loss(loss, rows), {"state_value": v.detach()}
@@ -1022,21 +961,8 @@ class FOPLoss(LossModule):
             rows = self._critic_input(slices, "root", self.qvalue_network_params)
         policy = self._policy(rows)  # one forward (with gradients) for alpha_i and eq. (11)
         alpha_i = self.individual_alphas(rows, policy)
-        params = self.qvalue_network_params.detach()  # gradients reach pi_i only
-        if self.discrete:
-            probs, log_probs = policy
-            with torch.no_grad():  # no graph through the critics
-                q_all = self._min_critic(rows, params)
-            loss = (probs * (alpha_i * log_probs - q_all)).sum(-1, keepdim=True)  # exact E [*B,N,1]
-            log_pi = (probs * log_probs).sum(-1, keepdim=True).detach()  # -H(pi_i)
-        else:
-            # reparameterised: the gradient flows through Q_i(o_i, u_i); log pi scored at the
-            # pre-tanh draw (exact at saturation, SAC's appendix C correction in stable form)
-            action, log_prob = rsample_and_log_prob(policy)
-            log_prob = log_prob.unsqueeze(-1)  # [*B, N, 1]
-            q = self._min_critic(rows, params, action)  # d Q_i / d u_i only
-            loss = alpha_i * log_prob - q
-            log_pi = log_prob.detach()
+        # gradients reach pi_i only: the critics' parameters enter detached
+        loss, log_pi = self._actor_terms(rows, policy, alpha_i, self.qvalue_network_params.detach())
         log_pi_jt = log_pi.sum(-2)  # E log pi_jt = -H(pi_jt) [*B, 1]
         target = self._target_entropy(rows)  # [*B, 1]
         return self._reduce_loss(loss, rows), {"log_prob_jt": log_pi_jt, "target_entropy": target}
@@ -1085,6 +1011,67 @@ class FOPLoss(LossModule):
         )
         return TensorDict(out, batch_size=[])
 
+    # ------------------------------------------------------------------ what the action space decides
+    # The objectives above are one skeleton for both action spaces; these are the steps where
+    # discrete and continuous FOP differ (DiscreteFOPLoss, ContinuousFOPLoss).
+    @abc.abstractmethod
+    def _auto_target_entropy(self, weight: float, num_actions: int) -> float:
+        """``target_entropy="auto"``: the fixed target (and, discrete, the mask-following one's weight)."""
+
+    @abc.abstractmethod
+    def _optional_in_keys(self) -> list[NestedKey]:
+        """Keys the loss reads when present (the action mask)."""
+
+    @abc.abstractmethod
+    def _action_spec(self, batch: list[int]) -> tuple[str, list[int], str]:
+        """(shape pattern, shape, description) of the batch's actions."""
+
+    def _accepts_action_shape(self, shape: list[int], expected: list[int]) -> bool:
+        """Whether actions of ``shape`` are read although it is not ``expected``."""
+        return False
+
+    def _check_action_dtypes(self, tensordict: TensorDictBase) -> None:
+        """Raises TypeError for actions (or masks) of the wrong dtype."""
+
+    def _action_value_checks(self, tensordict: TensorDictBase) -> list[tuple[Tensor, Callable[[], str | None]]]:
+        """(suspect flag, message) pairs for the actions' values (:meth:`_check_values`)."""
+        return []
+
+    @abc.abstractmethod
+    def _policy_from(self, dist, tensordict: TensorDictBase):
+        """pi_i from the actor's distribution, in the form the objectives below read."""
+
+    @property
+    @abc.abstractmethod
+    def _critic_key(self) -> NestedKey:
+        """Where the critic writes its output."""
+
+    @abc.abstractmethod
+    def _critic_shape(self, batch: list[int]) -> tuple[str, list[int], str]:
+        """(shape pattern, shape, description) of the critic's output."""
+
+    @abc.abstractmethod
+    def _critic_at(self, td: TensorDictBase, params: TensorDictBase, k: int, action: Tensor) -> tuple[Tensor, Tensor]:
+        """(the critic's output, Q_i(tau_i, u_i) [*B, N, 1]) of twin k at ``action``."""
+
+    @abc.abstractmethod
+    def _draw(self, policy) -> tuple[Tensor, Tensor]:
+        """u ~ pi_jt and log pi_i(u_i) [*B, N, 1], without gradients (eq. 9's target)."""
+
+    @abc.abstractmethod
+    def _soft_value_target(self, rows: TensorDictBase, policy, alpha_i: Tensor) -> Tensor:
+        """Eq. (10)'s target E_{u_i~pi_i}[min_k Q_i^k(tau_i, u_i) - alpha_i log pi_i(u_i)] [*B, N, 1]."""
+
+    @abc.abstractmethod
+    def _actor_terms(self, rows: TensorDictBase, policy, alpha_i: Tensor, params: TensorDictBase) -> tuple[Tensor, Tensor]:
+        """Eq. (11) per agent, E_{u_i~pi_i}[alpha_i log pi_i(u_i) - min_k Q_i^k(tau_i, u_i)] [*B, N, 1]
+        (gradients to pi_i only: ``params`` are the critics', detached), and E log pi_i [*B, N, 1],
+        detached."""
+
+    @abc.abstractmethod
+    def _advantages(self, td: TensorDictBase, policy, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """For the paper's alpha_i: (E_{u_i~pi_i}[Q_i - V_i], Q_i(u_i) - V_i at u ~ pi_jt, that u)."""
+
     # ------------------------------------------------------------------ value estimator
     SUPPORTED_VALUE_ESTIMATORS = (
         ValueEstimators.TD0,
@@ -1124,3 +1111,162 @@ class FOPLoss(LossModule):
             **hp,
         )
         return self
+
+
+class DiscreteFOPLoss(FOPLoss):
+    """FOP for discrete actions: ``FOPLoss(..., action_space="discrete")`` builds it (arguments:
+    :class:`FOPLoss`'s). The critic writes Q_i(tau_i, .) for every action, so every expectation
+    over pi_i is exact: eq. (10)'s target and eq. (11) sum over the available actions, weighted
+    by pi_i, and V_i may be the analytic soft value (``value_network=None``). Unavailable actions
+    (``action_mask``) have probability 0, and the automatic entropy target follows the masks."""
+
+    action_space = "discrete"
+    discrete = True
+
+    def _auto_target_entropy(self, weight: float, num_actions: int) -> float:
+        self.target_entropy_weight = weight  # with a mask: weight * sum_i log |A_i| per sample
+        return weight * self.n_agents * math.log(num_actions)  # all actions available
+
+    def _optional_in_keys(self) -> list[NestedKey]:
+        return [self.tensor_keys.action_mask]
+
+    def _action_spec(self, batch: list[int]) -> tuple[str, list[int], str]:
+        return "[*B, n_agents]", [*batch, self.n_agents], "action indices"
+
+    def _accepts_action_shape(self, shape: list[int], expected: list[int]) -> bool:
+        return shape == [*expected, 1]  # indices with a trailing singleton, as TorchRL's specs may give them
+
+    def _check_action_dtypes(self, tensordict: TensorDictBase) -> None:
+        """Actions are integer indices; masks bool [*B, N, A]."""
+        keys = self.tensor_keys
+        dtype = tensordict.get(keys.action).dtype
+        if dtype.is_floating_point or dtype.is_complex or dtype == torch.bool:
+            raise TypeError(
+                f"FOPLoss: {keys.action!r} must hold integer action indices (int64), got {dtype}; "
+                "float indices are not rounded: convert them with .long() if they are whole numbers"
+            )
+        expected = [*tensordict.batch_size, self.n_agents, self.mixer.action_dim]
+        for key in (keys.action_mask, ("next", keys.action_mask)):
+            mask = tensordict.get(key, None)
+            if mask is None:
+                continue
+            _check_shape(mask, key, "[*B, n_agents, n_actions]", expected, "available actions")
+            if mask.dtype != torch.bool:
+                raise TypeError(f"FOPLoss: {key!r} (available actions) must be a bool tensor, got {mask.dtype}")
+
+    def _action_value_checks(self, tensordict: TensorDictBase) -> list[tuple[Tensor, Callable[[], str | None]]]:
+        key, n_actions = self.tensor_keys.action, self.mixer.action_dim
+        index = tensordict.get(key)
+        return [(((index < 0) | (index >= n_actions)).any(), lambda: (
+            f"FOPLoss: {key!r} holds action indices from {index.min().item()} to "
+            f"{index.max().item()}; with {n_actions} actions they must lie in [0, {n_actions - 1}]"
+        ))]
+
+    def _policy_from(self, dist, tensordict: TensorDictBase) -> tuple[Tensor, Tensor]:
+        """(probs, log_probs) [*B, N, A], both 0 at unavailable actions."""
+        logits = dist.logits
+        mask = tensordict.get(self.tensor_keys.action_mask, None)
+        if mask is None:
+            log_probs = torch.log_softmax(logits, -1)
+            return log_probs.exp(), log_probs
+        if mask.shape != logits.shape:
+            raise ValueError(
+                f"{self.tensor_keys.action_mask!r} must have the policy's shape "
+                f"{list(logits.shape)}, got {list(mask.shape)}"
+            )
+        if not mask.any(-1).all():
+            raise ValueError(
+                f"every agent needs at least one available action in {self.tensor_keys.action_mask!r}"
+            )
+        # Mask before the softmax (the authors renormalise after it); where() keeps gradients
+        # and products finite at unavailable actions, even with one available action.
+        log_probs = torch.log_softmax(logits.masked_fill(~mask, -torch.inf), -1)
+        return log_probs.exp(), torch.where(mask, log_probs, torch.zeros_like(log_probs))
+
+    @property
+    def _critic_key(self) -> NestedKey:
+        return self.tensor_keys.action_value
+
+    def _critic_shape(self, batch: list[int]) -> tuple[str, list[int], str]:
+        return "[*B, n_agents, n_actions]", [*batch, self.n_agents, self.mixer.action_dim], "Q_i(o_i, .)"
+
+    def _critic_at(self, td: TensorDictBase, params: TensorDictBase, k: int, action: Tensor) -> tuple[Tensor, Tensor]:
+        q_all = self._critic(td, params, k)  # Q_i(tau_i, .) [*B, N, A]
+        return q_all, q_all.gather(-1, action.long().reshape(*q_all.shape[:-1], 1))
+
+    def _draw(self, policy) -> tuple[Tensor, Tensor]:
+        probs, log_probs = policy
+        action = torch.distributions.Categorical(probs=probs).sample()  # [*B, N]
+        return action, log_probs.gather(-1, action.unsqueeze(-1))
+
+    def _soft_value_target(self, rows: TensorDictBase, policy, alpha_i: Tensor) -> Tensor:
+        probs, log_probs = policy
+        q_all = self._min_critic(rows, self.qvalue_network_params)
+        return (probs * (q_all - alpha_i * log_probs)).sum(-1, keepdim=True)  # exact E over u_i
+
+    def _actor_terms(self, rows: TensorDictBase, policy, alpha_i: Tensor, params: TensorDictBase) -> tuple[Tensor, Tensor]:
+        probs, log_probs = policy
+        with torch.no_grad():  # Q_i is a constant of eq. (11): no graph through the critics
+            q_all = self._min_critic(rows, params)
+        loss = (probs * (alpha_i * log_probs - q_all)).sum(-1, keepdim=True)  # exact E [*B, N, 1]
+        return loss, (probs * log_probs).sum(-1, keepdim=True).detach()  # -H(pi_i)
+
+    def _advantages(self, td: TensorDictBase, policy, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        probs, _ = policy
+        q_all = self._critic(td, self.qvalue_network_params, 0)
+        numerator = (probs * (q_all - v)).sum(-1, keepdim=True)  # exact E over u_i
+        action = torch.distributions.Categorical(probs=probs).sample()  # u ~ pi_jt [*B, N]
+        return numerator, q_all.gather(-1, action.unsqueeze(-1)) - v, action
+
+
+class ContinuousFOPLoss(FOPLoss):
+    """FOP for continuous actions: ``FOPLoss(..., action_space="continuous")`` builds it
+    (arguments: :class:`FOPLoss`'s; ``value_network`` is required). The critic reads the action
+    and writes Q_i(tau_i, u_i); expectations over pi_i are one reparameterised draw, scored at its
+    own pre-tanh sample (TorchRL's ``(r)sample_and_log_prob``: exact where a tanh-Gaussian
+    saturates, SAC's appendix C correction in stable form), and eq. (11)'s gradient flows through
+    Q_i(tau_i, u_i) to pi_i. The automatic entropy target is -N * action_dim (SAC's)."""
+
+    action_space = "continuous"
+    discrete = False
+
+    def _auto_target_entropy(self, weight: float, num_actions: int) -> float:
+        return -float(self.n_agents * self.mixer.action_dim)
+
+    def _optional_in_keys(self) -> list[NestedKey]:
+        return []
+
+    def _action_spec(self, batch: list[int]) -> tuple[str, list[int], str]:
+        return "[*B, n_agents, action_dim]", [*batch, self.n_agents, self.mixer.action_dim], "actions"
+
+    def _policy_from(self, dist, tensordict: TensorDictBase):
+        return dist
+
+    @property
+    def _critic_key(self) -> NestedKey:
+        return self.tensor_keys.state_action_value
+
+    def _critic_shape(self, batch: list[int]) -> tuple[str, list[int], str]:
+        return "[*B, n_agents, 1]", [*batch, self.n_agents, 1], "Q_i(o_i, u_i)"
+
+    def _critic_at(self, td: TensorDictBase, params: TensorDictBase, k: int, action: Tensor) -> tuple[Tensor, Tensor]:
+        q = self._critic(td, params, k, action)
+        return q, q
+
+    def _draw(self, policy) -> tuple[Tensor, Tensor]:
+        action, log_pi = sample_and_log_prob(policy)  # [*B, N, d], [*B, N]
+        return action, log_pi.unsqueeze(-1)
+
+    def _soft_value_target(self, rows: TensorDictBase, policy, alpha_i: Tensor) -> Tensor:
+        action, log_pi = self._draw(policy)
+        return self._min_critic(rows, self.qvalue_network_params, action) - alpha_i * log_pi
+
+    def _actor_terms(self, rows: TensorDictBase, policy, alpha_i: Tensor, params: TensorDictBase) -> tuple[Tensor, Tensor]:
+        action, log_pi = rsample_and_log_prob(policy)  # reparameterised: d Q_i / d u_i reaches pi_i
+        log_pi = log_pi.unsqueeze(-1)  # [*B, N, 1]
+        return alpha_i * log_pi - self._min_critic(rows, params, action), log_pi.detach()
+
+    def _advantages(self, td: TensorDictBase, policy, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        action = policy.sample()
+        advantage = self._critic(td, self.qvalue_network_params, 0, action) - v
+        return advantage, advantage, action

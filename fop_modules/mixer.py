@@ -13,7 +13,7 @@ paper's Fig. 3 ablation. Both read and write the same tensordict keys, so either
 from __future__ import annotations
 
 import math
-from typing import Literal, Sequence
+from typing import Literal, Sequence, get_args
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +22,9 @@ from tensordict.nn import TensorDictModuleBase
 from tensordict.utils import NestedKey
 from torch import Tensor, nn
 
-__all__ = ["FOPMixer", "LinearMixer", "QattenWeights"]
+__all__ = ["FOPMixer", "LinearMixer", "QattenWeights", "AdvantageFormName"]
+
+AdvantageFormName = Literal["stopgrad", "paper"]  # the authors' code | eq. (7) as written
 
 LAMBDA_EPS = 1e-10  # keeps every lambda_i (and Qatten weight) strictly positive, as the authors do
 
@@ -267,7 +269,7 @@ class FOPMixer(_MixerBase):
         discrete_actions: bool = True,
         n_heads: int = 4,
         v_hidden: int = 32,
-        advantage_form: Literal["paper", "stopgrad"] = "stopgrad",
+        advantage_form: AdvantageFormName = "stopgrad",
         qatten: QattenWeights | None = None,
         in_keys: Sequence[NestedKey] | None = None,
         out_keys: Sequence[NestedKey] | None = None,
@@ -297,7 +299,7 @@ class FOPMixer(_MixerBase):
             ...
             ValueError: advantage_form must be 'paper' or 'stopgrad', got 'sum'
         """
-        if advantage_form not in ("paper", "stopgrad"):
+        if advantage_form not in get_args(AdvantageFormName):
             raise ValueError(f"advantage_form must be 'paper' or 'stopgrad', got {advantage_form!r}")
         if n_heads < 1:
             raise ValueError(f"n_heads must be >= 1, got {n_heads}")

@@ -10,29 +10,21 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from enum import Enum
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 from torchrl.objectives import HardUpdate, LossModule, SoftUpdate
 
+from fop_modules.choices import choices_enum
 from fop_modules.target_update import FusedSoftUpdate
 
-__all__ = ["Objective", "OptimConfig", "OptimizerName", "TargetUpdate"]
+__all__ = ["Objective", "OptimConfig", "OptimizerName", "TargetUpdate", "OPTIMIZERS", "TargetUpdateName"]
 
 
-class OptimizerName(str, Enum):
-    """``OptimConfig.name``. A str Enum (equal to its value) so that Hydra's structured configs check it."""
-
-    adam = "adam"
-    rmsprop = "rmsprop"
-
-
-class TargetUpdate(str, Enum):
-    """``OptimConfig.target_update``: polyak averaging or periodic copies of the target networks."""
-
-    soft = "soft"
-    hard = "hard"
+OPTIMIZERS = {"adam": torch.optim.Adam, "rmsprop": torch.optim.RMSprop}
+TargetUpdateName = Literal["soft", "hard"]  # polyak averaging | periodic copies of the target networks
+OptimizerName = choices_enum("OptimizerName", OPTIMIZERS, "OptimConfig.name: the optimiser (OPTIMIZERS).")
+TargetUpdate = choices_enum("TargetUpdate", TargetUpdateName, "OptimConfig.target_update: how the targets follow.")
 
 
 @dataclass
@@ -59,9 +51,9 @@ class OptimConfig:
                 raise ValueError(f"OptimConfig.{name} must be finite and > 0, got {getattr(self, name)}")
         if self.lr_mixer is not None and not 0 < self.lr_mixer < math.inf:
             raise ValueError(f"OptimConfig.lr_mixer must be finite and > 0, or null, got {self.lr_mixer}")
-        if self.name not in ("adam", "rmsprop"):
-            raise ValueError(f"OptimConfig.name must be 'adam' or 'rmsprop', got {self.name!r}")
-        if self.target_update not in ("soft", "hard"):
+        if self.name not in OPTIMIZERS:
+            raise ValueError(f"OptimConfig.name must be one of {list(OPTIMIZERS)}, got {self.name!r}")
+        if self.target_update not in get_args(TargetUpdateName):
             raise ValueError(f"OptimConfig.target_update must be 'soft' or 'hard', got {self.target_update!r}")
         if not 0 < self.tau <= 1:
             raise ValueError(f"OptimConfig.tau must be in (0, 1], got {self.tau}")
@@ -79,9 +71,8 @@ class OptimConfig:
     def make_optimizer(self, param_groups: list[dict]) -> torch.optim.Optimizer:
         """The optimiser ``name`` names over ``param_groups`` (each group with its own ``lr``),
         with ``eps`` (and ``rmsprop_alpha`` for RMSprop)."""
-        if self.name == "adam":
-            return torch.optim.Adam(param_groups, eps=self.eps)
-        return torch.optim.RMSprop(param_groups, alpha=self.rmsprop_alpha, eps=self.eps)
+        extra = {"alpha": self.rmsprop_alpha} if OPTIMIZERS[self.name] is torch.optim.RMSprop else {}
+        return OPTIMIZERS[self.name](param_groups, eps=self.eps, **extra)
 
     def make_target_updater(self, loss_module: LossModule) -> SoftUpdate | HardUpdate:
         """The target networks' update, one ``step()`` per update: polyak with ``tau``

@@ -507,6 +507,26 @@ def test_library_config_errors_name_their_fields():
         FOPConfig(**{**fop, "td_lambda": 2})
 
 
+def test_config_choices_are_the_library_options():
+    """The typed configs' Enums are read off the library's own options: the same strings, in
+    the same order, as the Literals and registries the classes check."""
+    from typing import get_args
+
+    from fop_modules import algorithm, loss, mixer, optimisation
+
+    pairs = [(algorithm.Decomposition, list(algorithm.DECOMPOSITIONS)),
+             (algorithm.AdvantageForm, list(get_args(mixer.AdvantageFormName))),
+             (algorithm.IndividualTemperature, list(get_args(loss.IndividualTemperatureName))),
+             (algorithm.EntropyReduction, list(get_args(loss.EntropyReductionName))),
+             (algorithm.LossFunction, list(get_args(loss.LossFunctionName))),
+             (algorithm.Activation, list(networks.ACTIVATIONS)),
+             (optimisation.OptimizerName, list(optimisation.OPTIMIZERS)),
+             (optimisation.TargetUpdate, list(get_args(optimisation.TargetUpdateName)))]
+    for enum, options in pairs:
+        assert [member.value for member in enum] == options, enum
+        assert all(member == member.value for member in enum)  # str Enums: equal to their strings
+
+
 def test_fop_config_from_the_recipe_yaml_builds_fop_without_the_recipe():
     """FOP's settings and builder live in the library: configs/algorithm/fop.yaml as a FOPConfig
     builds the loss and policy for an env, no Hydra and no recipe involved."""

@@ -3,6 +3,7 @@ TorchRL conventions (keys, value estimators, target updaters) and constructor er
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -15,6 +16,7 @@ from torchrl.modules import MaskedCategorical, ProbabilisticActor, TanhNormal
 from torchrl.objectives import HardUpdate, SoftUpdate, ValueEstimators
 
 from fop_modules import FOPLoss, FOPMixer, LinearMixer, QattenWeights, networks
+from fop_modules.loss import ContinuousFOPLoss, DiscreteFOPLoss
 
 N, OBS, A, S, B = 2, 3, 3, 4, 6  # agents, obs size, actions, state size, batch
 D = 1  # continuous action size
@@ -1247,11 +1249,37 @@ def test_repr_does_not_crash():
         (lambda: discrete_loss(individual_temperature="agent"), "individual_temperature"),
         (lambda: discrete_loss(alpha_init=-0.1), "alpha_init"),
         (lambda: discrete_loss(learn_alpha=True, alpha_init=0.0), "alpha_init"),
+        (lambda: discrete_loss(loss_function="huber"), r"loss_function must be one of \['l2', 'l1', 'smooth_l1'\]"),
+        (lambda: FOPLoss(networks.discrete_actor(N, OBS, A), networks.discrete_critic(N, OBS, A),
+                         FOPMixer(N, S, A)), "action_space must be 'discrete' or 'continuous', got None"),
+        (lambda: DiscreteFOPLoss(networks.discrete_actor(N, OBS, A), networks.discrete_critic(N, OBS, A),
+                                 FOPMixer(N, S, A), action_space="continuous"),
+         "DiscreteFOPLoss is FOP for discrete actions"),
     ],
 )
 def test_constructor_errors(build, match):
     with pytest.raises(ValueError, match=match):
         build()
+
+
+def test_the_action_space_picks_the_loss_class():
+    """FOPLoss(action_space=...) builds the class of that action space (TorchRL's
+    SACLoss / DiscreteSACLoss split), which can also be built directly, and deep-copies as itself."""
+    discrete = FOPLoss(networks.discrete_actor(N, OBS, A), networks.discrete_critic(N, OBS, A),
+                       FOPMixer(N, S, A), action_space="discrete")
+    continuous = continuous_loss()
+    direct = DiscreteFOPLoss(networks.discrete_actor(N, OBS, A), networks.discrete_critic(N, OBS, A), FOPMixer(N, S, A))
+    assert (type(discrete), type(continuous), type(direct)) == (DiscreteFOPLoss, ContinuousFOPLoss, DiscreteFOPLoss)
+    assert all(isinstance(loss, FOPLoss) for loss in (discrete, continuous, direct))
+    assert type(copy.deepcopy(continuous)) is ContinuousFOPLoss
+    direct.load_state_dict(discrete.state_dict())  # the same parameters: the same losses
+    td = discrete_td()
+    torch.manual_seed(1)
+    built_directly = direct(td)
+    torch.manual_seed(1)
+    built_by_flag = discrete(td)
+    for key in ("loss_qvalue", "loss_actor", "entropy"):
+        assert torch.equal(built_directly[key], built_by_flag[key])
 
 
 def test_twin_list_of_wrong_length_raises():
