@@ -177,3 +177,33 @@ def test_every_page_loads_in_chromium(site):
     if check_site.browser_paths() is None:
         pytest.skip("no chromium/chromedriver: apt-get install chromium chromium-driver")
     assert check_site.check_site(site) == []
+
+
+def test_loss_page_own_loop_steps_every_objective_on_slices_and_transitions():
+    """docs/components/loss.md's Algorithm 1 loop, run as written: on [B, T] slices with a GRU
+    actor and a learned alpha, and on transitions, every objective steps its own parameters."""
+    import torch
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from test_loss import discrete_loss, discrete_td
+    from test_recurrent import A, H, N, OBS, _padded_batch
+
+    from fop_modules import FOPLoss, FOPMixer, networks
+    from fop_modules.recurrent import recurrent_discrete_actor
+
+    text = (DOCS / "components" / "loss.md").read_text()
+    after = text[text.index("Algorithm 1 with one optimiser per objective"):]
+    block = re.search(r"```python\n(.*?)```", after, re.S).group(1)
+    torch.manual_seed(0)
+    recurrent = FOPLoss(recurrent_discrete_actor(N, OBS, A, hidden=H), networks.discrete_critic(N, OBS, A),
+                        FOPMixer(N, state_dim=N * OBS, action_dim=A), action_space="discrete",
+                        learn_alpha=True, alpha_init=0.5)
+    for loss, replay in ((recurrent, [_padded_batch([6, 2]), _padded_batch([3, 6])]),
+                         (discrete_loss(value=True, nq=2, learn_alpha=True, alpha_init=0.5), [discrete_td(), discrete_td()])):
+        before = {name: p.detach().clone() for name, p in loss.named_parameters()}
+        exec(compile(block, "docs/components/loss.md", "exec"), {"loss": loss, "replay": replay})
+        moved = {name for name, p in loss.named_parameters() if not torch.equal(p, before[name])}
+        groups = ("qvalue_network_params", "mixer_params", "actor_network_params", "log_alpha")
+        assert all(any(name.startswith(group) for name in moved) for group in groups), sorted(moved)
+        if loss.value_network is not None:
+            assert any(name.startswith("value_network_params") for name in moved)
