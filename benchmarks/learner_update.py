@@ -53,10 +53,9 @@ def bare_forward_backward(module, batch) -> None:
     rows = loss.unroll(batch).rows  # the real (unpadded) steps, as the update computes them
     total = loss._policy(rows)[1].sum()
     for k in range(loss.num_qvalue_nets):
-        q = loss._critic(rows, loss.qvalue_network_params, k)
-        q_next = loss._critic(rows.get("next"), loss.qvalue_network_params, k)
         action = rows.get(loss.tensor_keys.action)
-        q_i = loss._chosen(q, action)
+        q, q_i = loss._critic_at(rows, loss.qvalue_network_params, k, action)
+        q_next = loss._critic(rows.get("next"), loss.qvalue_network_params, k)
         v_i = q.mean(-1, keepdim=True)
         q_jt = loss._mix(loss.mixer_params, k, q_i, v_i, rows, action)[0]
         total = total + q_jt.sum() + q_next.sum()
