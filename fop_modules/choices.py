@@ -12,10 +12,10 @@ from enum import Enum
 import sys
 from typing import Any, get_args
 
-__all__ = ["choices_enum", "names"]
+__all__ = ["choices_enum"]
 
 
-def names(choices: Any) -> tuple[str, ...]:
+def _names(choices: Any) -> tuple[str, ...]:
     """The strings of a ``Literal`` type, or the keys of a registry (any iterable of str)."""
     values = get_args(choices) or tuple(choices)
     if not values or not all(isinstance(value, str) for value in values):
@@ -33,8 +33,8 @@ def choices_enum(name: str, choices: Any, doc: str = "") -> type[Enum]:
         >>> [m.value for m in Reduction], Reduction("mean") == "mean"
         (['sum', 'mean'], True)
     """
-    enum = Enum(name, {value: value for value in names(choices)}, type=str, module=_caller_module())
-    enum.__doc__ = doc or f"The choices {list(names(choices))}."
+    enum = Enum(name, {value: value for value in _names(choices)}, type=str, module=_caller_module())
+    enum.__doc__ = doc or f"The choices {list(_names(choices))}."
     return enum
 
 

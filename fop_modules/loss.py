@@ -588,7 +588,7 @@ class FOPLoss(LossModule):
     def _check_input(self, tensordict: TensorDictBase) -> None:
         """Names a missing key, a wrong shape or dtype, or (with ``check_values``) a NaN/inf value
         or an out-of-range action index of the batch, before any network runs."""
-        keys, batch, n = self.tensor_keys, list(tensordict.batch_size), self.n_agents
+        keys, batch = self.tensor_keys, list(tensordict.batch_size)
         if tensordict.batch_size.numel() == 0:
             raise ValueError(f"FOPLoss: the batch is empty (batch_size {batch}): give it at least one sample")
         action = self._action_spec(batch)
@@ -957,8 +957,7 @@ class FOPLoss(LossModule):
             reads both.
         """
         slices = self._slices(tensordict, grad=True)
-        with torch.no_grad():  # Q_i is a constant of eq. (11)
-            rows = self._critic_input(slices, "root", self.qvalue_network_params)
+        rows = self._critic_input(slices, "root", self.qvalue_network_params)  # no grad: Q_i is a constant of eq. (11)
         policy = self._policy(rows)  # one forward (with gradients) for alpha_i and eq. (11)
         alpha_i = self.individual_alphas(rows, policy)
         # gradients reach pi_i only: the critics' parameters enter detached
