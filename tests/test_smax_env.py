@@ -273,3 +273,23 @@ def test_missing_jaxmarl_names_the_install_command(monkeypatch):
     monkeypatch.setitem(sys.modules, "jaxmarl.environments", None)  # import now fails
     with pytest.raises(ImportError, match=r'`jaxmarl.environments`, which is not installed: pip install -e "\.\[smax\]"'):
         SMAXEnv("3m")
+
+
+def test_state_gives_weapon_cooldowns_as_the_fraction_left_not_raw_seconds_below_zero():
+    """JaxMARL's world state lets a unit's weapon cooldown fall 0.5 s per step below 0 while it
+    holds fire (to -50 at the time limit), an unbounded input to a mixer's hypernetworks; the
+    state gives the fraction of the type's cooldown still to run, as SMAC's state does."""
+    steps = {}
+    for raw in (False, True):
+        env = SMAXEnv("3m", num_envs=E, seed=0, max_steps=30, raw_world_state=raw)
+        steps[raw] = _first_episodes(env, _stop)[3]["state"]  # [E, T, 72]: 6 units x 10, teams, types
+    units = {raw: s[..., :60].unflatten(-1, (6, 10)) for raw, s in steps.items()}  # [E, T, unit, feature]
+    cooldown = 3
+    assert units[True][..., cooldown].min() < -5  # the allies that never fire (dead by step 16)
+    assert units[False][..., cooldown].min() >= 0 and units[False][..., cooldown].max() <= 1.25
+    firing = units[True][..., cooldown] > 0  # the enemies that fire: 0.61 s, a marine's cooldown
+    assert firing.any()
+    assert torch.allclose(units[False][..., cooldown][firing], units[True][..., cooldown][firing] / 0.61)
+    others = [f for f in range(10) if f != cooldown]
+    assert torch.equal(units[False][..., others], units[True][..., others])
+    assert torch.equal(steps[False][..., 60:], steps[True][..., 60:])

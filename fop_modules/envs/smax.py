@@ -14,7 +14,8 @@ key                                shape          meaning
 ``("agents", "observation")``      [E, N, obs]    per-ally unit-list observation (float32)
 ``("agents", "action_mask")``      [E, N, A]      available actions (bool)
 ``("agents", "action")``           [E, N]         ``Categorical(A)``, masked by the mask above
-``"state"``                        [E, state]     global ``world_state`` of both teams
+``"state"``                        [E, state]     global ``world_state`` of both teams (weapon
+                                                 cooldowns as fractions: below)
 ``"reward"``                       [E, 1]         shared team reward (max return 2.0)
 ``"terminated"``                   [E, 1]         battle decided (win, loss or draw)
 ``"truncated"``                    [E, 1]         time limit hit with both teams alive
@@ -25,6 +26,13 @@ key                                shape          meaning
 
 Actions (SMAX's order, not SMAC's): 0-3 move north/east/south/west, 4 stop, ``5 + j`` attack
 enemy ``j``. SMAX has no no-op: a dead unit's only available action is stop (4).
+
+The state gives each unit's weapon cooldown as the fraction of its type's cooldown still to run
+(0 when ready), as SMAC's ``get_state`` and SMAX's own observations do. JaxMARL's
+``get_world_state`` gives the raw seconds, which keep falling while a unit does not fire (to
+about -50 at the time limit: SMAX never clips the cooldown at 0), so that a mixer's
+hypernetworks met ever larger inputs as a policy learnt to hold fire; QMIX's Q_tot then drifted
+above any return the game pays. ``raw_world_state=True`` keeps JaxMARL's values.
 """
 
 from __future__ import annotations
@@ -80,11 +88,11 @@ def _import_smax():
 
 
 @functools.lru_cache(maxsize=None)
-def _cached_kernels(scenario: str, heuristic_enemy: bool, kwargs: tuple) -> _Kernels:
-    return _make_kernels(scenario, heuristic_enemy, dict(kwargs))
+def _cached_kernels(scenario: str, heuristic_enemy: bool, raw_world_state: bool, kwargs: tuple) -> _Kernels:
+    return _make_kernels(scenario, heuristic_enemy, raw_world_state, dict(kwargs))
 
 
-def _make_kernels(scenario: str, heuristic_enemy: bool, kwargs: dict) -> _Kernels:
+def _make_kernels(scenario: str, heuristic_enemy: bool, raw_world_state: bool, kwargs: dict) -> _Kernels:
     """Builds the SMAX env and its jitted ``reset``/``step`` over a leading env axis."""
     jax, jnp, smax = _import_smax()
     if scenario in EXTRA_SCENARIOS and scenario not in smax.smax_env.MAP_NAME_TO_SCENARIO:
@@ -98,11 +106,24 @@ def _make_kernels(scenario: str, heuristic_enemy: bool, kwargs: dict) -> _Kernel
     enemies = [f"enemy_{i}" for i in range(env.num_enemies)]
     n_allies = env.num_allies
 
+    features = len(env.own_features)  # per unit: health, x, y, weapon cooldown, type one-hot
+    cooldowns = jnp.asarray(env.unit_type_weapon_cooldowns)  # seconds, per unit type
+
+    def world_state(state):  # [state]: the units' cooldowns as fractions (SMAC's get_state)
+        raw = env.get_world_state(state)
+        if raw_world_state:
+            return raw
+        types = (state.state if heuristic_enemy else state).unit_types
+        n = types.shape[0] * features
+        units = raw[:n].reshape(types.shape[0], features)
+        units = units.at[:, 3].set(jnp.maximum(units[:, 3], 0.0) / cooldowns[types])  # dead: 0 stays 0
+        return jnp.concatenate([units.reshape(-1), raw[n:]])
+
     def observe(state):  # one env -> obs [N, obs], world_state [state], avail [N, A]
         obs, avail = env.get_obs(state), env.get_avail_actions(state)
         return (
             jnp.stack([obs[a] for a in allies]),
-            env.get_world_state(state),
+            world_state(state),
             jnp.stack([avail[a] for a in allies]).astype(bool),
         )
 
@@ -175,6 +196,9 @@ class SMAXEnv(EnvBase):
         heuristic_enemy: enemies follow SMAX's scripted heuristic (``HeuristicEnemySMAX``);
             ``False`` uses plain ``SMAX`` with enemies acting uniformly at random among their
             available actions.
+        raw_world_state: the state as JaxMARL's ``get_world_state`` gives it, weapon cooldowns
+            in raw seconds that fall below 0 while a unit does not fire (see the module's
+            docstring); ``False``: the fraction of the cooldown still to run.
         device: device of specs and tensors (JAX runs on its own default device).
         **smax_kwargs: passed to the SMAX constructor, e.g. ``max_steps`` (default 100),
             ``see_enemy_actions``, ``walls_cause_death``, ``won_battle_bonus`` and, with the
@@ -203,6 +227,7 @@ class SMAXEnv(EnvBase):
         num_envs: int = 1,
         seed: int | None = None,
         heuristic_enemy: bool = True,
+        raw_world_state: bool = False,
         device: torch.device | str | None = None,
         **smax_kwargs: Any,
     ) -> None:
@@ -218,11 +243,12 @@ class SMAXEnv(EnvBase):
         self._jax = jax
         self.scenario = scenario
         heuristic_enemy, kwargs = bool(heuristic_enemy), tuple(sorted(smax_kwargs.items()))
+        raw_world_state = bool(raw_world_state)
         try:  # equal configs share compiled kernels; unhashable kwargs (arrays) get their own
             hash(kwargs)
-            kernels = _cached_kernels(scenario, heuristic_enemy, kwargs)
+            kernels = _cached_kernels(scenario, heuristic_enemy, raw_world_state, kwargs)
         except TypeError:
-            kernels = _make_kernels(scenario, heuristic_enemy, smax_kwargs)
+            kernels = _make_kernels(scenario, heuristic_enemy, raw_world_state, smax_kwargs)
         self._kernels = kernels
         self._smax = kernels.env
         self._state = kernels.empty_state(int(num_envs))  # JAX pytree, leaves [E, ...]
