@@ -71,6 +71,9 @@ class MARLLightningModule(L.LightningModule):
             reward copied per agent for per-agent critics), or None.
         exploration: a TorchRL exploration module inside ``policy`` whose ``step(frames)``
             anneals its noise (epsilon, sigma) by the collected frames, or None.
+        joint_q: ``batch -> {"q_i", "q_jt", "v_i"}``, the learned values of given joint actions
+            (``FOPLoss.joint_q``, ``Baseline.joint_q``) that
+            :class:`~fop_modules.probe_callbacks.MatrixGameProbe` reads, or None.
     """
 
     def __init__(
@@ -86,13 +89,14 @@ class MARLLightningModule(L.LightningModule):
         seed: int = 0,
         process_batch: Callable[[TensorDictBase], TensorDictBase] | None = None,
         exploration: nn.Module | None = None,
+        joint_q: Callable[[TensorDictBase], dict] | None = None,
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
         self.loss_module, self.policy, self.objectives = loss_module, policy, objectives
         self.make_env, self.make_eval_env = make_env, make_eval_env
         self.collect, self.optim, self.seed = collect, optim, seed
-        self.process_batch, self.exploration = process_batch, exploration
+        self.process_batch, self.exploration, self.joint_q = process_batch, exploration, joint_q
         self.env_frames = 0
         self.updates = 0
         self._next_eval = collect.eval_interval or collect.total_frames
@@ -363,7 +367,7 @@ class FOPLightningModule(MARLLightningModule):
             raise ValueError("alpha is learned (FOPLoss(learn_alpha=True)): do not also give a temperature schedule")
         super().__init__(
             loss_module, policy, self.fop_objectives(loss_module, optim), make_env, make_eval_env,
-            collect=collect, optim=optim, seed=seed,
+            collect=collect, optim=optim, seed=seed, joint_q=loss_module.joint_q,
         )
         self.temperature = temperature
 

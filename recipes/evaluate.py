@@ -41,7 +41,7 @@ def load_run(run_dir: Path, checkpoint: Path | None = None) -> tuple[DictConfig,
     cfg = OmegaConf.load(config)
     typed = train.schema.validate(cfg)
     env = train.make_env(cfg.env, cfg.algorithm)
-    module, policy, _ = train.build_module(cfg, typed, env)
+    module, policy = train.build_module(cfg, typed, env)
     env.close()
     # mmap: only the weights are read from disk, not the replay buffer saved beside them (GBs on SMAC)
     state = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)["state_dict"]

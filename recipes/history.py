@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from lightning.pytorch import Callback
-from lightning.pytorch.loggers import Logger, WandbLogger
+from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger, WandbLogger
 
 Row = tuple[int, dict[str, float]]  # (logger step, metrics), as Logger.log_metrics takes them
 WANDB_RUN_KEY = "wandb_run"  # in a checkpoint: {"id": the W&B run id, "step": the _step of its next row}
@@ -83,12 +83,14 @@ def read_rows(path: Path) -> list[Row]:
     return rows
 
 
-def previous_history(logger: str, logs: Path, env_frames: int, pending: dict[str, Any] | None) -> list[Row]:
-    """Sets the files of the part before a resume aside (:func:`set_aside`) and returns their rows
+def previous_history(logger: Logger, logs: Path, env_frames: int, pending: dict[str, Any] | None) -> list[Row]:
+    """Sets the files the resumed run's kind of ``logger`` wrote before the resume aside
+    (:func:`set_aside`; CSV and TensorBoard files, nothing for other loggers) and returns their rows
     up to the checkpoint's ``env_frames``, ending with ``pending``, the checkpoint's row of the batch
     that wrote it (``fop_modules.checkpointing.LOG_ROW_KEY``; None: no such row) where the files
     lack it. Those files already begin with the history of earlier parts, logged again."""
-    rows = [(step, metrics) for path in set_aside(logger, logs) for step, metrics in read_rows(path)
+    kind = "csv" if isinstance(logger, CSVLogger) else "tensorboard" if isinstance(logger, TensorBoardLogger) else ""
+    rows = [(step, metrics) for path in set_aside(kind, logs) for step, metrics in read_rows(path)
             if metrics.get("env_frames", float("inf")) <= env_frames]
     if pending is not None:
         step, metrics = pending["step"], pending["metrics"]

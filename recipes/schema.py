@@ -16,7 +16,6 @@ import inspect
 import math
 import re
 from dataclasses import dataclass, fields
-from enum import Enum
 from typing import Any, Dict, List, Optional
 
 import lightning as L
@@ -38,7 +37,7 @@ SCHEMA_NAME = "fop_modules_schema"  # namespaced: torchrl registers its own `env
 
 
 RECIPE_TRAINER_ARGS = {  # lightning.Trainer arguments that recipes/train.py sets itself
-    "logger": "choose it with the top-level `logger` key",
+    "logger": "choose it with the `logger` group (configs/logger/)",
     "max_epochs": "a run is one pass over the collector: set collect.total_frames",
     "enable_checkpointing": "checkpoints are set by the checkpoint.* keys",
     "callbacks": "the recipe adds its checkpoint callbacks itself",
@@ -49,12 +48,6 @@ RECIPE_TRAINER_ARGS = {  # lightning.Trainer arguments that recipes/train.py set
 
 class ConfigError(ValueError):
     """A config value the run cannot start with; the message names the dotted key."""
-
-
-class LoggerName(str, Enum):
-    csv = "csv"
-    tensorboard = "tensorboard"  # needs `pip install -e ".[tensorboard]"`
-    wandb = "wandb"  # needs `pip install -e ".[wandb]"`
 
 
 @dataclass
@@ -71,18 +64,19 @@ class CheckpointConfig:
 
 @dataclass
 class RunConfig:
-    """Types of configs/config.yaml. ``env`` and ``temperature`` are ``_target_`` nodes whose keys
+    """Types of configs/config.yaml. ``env``, ``temperature``, ``probe`` and ``logger`` are ``_target_`` nodes whose keys
     :func:`validate` checks against the signature of their target."""
 
     name: str = MISSING
     seed: int = MISSING
     env: Any = MISSING
     temperature: Any = None  # null (`~temperature`): alpha is learned
+    probe: Any = None  # a Lightning callback probing the finished run (configs/probe/); null: none
     algorithm: Any = MISSING  # FOP's FOPConfig or a baseline's config: checked by validate
     collect: CollectConfig = MISSING
     optim: OptimConfig = MISSING
     trainer: Dict[str, Any] = MISSING  # lightning.Trainer arguments
-    logger: LoggerName = MISSING
+    logger: Any = MISSING  # a Lightning logger (configs/logger/); the recipe gives its save_dir
     checkpoint: CheckpointConfig = MISSING
     resume: Optional[str] = None  # a run directory to continue
     episode_limit: Optional[int] = None  # the env's time limit, checked against the env
@@ -298,6 +292,9 @@ def validate(cfg: DictConfig) -> Validated:
     algo, collect = typed["algorithm"], typed["collect"]
 
     check_target_keys(cfg.env, "env")
+    check_target_keys(cfg.logger, "logger")
+    if cfg.get("probe") is not None:
+        check_target_keys(cfg.probe, "probe")
     num_envs = cfg.env.get("num_envs")
     if isinstance(num_envs, int) and num_envs >= 1 and collect.frames_per_batch % num_envs:
         raise ConfigError(

@@ -23,19 +23,19 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import instantiate
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
+from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
-from torchrl.envs import Compose, RewardScaling, TransformedEnv
+from torchrl.envs import Compose, TransformedEnv
 
-from fop_modules import baselines, plots, probes, recurrent
+from fop_modules import baselines, plots, recurrent
 from fop_modules.algorithm import build_fop
 from fop_modules.checkpointing import (
     LOG_ROW_KEY, AtomicCheckpointIO, EnvFrameCheckpoint, RNGCheckpoint, newest_loadable, previous_path,
 )
 from fop_modules.distributed import RankConsistency
-from fop_modules.envs import DifferentialGameEnv, MatrixGameEnv, env_sizes
+from fop_modules.envs import env_sizes
 from fop_modules.envs.smac import StarCraftNotAvailable
 from fop_modules.lightning import FOPLightningModule, MARLLightningModule
 from fop_modules.optional import MissingDependency, require
@@ -52,7 +52,10 @@ schema.register()  # configs/config.yaml's defaults start with it: Hydra type-ch
 USER_ERRORS = (ConfigError, MissingDependency, StarCraftNotAvailable, baselines.WrongActionSpace)  # one paragraph, exit 2
 # Top-level keys added to configs/config.yaml after runs were saved, with the value that trains as
 # those runs did: `resume=` fills them into an older run's config.yaml.
-KEYS_ADDED_SINCE = {"reward_std": None}  # raw rewards, as before reward standardisation existed
+KEYS_ADDED_SINCE = {  # what a run saved before a key existed trained with
+    "reward_std": None,  # raw rewards, as before reward standardisation existed
+    "probe": None,  # no probe callback (before it, the recipe probed the didactic games itself)
+}
 DDP_STRATEGY = "ddp_find_unused_parameters_true"  # several learners: fop_modules/distributed.py
 # `hydra.run.dir: ${if_null:${resume},<new dir>}`: a resumed run writes into the run it continues
 OmegaConf.register_new_resolver("if_null", lambda value, default: default if value is None else value, replace=True)
@@ -88,10 +91,10 @@ def make_env(env_cfg: DictConfig, algo: DictConfig, num_envs: int | None = None,
     return TransformedEnv(env, Compose(*transforms)) if transforms else env
 
 
-def build_module(cfg: DictConfig, typed, env) -> tuple[MARLLightningModule, torch.nn.Module, Callable]:
-    """The Lightning module of ``cfg.algorithm`` (FOP or a baseline) for ``env``, its policy and
-    its joint-Q probe; ``typed`` is ``schema.validate(cfg)``. recipes/evaluate.py and
-    recipes/export.py rebuild a run's networks with it before loading its checkpoint."""
+def build_module(cfg: DictConfig, typed, env) -> tuple[MARLLightningModule, torch.nn.Module]:
+    """The Lightning module of ``cfg.algorithm`` (FOP or a baseline) for ``env`` and its policy;
+    ``typed`` is ``schema.validate(cfg)``. recipes/evaluate.py and recipes/export.py rebuild a
+    run's networks with it before loading its checkpoint."""
     envs = {"make_env": partial(make_env, cfg.env, cfg.algorithm, reward_std=cfg.reward_std),
             "make_eval_env": partial(make_env, cfg.env, cfg.algorithm)}  # evaluation: the env's own rewards
     if schema.is_baseline(cfg.algorithm):
@@ -99,27 +102,32 @@ def build_module(cfg: DictConfig, typed, env) -> tuple[MARLLightningModule, torc
         module = MARLLightningModule(
             baseline.loss, baseline.policy, baseline.objectives, **envs, collect=typed.collect, optim=typed.optim,
             seed=cfg.seed, process_batch=baseline.process_batch, exploration=baseline.exploration,
+            joint_q=baseline.joint_q,
         )
-        return module, baseline.policy, baseline.joint_q
+        return module, baseline.policy
     with startup_errors("algorithm"):  # the networks' and FOPLoss's own checks
         loss, policy = build_fop(env, typed.algorithm)
     module = FOPLightningModule(
         loss, policy, **envs, collect=typed.collect, optim=typed.optim,
         temperature=typed.temperature, seed=cfg.seed,
     )
-    return module, policy, loss.joint_q
+    return module, policy
 
 
-def make_logger(name: str, run_dir: Path, run_name: str, wandb_run: dict | None = None):
-    """Lightning's CSV, TensorBoard or W&B logger writing under ``run_dir``. ``wandb_run``: the
+# the package and pip extra of the loggers that need one beyond Lightning (configs/logger/)
+LOGGER_EXTRAS = {"TensorBoardLogger": "tensorboard", "WandbLogger": "wandb"}
+
+
+def make_logger(logger_cfg: DictConfig, run_dir: Path, wandb_run: dict | None = None) -> Logger:
+    """The Lightning logger of the ``logger`` group, writing under ``run_dir``. ``wandb_run``: the
     W&B run a resumed run's checkpoint stored, continued from that checkpoint (recipes/history.py)."""
-    if name == "csv":
-        return CSVLogger(run_dir, name="logs", version="")
-    if name == "tensorboard":
-        require("tensorboard", needed_for="logger=tensorboard", extra="tensorboard")
-        return TensorBoardLogger(run_dir, name="logs", version="")
-    require("wandb", needed_for="logger=wandb", extra="wandb")
-    return WandbLogger(name=run_name, save_dir=run_dir, project="fop_modules", **wandb_rewind(wandb_run))
+    target = str(logger_cfg._target_).rsplit(".", 1)[-1]
+    if target in LOGGER_EXTRAS:
+        extra = LOGGER_EXTRAS[target]
+        require(extra, needed_for=f"logger={extra}", extra=extra)
+    rewind = wandb_rewind(wandb_run) if target == "WandbLogger" else {}
+    with startup_errors("logger", logger_cfg):
+        return instantiate(logger_cfg, save_dir=str(run_dir), **rewind)
 
 
 def train(cfg: DictConfig, run_dir: Path, callbacks: Sequence[L.Callback] = ()) -> Path | None:
@@ -146,10 +154,10 @@ def _train(cfg: DictConfig, typed: schema.Validated, run_dir: Path, checkpoint: 
         print(note, flush=True)
     run_dir.mkdir(parents=True, exist_ok=True)
     # a missing package fails before building
-    logger = make_logger(cfg.logger, run_dir, cfg.name, resume.wandb_run if resume is not None else None)
+    logger = make_logger(cfg.logger, run_dir, resume.wandb_run if resume is not None else None)
     if resume is not None and rank_zero_only.rank == 0:  # DDP: rank 0's files
         # the new logger's files start with the history up to the checkpoint
-        continue_history(logger, previous_history(cfg.logger, run_dir / "logs", resume.env_frames, resume.log_row))
+        continue_history(logger, previous_history(logger, run_dir / "logs", resume.env_frames, resume.log_row))
     OmegaConf.save(cfg, run_dir / "config.yaml")  # first: resume=<run dir> reads it back
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
@@ -160,11 +168,18 @@ def _train(cfg: DictConfig, typed: schema.Validated, run_dir: Path, checkpoint: 
             f"episode_limit is {cfg.episode_limit} in the config but {game.episode_limit} for "
             f"this env: set episode_limit={game.episode_limit}"
         )
-    module, policy, joint_q = build_module(cfg, typed, env)
+    module, _ = build_module(cfg, typed, env)
     module.checkpoint_replay = cfg.checkpoint.replay_buffer
     ranks = RankConsistency()  # DDP: the ranks' parameters must end identical
+    probe = instantiate(cfg.probe) if cfg.probe is not None else None  # configs/probe/<env>.yaml
+    if probe is not None:
+        try:
+            probe.check(env)
+        except TypeError as error:
+            raise ConfigError(f"probe: {error} (`~probe`)") from None
     trainer = make_trainer(cfg.trainer, max_epochs=1, logger=logger, default_root_dir=run_dir,
-                           callbacks=[checkpoint, RNGCheckpoint(), WandbRunCheckpoint(), ranks, *callbacks],
+                           callbacks=[checkpoint, RNGCheckpoint(), WandbRunCheckpoint(), ranks,
+                                      *([probe] if probe is not None else []), *callbacks],
                            plugins=[AtomicCheckpointIO()])
     try:
         trainer.fit(module, ckpt_path=resume.checkpoint if resume is not None else None)
@@ -198,24 +213,10 @@ def _train(cfg: DictConfig, typed: schema.Validated, run_dir: Path, checkpoint: 
         summary["final_eval_win_rate"] = module.eval_win_rate
     # every greedy evaluation: [env frames, return, first env's greedy joint action]
     summary["eval_history"] = [[frames, ret, action] for frames, ret, action in curve]
-    if isinstance(game, MatrixGameEnv) and joint_q is not None:  # (GRU agents: no one-step Q table)
-        tables = probes.matrix_game_tables(joint_q, env, policy, reward_scaling=reward_scaling(env))
-        summary.update(tables)
-        plots.matrix_game_tables(tables, env.payoff, run_dir / "q_tables.png")
-        print(probes.format_matrix_game_tables(tables), flush=True)
-    elif isinstance(game, DifferentialGameEnv):
-        summary.update(probes.differential_game_result(policy, env))
-        plots.differential_game_path(env, curve, run_dir / "learning_path.png")
-        print(f"greedy actions {summary['greedy_action']}, payoff {summary['greedy_payoff']:.3f}", flush=True)
+    summary.update(probe.summary if probe is not None else {})  # the game's probe: Table 1b, Fig. 2
     path = run_dir / "summary.json"
     path.write_text(json.dumps(summary, indent=2))
     return path
-
-
-def reward_scaling(env) -> RewardScaling | None:
-    """The env's reward standardisation (``reward_std``), if it has one."""
-    transforms = env.transform if isinstance(env, TransformedEnv) else []  # make_env's Compose
-    return next((t for t in transforms if isinstance(t, RewardScaling)), None)
 
 
 def make_trainer(trainer_cfg: DictConfig, **recipe_args) -> L.Trainer:
@@ -310,6 +311,8 @@ def resumed_config(cfg: DictConfig, task_overrides: list[str]) -> DictConfig:
     for key, value in KEYS_ADDED_SINCE.items():  # a run saved before a key existed trained without it
         if key not in resumed:
             resumed[key] = value
+    if isinstance(resumed.logger, str):  # saved before the logger group: `logger: csv` -> its node
+        resumed.logger = OmegaConf.load(Path(CONFIG_DIR) / "logger" / f"{resumed.logger}.yaml")
     resumed.resume = cfg.resume
     return resumed
 
@@ -335,10 +338,20 @@ def check_resume_before_hydra(argv: list[str]) -> None:
         sys.exit(0)
 
 
+def check_probe_choice(choices: dict[str, str | None]) -> None:
+    """``probe`` is an optional group (the env's own probe where one exists), so Hydra would pass
+    over a misspelt ``probe=<name>`` in silence: a choice other than the env's needs its file."""
+    probe, folder = choices.get("probe"), Path(CONFIG_DIR) / "probe"
+    if probe is not None and probe != choices.get("env") and not (folder / f"{probe}.yaml").is_file():
+        available = sorted(p.stem for p in folder.glob("*.yaml"))
+        raise ConfigError(f"probe={probe}: no configs/probe/{probe}.yaml; available: {available} (or `~probe`)")
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def main(cfg: DictConfig) -> None:
     hydra_cfg = HydraConfig.get()
     try:
+        check_probe_choice(hydra_cfg.runtime.choices)
         if cfg.resume is not None:
             cfg = resumed_config(cfg, list(hydra_cfg.overrides.task))
         path = train(cfg, Path(hydra_cfg.runtime.output_dir))

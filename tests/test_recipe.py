@@ -293,3 +293,26 @@ def test_mtq_reaches_the_global_optimum(tmp_path):
     assert all(summary["greedy_payoff"] > 0 for summary in ends), ends
     assert sum(all(abs(u - 5.0) < 0.5 for u in summary["greedy_action"]) for summary in ends) >= 4, ends
 
+
+
+@pytest.mark.parametrize(("experiment", "probe"), [
+    ("matrix_game", "MatrixGameProbe"), ("mtq", "DifferentialGameProbe"), ("smax_3m", None), ("vmas_navigation", None),
+])
+def test_each_didactic_game_selects_its_probe_callback(experiment, probe):
+    """configs/probe/<env>.yaml where one exists (Table 1b, Fig. 2); none for the other envs."""
+    cfg = _compose([f"+experiment={experiment}"])
+    assert (cfg.probe and cfg.probe._target_.rsplit(".", 1)[-1]) == probe
+
+
+def test_the_probe_can_be_left_out(tmp_path):
+    summary = json.loads(train.train(_compose([*SHORT, "~probe"]), tmp_path).read_text())
+    assert "q_jt" not in summary and not (tmp_path / "q_tables.png").exists()
+    assert summary["env_frames"] == 256
+
+
+def test_a_probe_of_another_game_fails_before_training_and_says_how_to_leave_it_out(tmp_path):
+    cfg = _compose(["+experiment=mtq", "probe=matrix_game", *SHORT])
+    with pytest.raises(train.ConfigError, match=r"probe: MatrixGameProbe reads a MatrixGameEnv, but the run's env "
+                                                r"is a DifferentialGameEnv: leave the probe out \(`~probe`\)"):
+        train.train(cfg, tmp_path)
+    assert not (tmp_path / "checkpoints").exists()

@@ -176,12 +176,15 @@ def test_resume_refuses_other_overrides_and_needs_a_checkpoint(tmp_path):
 
 def test_a_run_saved_before_a_key_existed_resumes_as_it_trained(tmp_path):
     """A run saved before `reward_std` existed trained on raw rewards; resume used to fail with
-    `Missing key reward_std`."""
+    `Missing key reward_std`. One saved before the probe callbacks had none; one saved before the
+    logger group named its logger (`logger: tensorboard`)."""
     cfg = OmegaConf.create(OmegaConf.to_container(_compose([*SHORT, "checkpoint.every_frames=0"])))
-    del cfg["reward_std"]  # a config.yaml written before the key existed
+    del cfg["reward_std"], cfg["probe"]  # a config.yaml written before the keys existed
+    cfg.logger = "tensorboard"
     OmegaConf.save(cfg, tmp_path / "config.yaml")
     resumed = train.resumed_config(OmegaConf.create({"resume": str(tmp_path)}), [f"resume={tmp_path}"])
-    assert resumed.reward_std is None  # raw rewards, as that run trained
+    assert resumed.reward_std is None and resumed.probe is None  # as that run trained
+    assert resumed.logger._target_ == "lightning.pytorch.loggers.TensorBoardLogger"
     assert train.schema.validate(resumed) is not None
 
 
