@@ -2,7 +2,7 @@
 
 Expected values come from SMAC 1.0.0 (oxwhirl/smac): the map sizes under the FOP flags as the real
 class's ``get_env_info()`` reports them, and its formulas, rules and errors. The tags in
-parentheses are those of fop_modules/envs/smac_fake.py's docstring ([maps], [sizes], [step], ...).
+parentheses are those of fop_modules/envs/smac_fake's docstring ([maps], [sizes], [step], ...).
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ def masked_random(seed: int = 0):
 def harmless(monkeypatch):
     """No unit deals damage, so every battle runs into the time limit."""
     units = {k: v._replace(dps=0.0) for k, v in smac_fake.UNITS.items()}
-    monkeypatch.setattr(smac_fake, "UNITS", units)
+    monkeypatch.setattr(smac_fake.units, "UNITS", units)
 
 
 # ---------------------------------------------------------------- the fake vs SMAC

@@ -99,7 +99,9 @@ def _load_starcraft2env(map_name: str) -> type:
 
 
 def _game_errors() -> tuple[type[BaseException], ...]:
-    """Exceptions of a dead or unreachable game process (A8); pysc2's when it is installed."""
+    """Exceptions of a dead or unreachable game process; pysc2's when it is installed (its
+    ``protocol.ConnectionError``/``ProtocolError`` subclass ``Exception``, not the builtin
+    ``ConnectionError``, and launch failures propagate out of SMAC's ``reset``)."""
     errors: list[type[BaseException]] = list(GAME_ERRORS)
     try:
         from pysc2.lib.remote_controller import RequestError
@@ -200,7 +202,9 @@ class SMACEnv(EnvBase):
         info = self._game.get_env_info()  # no launch needed
         self._n_agents, self._n_actions = int(info["n_agents"]), int(info["n_actions"])
         self._episode_limit = int(info["episode_limit"])
-        obs_dim = int(info["obs_shape"]) + int(bool(smac_kwargs.get("obs_timestep_number")))  # A3
+        # SMAC appends the timestep to an observation whose own block already reserves its slot:
+        # with obs_timestep_number the vector is one longer than get_obs_size() says
+        obs_dim = int(info["obs_shape"]) + int(bool(smac_kwargs.get("obs_timestep_number")))
         state_dim = int(info["state_shape"])
         if smac_kwargs.get("obs_instead_of_state"):
             state_dim = self._n_agents * obs_dim
