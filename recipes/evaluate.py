@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 import train  # recipes/train.py: the builders of a run (env, networks, loss, Lightning module)
 from fop_modules import evaluation, render
@@ -38,7 +38,7 @@ def load_run(run_dir: Path, checkpoint: Path | None = None) -> tuple[DictConfig,
                 "give a run directory written by recipes/train.py (outputs/<name>/<time>_seed<seed>) "
                 "after its first checkpoint"
             )
-    cfg = OmegaConf.load(config)
+    cfg = train.saved_config(run_dir)  # a run saved by an older recipe too
     typed = train.schema.validate(cfg)
     env = train.make_env(cfg.env, cfg.algorithm)
     module, policy = train.build_module(cfg, typed, env)

@@ -16,7 +16,7 @@ import inspect
 import math
 import re
 from dataclasses import dataclass, fields
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Optional
 
 import lightning as L
 import torch

@@ -12,7 +12,7 @@ import json
 import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -307,14 +307,21 @@ def resumed_config(cfg: DictConfig, task_overrides: list[str]) -> DictConfig:
         raise ConfigError(
             f"resume={cfg.resume} continues that run in its own directory; drop hydra.run.dir={run_dirs[0]}"
         )
-    resumed = OmegaConf.load(saved)
-    for key, value in KEYS_ADDED_SINCE.items():  # a run saved before a key existed trained without it
-        if key not in resumed:
-            resumed[key] = value
-    if isinstance(resumed.logger, str):  # saved before the logger group: `logger: csv` -> its node
-        resumed.logger = OmegaConf.load(Path(CONFIG_DIR) / "logger" / f"{resumed.logger}.yaml")
+    resumed = saved_config(Path(cfg.resume))
     resumed.resume = cfg.resume
     return resumed
+
+
+def saved_config(run_dir: Path) -> DictConfig:
+    """The config.yaml a run saved, in today's terms: a key added since gets the value the run
+    trained with (KEYS_ADDED_SINCE), and ``logger: <name>`` (before the logger group) its node."""
+    saved = OmegaConf.load(run_dir / "config.yaml")
+    for key, value in KEYS_ADDED_SINCE.items():
+        if key not in saved:
+            saved[key] = value
+    if isinstance(saved.get("logger"), str):
+        saved.logger = OmegaConf.load(Path(CONFIG_DIR) / "logger" / f"{saved.logger}.yaml")
+    return saved
 
 
 def check_resume_before_hydra(argv: list[str]) -> None:

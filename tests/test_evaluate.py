@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "recipes"))
@@ -69,6 +71,18 @@ def test_matrix_game_greedy_return_is_the_runs_last_evaluation(matrix_run, tmp_p
     assert result["return_ci95"] == pytest.approx([result["mean_return"]] * 2)  # one greedy action: no spread
     assert result["win_rate"] is None
     assert "mean return" in capsys.readouterr().out
+
+
+def test_a_run_saved_by_an_older_recipe_is_evaluated(matrix_run, tmp_path):
+    """Its config.yaml lacks keys added since (reward_std, probe) and names its logger as a string."""
+    run, summary = matrix_run
+    old = tmp_path / "old"
+    shutil.copytree(run, old)
+    cfg = OmegaConf.load(old / "config.yaml")
+    del cfg["reward_std"], cfg["probe"]
+    cfg.logger = "csv"
+    OmegaConf.save(cfg, old / "config.yaml")
+    assert _evaluate(old, tmp_path, "--episodes", "2")["mean_return"] == pytest.approx(summary["final_eval_return"])
 
 
 @pytest.mark.parametrize("algorithm", ["qmix", "masac"])
