@@ -8,6 +8,13 @@ import math
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+__all__ = [
+    "UnitStats", "Point", "FakeUnit", "UNITS", "MAP_PARAMS", "TEAMS", "ALLY_TYPE_ORDER", "MOVES",
+    "GAME_LOOPS_PER_SECOND", "MAP_SIZE", "FLAT_HEIGHT", "SIGHT_RANGE", "SHOOT_RANGE", "ALLY_MIN_UNIT_TYPE",
+    "SPAWN_GAP", "SPAWN_JITTER", "FORMATION_ROWS", "SHIELD_REGEN_DELAY_S", "SHIELD_REGEN_PER_S",
+    "MEDIVAC_START_ENERGY", "MEDIVAC_MAX_ENERGY", "MEDIVAC_ENERGY_REGEN_PER_S", "MEDIVAC_ENERGY_PER_HP",
+]
+
 GAME_LOOPS_PER_SECOND = 22.4  # SC2 at "faster" speed
 MAP_SIZE = 32  # all SMAC maps of the paper are 32x32 ([maps])
 FLAT_HEIGHT = 0.5  # terrain height / 255 everywhere
