@@ -107,6 +107,7 @@ def _make_kernels(scenario: str, heuristic_enemy: bool, raw_world_state: bool, k
     n_allies = env.num_allies
 
     features = len(env.own_features)  # per unit: health, x, y, weapon cooldown, type one-hot
+    cooldown = env.own_features.index("weapon_cooldown")
     cooldowns = jnp.asarray(env.unit_type_weapon_cooldowns)  # seconds, per unit type
 
     def world_state(state):  # [state]: the units' cooldowns as fractions (SMAC's get_state)
@@ -116,7 +117,7 @@ def _make_kernels(scenario: str, heuristic_enemy: bool, raw_world_state: bool, k
         types = (state.state if heuristic_enemy else state).unit_types
         n = types.shape[0] * features
         units = raw[:n].reshape(types.shape[0], features)
-        units = units.at[:, 3].set(jnp.maximum(units[:, 3], 0.0) / cooldowns[types])  # dead: 0 stays 0
+        units = units.at[:, cooldown].set(jnp.maximum(units[:, cooldown], 0.0) / cooldowns[types])  # dead: 0 stays 0
         return jnp.concatenate([units.reshape(-1), raw[n:]])
 
     def observe(state):  # one env -> obs [N, obs], world_state [state], avail [N, A]
