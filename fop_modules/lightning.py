@@ -42,7 +42,7 @@ from fop_modules.loop_config import CollectConfig
 from fop_modules.loss import FOPLoss
 from fop_modules.optimisation import Objective, OptimConfig
 from fop_modules.replay import make_replay_buffer
-from fop_modules.temperature import TemperatureSchedule
+from fop_modules.temperature import TemperatureSchedule, check_alpha_source
 
 __all__ = ["MARLLightningModule", "FOPLightningModule"]
 
@@ -361,10 +361,7 @@ class FOPLightningModule(MARLLightningModule):
         temperature: TemperatureSchedule | None,
         seed: int = 0,
     ) -> None:
-        if temperature is None and not loss_module.learn_alpha:
-            raise ValueError("give a temperature schedule, or build FOPLoss with learn_alpha=True")
-        if temperature is not None and loss_module.learn_alpha:
-            raise ValueError("alpha is learned (FOPLoss(learn_alpha=True)): do not also give a temperature schedule")
+        check_alpha_source(temperature, loss_module.learn_alpha)
         super().__init__(
             loss_module, policy, self.fop_objectives(loss_module, optim), make_env, make_eval_env,
             collect=collect, optim=optim, seed=seed, joint_q=loss_module.joint_q,

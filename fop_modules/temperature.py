@@ -19,6 +19,7 @@ __all__ = [
     "ConstantTemperature",
     "LinearTemperature",
     "ExponentialTemperature",
+    "check_alpha_source",
 ]
 
 
@@ -26,6 +27,35 @@ def _check_step(step: int) -> int:
     if step < 0:
         raise ValueError(f"temperature schedules take a step count >= 0, got {step}")
     return step
+
+
+def check_alpha_source(temperature: "TemperatureSchedule | None", learn_alpha: bool) -> None:
+    """FOP's alpha comes from exactly one place: a schedule (``temperature``, with
+    ``FOPLoss(learn_alpha=False)``) or the dual objective (``temperature=None`` with
+    ``FOPLoss(learn_alpha=True)``). :class:`~fop_modules.FOPLightningModule` checks its arguments
+    with it; a recipe checks its config with it before anything is built.
+
+    Raises:
+        ValueError: no source or two sources, saying which argument to change.
+
+    Examples:
+        >>> check_alpha_source(LinearTemperature(0.5, 0.05, 1000), learn_alpha=False)
+        >>> check_alpha_source(None, learn_alpha=True)
+        >>> check_alpha_source(None, learn_alpha=False)
+        Traceback (most recent call last):
+        ...
+        ValueError: alpha has no source: temperature is None and FOPLoss(learn_alpha=False) does not learn it; give a TemperatureSchedule, or build FOPLoss with learn_alpha=True
+    """
+    if temperature is None and not learn_alpha:
+        raise ValueError(
+            "alpha has no source: temperature is None and FOPLoss(learn_alpha=False) does not learn it; "
+            "give a TemperatureSchedule, or build FOPLoss with learn_alpha=True"
+        )
+    if temperature is not None and learn_alpha:
+        raise ValueError(
+            f"alpha has two sources: the schedule {temperature} and FOPLoss(learn_alpha=True), which "
+            "learns it; pass no schedule (None), or build FOPLoss with learn_alpha=False"
+        )
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from fop_modules import baselines
 from fop_modules.algorithm import FOPConfig
 from fop_modules.loop_config import CollectConfig
 from fop_modules.optimisation import OptimConfig
-from fop_modules.temperature import ConstantTemperature, TemperatureSchedule
+from fop_modules.temperature import ConstantTemperature, TemperatureSchedule, check_alpha_source
 
 SCHEMA_NAME = "fop_modules_schema"  # namespaced: torchrl registers its own `env`, `loss`, ... nodes
 
@@ -163,22 +163,19 @@ def fop_temperature(cfg: DictConfig, algo: FOPConfig, collect: CollectConfig) ->
         )
 
     if algo.greedy:  # alpha = 0 whatever the temperature group or learn_alpha (build_fop drops it)
-        temperature = ConstantTemperature(0.0)  # greedy FOP (Fig. 3): no entropy at all
-    elif cfg.temperature is not None:
+        return ConstantTemperature(0.0)  # greedy FOP (Fig. 3): no entropy at all
+    temperature = None  # null: alpha is learned (the dual objective)
+    if cfg.temperature is not None:
         check_target_keys(cfg.temperature, "temperature")
         with startup_errors("temperature"):
             temperature = instantiate(cfg.temperature)
-        if algo.learn_alpha:
-            raise ConfigError(
-                "algorithm.learn_alpha=true learns alpha, so temperature must be null: add `~temperature`"
-            )
-    elif not algo.learn_alpha:
+    try:
+        check_alpha_source(temperature, algo.learn_alpha)  # the library's rule, in its terms
+    except ValueError as error:
         raise ConfigError(
-            "temperature is null but algorithm.learn_alpha is false: pick a schedule "
-            "(temperature=linear) or learn alpha (`~temperature algorithm.learn_alpha=true`)"
-        )
-    else:
-        temperature = None  # learned dual alpha
+            f"temperature / algorithm.learn_alpha: {error}. Here a schedule is the temperature group "
+            "(temperature=linear) and a learned alpha is `~temperature algorithm.learn_alpha=true`"
+        ) from None
     return temperature
 
 

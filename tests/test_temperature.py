@@ -146,3 +146,30 @@ def test_negative_step_raises(sched):
 def test_invalid_parameters_raise(build, match):
     with pytest.raises(ValueError, match=match):
         build()
+
+
+# ---------------------------------------------------------------------------- where alpha comes from
+
+
+@pytest.mark.parametrize("learn_alpha, temperature, match", [
+    (False, None, "alpha has no source"),
+    (True, ConstantTemperature(0.2), "alpha has two sources"),
+])
+def test_the_learner_takes_alpha_from_one_source(learn_alpha, temperature, match):
+    """FOPLightningModule refuses a loss and a temperature that give alpha no source or two
+    (the rule check_alpha_source holds, which the recipe's schema also runs)."""
+    from fop_modules import FOPLoss, FOPMixer
+    from fop_modules.lightning import FOPLightningModule
+    from fop_modules.optimisation import OptimConfig
+    from fop_modules.loop_config import CollectConfig
+    from fop_modules.networks import discrete_actor, discrete_critic
+
+    loss = FOPLoss(discrete_actor(2, 1, 3), discrete_critic(2, 1, 3), FOPMixer(2, 1, 3),
+                   action_space="discrete", learn_alpha=learn_alpha, num_actions=3)
+    collect = CollectConfig(total_frames=64, frames_per_batch=16, buffer_size=64, batch_size=16, warmup_frames=16)
+    with pytest.raises(ValueError, match=match):
+        FOPLightningModule(loss, loss.actor_network, lambda: None, lambda n: None, collect=collect,
+                           optim=OptimConfig(), temperature=temperature)
+    schedule_ok = None if learn_alpha else ConstantTemperature(0.2)
+    FOPLightningModule(loss, loss.actor_network, lambda: None, lambda n: None, collect=collect,
+                       optim=OptimConfig(), temperature=schedule_ok)  # the one source: accepted
