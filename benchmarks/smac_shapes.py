@@ -91,7 +91,7 @@ def recipe_learner(cfg: DictConfig) -> tuple[FOPLightningModule, object]:
     env = make_env(cfg.env, cfg.algorithm)
     loss, policy = build_fop(env, typed.algorithm)
     module = FOPLightningModule(
-        loss, policy, make_env=None, make_eval_env=None,
+        loss, policy, make_env=None,
         collect=typed.collect, optim=typed.optim, temperature=typed.temperature,
     )
     return module, env

@@ -14,7 +14,7 @@ profiler's sections:
   the envs step in a worker process while the learner updates, and this is only the time the
   learner waits for a batch;
 - ``learn``: ``[FOPLightningModule]updates``, every batch's updates with their replay sampling;
-- ``eval``: ``[FOPLightningModule]evaluate``, the greedy evaluations (at frame 0, every
+- ``eval``: ``[GreedyEvaluation]evaluate``, the greedy evaluations (at frame 0, every
   ``collect.eval_interval`` frames and at the end of the run);
 - ``warm-up``: ``[LightningModule]FOPLightningModule.train_dataloader`` (the collector and its envs
   built), and what the first collected batch and the first evaluation took beyond a later one
@@ -47,7 +47,7 @@ from train import train  # recipes/train.py (smac_shapes puts recipes/ on the pa
 
 COLLECT = "[_TrainingEpochLoop].train_dataloader_next"
 LEARN = "[FOPLightningModule]updates"
-EVALUATE = "[FOPLightningModule]evaluate"
+EVALUATE = "[GreedyEvaluation]evaluate"
 SETUP = "[LightningModule]FOPLightningModule.train_dataloader"
 SECTION_MIN_SHARE = 0.01  # --sections lists the sections over this share of the fit
 

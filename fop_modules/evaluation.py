@@ -1,26 +1,32 @@
-"""Greedy evaluation of a trained team: episode returns and wins, with 95% confidence intervals.
+"""Greedy evaluation of a team: episode returns and wins, with 95% confidence intervals, and
+the callback that evaluates a training run.
 
-:func:`play_greedy` plays ``episodes`` episodes with the policy's deterministic action (the mode:
+:class:`GreedyEvaluation` is a Lightning callback that plays greedy episodes at the start of
+training, every ``interval`` env frames and at the end, and logs ``eval/return`` (and
+``eval/win_rate`` where the env reports wins). :func:`play_greedy` plays ``episodes`` episodes with the policy's deterministic action (the mode:
 argmax over available actions, the tanh-Gaussian's mean) and returns an :class:`EpisodeStats`;
 :func:`greedy_rollouts` plays them (a batched env stops once every copy has ended its first
 episode); :func:`first_episodes` reads each env's first episode out of an ``[E, T]`` rollout (what
-:meth:`~fop_modules.lightning.MARLLightningModule.evaluate` logs as ``eval/return`` and
-``eval/win_rate``). The mean return's interval is Student's t,
+:class:`GreedyEvaluation` logs as ``eval/return`` and ``eval/win_rate``). The mean return's interval is Student's t,
 ``mean +- t_{0.975, n-1} s / sqrt(n)``; the win rate's is Wilson's score interval, which stays
 inside [0, 1] and is not empty at 0 or n wins.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
+from typing import Callable
 
+import lightning as L
 import torch
 from tensordict import TensorDictBase
 from torch import Tensor, nn
 from torchrl.envs import EnvBase, ExplorationType, set_exploration_type
 
-__all__ = ["EpisodeStats", "first_episodes", "greedy_rollouts", "play_greedy", "t_quantile", "wilson_interval"]
+__all__ = ["EpisodeStats", "GreedyEvaluation", "first_episodes", "greedy_rollouts", "play_greedy", "t_quantile",
+           "wilson_interval"]
 
 Z_95 = 1.959964  # standard normal 97.5% quantile
 # Student-t 97.5% quantiles by degrees of freedom; between keys the next larger key's (wider) value
@@ -196,3 +202,116 @@ def greedy_rollouts(env: EnvBase, policy: nn.Module, episodes: int, max_steps: i
                 rollouts.append(env.rollout(max_steps, policy).unsqueeze(0))
             played += rollouts[-1].shape[0]
     return rollouts
+
+
+class GreedyEvaluation(L.Callback):
+    """Greedy evaluation of a training run: a Lightning callback for
+    :class:`~fop_modules.lightning.MARLLightningModule` (and FOP's).
+
+    It plays ``episodes`` greedy episodes (:func:`greedy_rollouts`; each env's first episode
+    counts) on a fresh env from ``make_env(episodes)``: when training starts (frame 0), after the
+    batch at which the module's ``env_frames`` reach the next multiple of ``interval``, and after
+    the run's last batch. Each evaluation goes to every logger at once and is saved to disk
+    (a crash loses none): ``eval/return``, the mean episode return, and ``eval/win_rate``, the
+    share of won episodes, where the env reports ``("info", "battle_won")`` (SMAC, SMAX), with
+    ``env_frames``. Its envs are seeded with the module's ``seed + 10_000 + env_frames``.
+
+    The evaluations so far (:attr:`history`) and the last win rate are kept in the run's
+    checkpoints, so a resumed run continues its curve. With a Lightning profiler each evaluation
+    is timed as ``[GreedyEvaluation]evaluate``.
+
+    Args:
+        make_env: ``(num_envs) -> env`` with the transforms the policy needs, giving the env's
+            own rewards (not a training-time reward standardisation).
+        episodes: greedy episodes per evaluation (envs side by side where the env is batched).
+        max_steps: step limit of an evaluation episode (at least the episode limit, so that
+            every episode ends).
+        interval: env frames between evaluations; 0 or None: at the start and the end only.
+
+    Attributes:
+        history: ``[(env_frames, mean return, greedy joint action of the first env at its first
+            step)]``, one entry per evaluation.
+        win_rate: share of won episodes in the last evaluation, or None where the env reports
+            no wins.
+
+    Examples:
+        >>> evaluation = GreedyEvaluation(lambda n: None, episodes=32, max_steps=101, interval=10_000)
+        >>> evaluation.history, evaluation.win_rate
+        ([], None)
+    """
+
+    def __init__(self, make_env: Callable[[int], EnvBase], *, episodes: int, max_steps: int,
+                 interval: int | None = None) -> None:
+        if episodes < 1 or max_steps < 1:
+            raise ValueError(f"GreedyEvaluation needs episodes >= 1 and max_steps >= 1, got {episodes} and {max_steps}")
+        if interval is not None and interval < 0:
+            raise ValueError(f"GreedyEvaluation.interval must be >= 0 (0 or None: start and end only), got {interval}")
+        self.make_env, self.episodes, self.max_steps, self.interval = make_env, episodes, max_steps, interval
+        self.history: list[tuple[int, float, list]] = []
+        self.win_rate: float | None = None
+        self.next_eval: int | None = None  # env frames of the next evaluation (set when training starts)
+
+    # ------------------------------------------------------------------ when
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.next_eval is None:
+            self.next_eval = self._period(pl_module)
+        if not self.history:  # not when resuming: the history came with the checkpoint
+            self._evaluate(trainer, pl_module)  # frame 0: the curve starts at the initial policy
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
+        frames, total = pl_module.env_frames, pl_module.collect.total_frames
+        if frames < self.next_eval and frames < total:
+            return
+        metrics = {"eval/return": self._evaluate(trainer, pl_module), "env_frames": float(frames)}
+        if self.win_rate is not None:
+            metrics["eval/win_rate"] = self.win_rate
+        for logger in trainer.loggers:  # every evaluation, not only on log_every_n_steps ...
+            logger.log_metrics(metrics, step=trainer.global_step)
+            logger.save()  # ... and on disk at once: a crash or a kill loses no evaluation
+        while self.next_eval <= frames:
+            self.next_eval += self._period(pl_module)
+
+    def _period(self, pl_module: L.LightningModule) -> int:
+        return self.interval or pl_module.collect.total_frames
+
+    # ------------------------------------------------------------------ what
+    @torch.no_grad()
+    def _evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> float:
+        """One evaluation of the module's policy; records it and returns the mean return."""
+        with trainer.profiler.profile(f"[{type(self).__name__}]evaluate"):
+            env = self.make_env(self.episodes)
+            env.set_seed(pl_module.seed + 10_000 + pl_module.env_frames)
+            policy, env_device = pl_module.policy, env.device or torch.device("cpu")
+            if pl_module.device != env_device:  # a learner on GPU, envs on CPU: play with a CPU copy
+                policy = copy.deepcopy(policy).to(env_device)
+            # float32 play, as the collectors' (trainer.precision=bf16-mixed autocasts the training step)
+            with torch.autocast(pl_module.device.type, enabled=False):
+                rollouts = greedy_rollouts(env, policy, self.episodes, self.max_steps)
+            returns, wins = [], []
+            for rollout in rollouts:  # [E, T]: each env's first episode counts
+                episode_return, _, won = first_episodes(rollout)
+                returns.append(episode_return)
+                if won is not None:
+                    wins.append(won)
+            episode_return = torch.cat(returns).mean().item()
+            greedy_action = rollouts[0].get(("agents", "action"))[0, 0].tolist()
+            env.close()
+        self.history.append((pl_module.env_frames, episode_return, greedy_action))
+        self.win_rate = torch.cat(wins).mean().item() if wins else None
+        return episode_return
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict:
+        return {"history": self.history, "win_rate": self.win_rate, "next_eval": self.next_eval}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.history = [tuple(entry) for entry in state_dict["history"]]
+        self.win_rate, self.next_eval = state_dict["win_rate"], state_dict["next_eval"]
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        """A checkpoint saved before this callback existed kept the evaluations in the module's
+        run state (``fop_run``): read them from there (a newer one's own state follows)."""
+        run = checkpoint.get("fop_run", {})
+        if "eval_history" in run:
+            self.load_state_dict({"history": run["eval_history"], "win_rate": run["eval_win_rate"],
+                                  "next_eval": run["next_eval"]})

@@ -12,16 +12,16 @@ does). The baselines of :mod:`fop_modules.baselines` train this way.
 networks, each objective computed after the previous one has stepped. A temperature schedule,
 when given, is evaluated at the current env-step count before every batch of updates.
 
-Metrics go to the Lightning loggers as ``train/*`` and ``eval/*`` with ``env_frames`` (the x
-axis of every curve). A Lightning profiler (``Trainer(profiler="simple")``) times the updates of
-each batch (replay sampling included) as ``[<module class>]updates`` and the greedy evaluations
-as ``[<module class>]evaluate``, beside Lightning's ``[_TrainingEpochLoop].train_dataloader_next``
-(the collector's iteration: env steps and policy).
+Metrics go to the Lightning loggers as ``train/*`` with ``env_frames`` (the x axis of every
+curve). Greedy evaluation is a callback beside the module,
+:class:`~fop_modules.evaluation.GreedyEvaluation` (``eval/*``). A Lightning profiler
+(``Trainer(profiler="simple")``) times the updates of each batch (replay sampling included) as
+``[<module class>]updates``, beside Lightning's ``[_TrainingEpochLoop].train_dataloader_next`` (the
+collector's iteration: env steps and policy) and the evaluation's ``[GreedyEvaluation]evaluate``.
 """
 
 from __future__ import annotations
 
-import copy
 from typing import Callable
 
 import lightning as L
@@ -37,7 +37,6 @@ from torchrl.objectives import LossModule
 from fop_modules.checkpointing import gather_ranks, load_replay_state, replay_state
 from fop_modules.collectors import make_collector, needs_weight_sync
 from fop_modules.episodes import EpisodeAssembler, mask_partial_episodes
-from fop_modules.evaluation import first_episodes, greedy_rollouts
 from fop_modules.loop_config import CollectConfig
 from fop_modules.loss import FOPLoss
 from fop_modules.optimisation import Objective, OptimConfig
@@ -63,7 +62,6 @@ class MARLLightningModule(L.LightningModule):
             another's weights first, e.g. the actor before the critic, as TorchRL's losses
             detach those weights but share their storage).
         make_env: a picklable callable returning a fresh environment.
-        make_eval_env: callable ``(num_envs) -> env`` for greedy evaluation.
         collect: :class:`CollectConfig`.
         optim: :class:`OptimConfig` (its ``lr_*`` are FOP's; objectives carry their own rates).
         seed: seeds the collector's environments (the recipe seeds torch itself).
@@ -82,7 +80,6 @@ class MARLLightningModule(L.LightningModule):
         policy: nn.Module,
         objectives: dict[str, Objective],
         make_env: Callable[[], EnvBase],
-        make_eval_env: Callable[[int], EnvBase],
         *,
         collect: CollectConfig,
         optim: OptimConfig,
@@ -94,15 +91,11 @@ class MARLLightningModule(L.LightningModule):
         super().__init__()
         self.automatic_optimization = False
         self.loss_module, self.policy, self.objectives = loss_module, policy, objectives
-        self.make_env, self.make_eval_env = make_env, make_eval_env
+        self.make_env = make_env
         self.collect, self.optim, self.seed = collect, optim, seed
         self.process_batch, self.exploration, self.joint_q = process_batch, exploration, joint_q
         self.env_frames = 0
         self.updates = 0
-        self._next_eval = collect.eval_interval or collect.total_frames
-        # (env_frames, greedy return, greedy joint action of the first eval env at its first step)
-        self.eval_history: list[tuple[int, float, list]] = []
-        self.eval_win_rate: float | None = None  # share of won greedy episodes (SMAC, SMAX)
         self.buffer = self._make_buffer(collect)
         # Sequence replay stores whole episodes, each from its first step, so that a recurrent
         # network replays every step on the history it acted on (fop_modules.episodes); a slice
@@ -174,14 +167,9 @@ class MARLLightningModule(L.LightningModule):
         if self.device.type != "cpu":  # replay in host memory, updates on the learner's device
             self.buffer.append_transform(DeviceCastTransform(self.device))
 
-    def on_train_start(self) -> None:
-        if not self.eval_history:  # not when resuming: the history came with the checkpoint
-            with self._profile("evaluate"):
-                self.evaluate()  # frame 0: the learning curve and path start at the initial policy
-
     def _profile(self, section: str):
         """A section of the trainer's profiler (``trainer.profiler=simple`` reports
-        ``[<module class>]updates`` and ``[<module class>]evaluate`` beside Lightning's own)."""
+        ``[<module class>]updates`` beside Lightning's own)."""
         return self.trainer.profiler.profile(f"[{type(self).__name__}]{section}")
 
     # ------------------------------------------------------------------ optimisation
@@ -258,29 +246,16 @@ class MARLLightningModule(L.LightningModule):
             batch_size=1,
             prog_bar=True,
         )
-        if self.env_frames >= self._next_eval or self.env_frames >= self.collect.total_frames:
-            with self._profile("evaluate"):
-                metrics = {"eval/return": self.evaluate(), "env_frames": float(self.env_frames)}
-            if self.eval_win_rate is not None:
-                metrics["eval/win_rate"] = self.eval_win_rate
-            for logger in self.loggers:  # every evaluation, not only on log_every_n_steps ...
-                logger.log_metrics(metrics, step=self.global_step)
-                logger.save()  # ... and on disk at once: a crash or a kill loses no evaluation
-            while self._next_eval <= self.env_frames:
-                self._next_eval += self.collect.eval_interval or self.collect.total_frames
 
     # ------------------------------------------------------------------ checkpoints
     checkpoint_replay: bool = True  # keep the replay buffer in checkpoints (recipe: checkpoint.replay_buffer)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        """Adds the run state Lightning does not hold: counters, evaluations, the replay buffer
-        (unless ``checkpoint_replay`` is False) and the hard target update's counter."""
+        """Adds the run state Lightning does not hold: counters, the replay buffer (unless
+        ``checkpoint_replay`` is False) and the hard target update's counter."""
         checkpoint["fop_run"] = {
             "env_frames": self.env_frames,
             "updates": self.updates,
-            "next_eval": self._next_eval,
-            "eval_history": self.eval_history,
-            "eval_win_rate": self.eval_win_rate,
             "target_update_counter": getattr(self.target_updater, "counter", None),
             "nonfinite_skips": self.nonfinite_skips,
             "replay": gather_ranks(self.trainer, replay_state(self.buffer)) if self.checkpoint_replay else None,
@@ -288,9 +263,8 @@ class MARLLightningModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         run = checkpoint["fop_run"]
-        self.env_frames, self.updates, self._next_eval = run["env_frames"], run["updates"], run["next_eval"]
-        self.eval_history = [tuple(entry) for entry in run["eval_history"]]
-        self.eval_win_rate = run["eval_win_rate"]
+        self.env_frames, self.updates = run["env_frames"], run["updates"]  # older checkpoints also hold
+        # the evaluations, which GreedyEvaluation reads from there
         self.nonfinite_skips = run["nonfinite_skips"]
         if run["target_update_counter"] is not None:
             self.target_updater.counter = run["target_update_counter"]
@@ -302,36 +276,6 @@ class MARLLightningModule(L.LightningModule):
                 )
             load_replay_state(self.buffer, run["replay"][self.global_rank])
 
-    # ------------------------------------------------------------------ evaluation
-    @torch.no_grad()
-    def evaluate(self) -> float:
-        """Greedy (deterministic) episodes; records and returns the mean episode return.
-
-        A batched env plays ``eval_envs`` episodes side by side; an unbatched one (one game per
-        process, as SMAC) plays them one after another. Where the env reports
-        ``("info", "battle_won")``, the share of won episodes is logged as ``eval/win_rate``.
-        """
-        env = self.make_eval_env(self.collect.eval_envs)
-        env.set_seed(self.seed + 10_000 + self.env_frames)
-        policy, env_device = self.policy, env.device or torch.device("cpu")
-        if self.device != env_device:  # a learner on GPU, envs on CPU: play with a CPU copy
-            policy = copy.deepcopy(policy).to(env_device)
-        # float32 play, as the collectors' (trainer.precision=bf16-mixed autocasts the training step)
-        with torch.autocast(self.device.type, enabled=False):
-            rollouts = greedy_rollouts(env, policy, self.collect.eval_envs, self.collect.eval_max_steps)
-        returns, wins = [], []
-        for rollout in rollouts:  # [E, T]: each env's first episode counts
-            episode_return, _, won = first_episodes(rollout)
-            returns.append(episode_return)
-            if won is not None:
-                wins.append(won)
-        episode_return = torch.cat(returns).mean().item()
-        greedy_action = rollouts[0].get(("agents", "action"))[0, 0].tolist()
-        env.close()
-        self.eval_history.append((self.env_frames, episode_return, greedy_action))
-        self.eval_win_rate = torch.cat(wins).mean().item() if wins else None
-        return episode_return
-
 
 class FOPLightningModule(MARLLightningModule):
     """Trains FOP with manual optimisation in Algorithm 1 order.
@@ -341,7 +285,6 @@ class FOPLightningModule(MARLLightningModule):
         policy: the stochastic actor used for collection (the same module given to the loss,
             whose parameters the loss trains in place).
         make_env: a picklable callable returning a fresh environment.
-        make_eval_env: callable ``(num_envs) -> env`` for greedy evaluation.
         collect: :class:`CollectConfig`.
         optim: :class:`OptimConfig` (``lr_qvalue``, ``lr_mixer``, ``lr_value``, ``lr_actor``,
             ``lr_alpha`` are the objectives' rates).
@@ -354,7 +297,6 @@ class FOPLightningModule(MARLLightningModule):
         loss_module: FOPLoss,
         policy: nn.Module,
         make_env: Callable[[], EnvBase],
-        make_eval_env: Callable[[int], EnvBase],
         *,
         collect: CollectConfig,
         optim: OptimConfig,
@@ -363,7 +305,7 @@ class FOPLightningModule(MARLLightningModule):
     ) -> None:
         check_alpha_source(temperature, loss_module.learn_alpha)
         super().__init__(
-            loss_module, policy, self.fop_objectives(loss_module, optim), make_env, make_eval_env,
+            loss_module, policy, self.fop_objectives(loss_module, optim), make_env,
             collect=collect, optim=optim, seed=seed, joint_q=loss_module.joint_q,
         )
         self.temperature = temperature

@@ -23,7 +23,7 @@ ACTION_NAMES = "ABCDEFGHIJ"
 
 
 def learning_curve(history: Sequence[tuple], path: Path, title: str = "") -> Path:
-    """Greedy evaluation return against env frames, from ``FOPLightningModule.eval_history``."""
+    """Greedy evaluation return against env frames, from ``GreedyEvaluation.history``."""
     fig, ax = plt.subplots(figsize=(5, 3.5))
     frames = [h[0] for h in history]
     returns = [h[1] for h in history]

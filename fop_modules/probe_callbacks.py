@@ -28,6 +28,7 @@ from torchrl.envs import EnvBase, RewardScaling, TransformedEnv
 
 from fop_modules import plots, probes
 from fop_modules.envs import DifferentialGameEnv, MatrixGameEnv
+from fop_modules.evaluation import GreedyEvaluation
 
 __all__ = ["GameProbe", "MatrixGameProbe", "DifferentialGameProbe"]
 
@@ -100,12 +101,19 @@ class DifferentialGameProbe(GameProbe):
     """The greedy actions and their payoff (paper Fig. 2) of a
     :class:`~fop_modules.envs.DifferentialGameEnv` run, with the global optimum: printed, kept as
     :func:`fop_modules.probes.differential_game_result`' dict, and the greedy action of every
-    evaluation drawn on the payoff surface as ``learning_path.png``."""
+    evaluation of the trainer's :class:`~fop_modules.evaluation.GreedyEvaluation` drawn on the
+    payoff surface as ``learning_path.png`` (no path without one)."""
 
     game = DifferentialGameEnv
+    evaluation: GreedyEvaluation | None = None  # the trainer's, found when the fit starts
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        self.evaluation = next((c for c in trainer.callbacks if isinstance(c, GreedyEvaluation)), None)
 
     def probe(self, module: L.LightningModule, env: EnvBase, out_dir: Path) -> dict:
         result = probes.differential_game_result(module.policy, env)
-        plots.differential_game_path(env, module.eval_history, out_dir / "learning_path.png")
+        if self.evaluation is not None:
+            plots.differential_game_path(env, self.evaluation.history, out_dir / "learning_path.png")
         print(f"greedy actions {result['greedy_action']}, payoff {result['greedy_payoff']:.3f}", flush=True)
         return result

@@ -37,6 +37,7 @@ from fop_modules.checkpointing import (
 from fop_modules.distributed import RankConsistency
 from fop_modules.envs import env_sizes
 from fop_modules.envs.smac import StarCraftNotAvailable
+from fop_modules.evaluation import GreedyEvaluation
 from fop_modules.lightning import FOPLightningModule, MARLLightningModule
 from fop_modules.optional import MissingDependency, require
 from fop_modules.reward_scaling import fit_reward_standardisation
@@ -95,8 +96,7 @@ def build_module(cfg: DictConfig, typed, env) -> tuple[MARLLightningModule, torc
     """The Lightning module of ``cfg.algorithm`` (FOP or a baseline) for ``env`` and its policy;
     ``typed`` is ``schema.validate(cfg)``. recipes/evaluate.py and recipes/export.py rebuild a
     run's networks with it before loading its checkpoint."""
-    envs = {"make_env": partial(make_env, cfg.env, cfg.algorithm, reward_std=cfg.reward_std),
-            "make_eval_env": partial(make_env, cfg.env, cfg.algorithm)}  # evaluation: the env's own rewards
+    envs = {"make_env": partial(make_env, cfg.env, cfg.algorithm, reward_std=cfg.reward_std)}
     if schema.is_baseline(cfg.algorithm):
         baseline = baselines.build_baseline(cfg.algorithm.name, env, typed.algorithm, typed.collect.total_frames)
         module = MARLLightningModule(
@@ -170,6 +170,9 @@ def _train(cfg: DictConfig, typed: schema.Validated, run_dir: Path, checkpoint: 
         )
     module, _ = build_module(cfg, typed, env)
     module.checkpoint_replay = cfg.checkpoint.replay_buffer
+    evaluation = GreedyEvaluation(partial(make_env, cfg.env, cfg.algorithm),  # the env's own rewards
+                                  episodes=typed.collect.eval_envs, max_steps=typed.collect.eval_max_steps,
+                                  interval=typed.collect.eval_interval)
     ranks = RankConsistency()  # DDP: the ranks' parameters must end identical
     probe = instantiate(cfg.probe) if cfg.probe is not None else None  # configs/probe/<env>.yaml
     if probe is not None:
@@ -178,7 +181,7 @@ def _train(cfg: DictConfig, typed: schema.Validated, run_dir: Path, checkpoint: 
         except TypeError as error:
             raise ConfigError(f"probe: {error} (`~probe`)") from None
     trainer = make_trainer(cfg.trainer, max_epochs=1, logger=logger, default_root_dir=run_dir,
-                           callbacks=[checkpoint, RNGCheckpoint(), WandbRunCheckpoint(), ranks,
+                           callbacks=[evaluation, checkpoint, RNGCheckpoint(), WandbRunCheckpoint(), ranks,
                                       *([probe] if probe is not None else []), *callbacks],
                            plugins=[AtomicCheckpointIO()])
     try:
@@ -191,7 +194,7 @@ def _train(cfg: DictConfig, typed: schema.Validated, run_dir: Path, checkpoint: 
     if checkpoint.signal_received is not None and trainer.is_global_zero:
         print(f"note: {checkpoint.signal_received.name} came after the last training batch: the run is "
               "complete, writing its outputs", flush=True)
-    final_return = module.eval_history[-1][1]  # the last training step evaluates greedily
+    final_return = evaluation.history[-1][1]  # the last training batch is evaluated greedily
     if not trainer.is_global_zero:  # DDP: rank 0 writes the run's outputs
         return None
 
@@ -207,10 +210,10 @@ def _train(cfg: DictConfig, typed: schema.Validated, run_dir: Path, checkpoint: 
     if trainer.world_size > 1:
         summary.update(world_size=trainer.world_size, rank_parameter_difference=ranks.parameter_difference,
                        rank_replays_differ=ranks.replays_differ)
-    curve = module.eval_history
+    curve = evaluation.history
     plots.learning_curve(curve, run_dir / "learning_curve.png", title=cfg.name)
-    if module.eval_win_rate is not None:
-        summary["final_eval_win_rate"] = module.eval_win_rate
+    if evaluation.win_rate is not None:
+        summary["final_eval_win_rate"] = evaluation.win_rate
     # every greedy evaluation: [env frames, return, first env's greedy joint action]
     summary["eval_history"] = [[frames, ret, action] for frames, ret, action in curve]
     summary.update(probe.summary if probe is not None else {})  # the game's probe: Table 1b, Fig. 2

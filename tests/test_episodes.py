@@ -61,7 +61,7 @@ def _learner(collected, buffer_size: int, batch_size: int) -> FOPLightningModule
     cfg, loss, policy, _ = collected
     collect = CollectConfig(total_frames=1200, frames_per_batch=FRAMES_PER_BATCH, buffer_size=buffer_size,
                             batch_size=batch_size, warmup_frames=batch_size, sequence_length=cfg.episode_limit)
-    return FOPLightningModule(loss, policy, lambda: None, lambda n: None, collect=collect,
+    return FOPLightningModule(loss, policy, lambda: None, collect=collect,
                               optim=OptimConfig(), temperature=ConstantTemperature(0.5))
 
 

@@ -23,7 +23,7 @@ def _matrix_game_module(total_frames: int = 64) -> FOPLightningModule:
     collect = CollectConfig(total_frames=total_frames, frames_per_batch=16, batch_size=16, warmup_frames=16,
                             eval_interval=0, eval_envs=2)
     return FOPLightningModule(loss, loss.actor_network, lambda: MatrixGameEnv(num_envs=4),
-                              lambda n: MatrixGameEnv(num_envs=n), collect=collect, optim=OptimConfig(),
+                              collect=collect, optim=OptimConfig(),
                               temperature=ConstantTemperature(0.5))
 
 
