@@ -15,7 +15,7 @@ profiler's sections:
   learner waits for a batch;
 - ``learn``: ``[FOPLightningModule]updates``, every batch's updates with their replay sampling;
 - ``eval``: ``[GreedyEvaluation]evaluate``, the greedy evaluations (at frame 0, every
-  ``collect.eval_interval`` frames and at the end of the run);
+  ``evaluation.interval`` frames and at the end of the run);
 - ``warm-up``: ``[LightningModule]FOPLightningModule.train_dataloader`` (the collector and its envs
   built), and what the first collected batch and the first evaluation took beyond a later one
   (envs created; SMAX jit-compiles its reset and step there): what a run pays once, left out of
@@ -61,7 +61,7 @@ TASKS = {
     "vmas_navigation": ("vmas_navigation", 1200, lambda frames: [
         "collect.frames_per_batch=600",  # 60 steps of the 10 envs (BenchMARL: 6000 ...
         "collect.updates_per_batch=100",  # ... and 1000 updates per batch)
-        f"collect.eval_interval={frames}",
+        f"evaluation.interval={frames}",
         f"collect.buffer_size={frames}",  # the whole run (1M frames would be allocated up front)
     ]),
     "smax_3m": ("smax_3m", 2000, lambda frames: [

@@ -242,8 +242,9 @@ class GreedyEvaluation(L.Callback):
 
     def __init__(self, make_env: Callable[[int], EnvBase], *, episodes: int, max_steps: int,
                  interval: int | None = None) -> None:
-        if episodes < 1 or max_steps < 1:
-            raise ValueError(f"GreedyEvaluation needs episodes >= 1 and max_steps >= 1, got {episodes} and {max_steps}")
+        for name, value in (("episodes", episodes), ("max_steps", max_steps)):
+            if value < 1:
+                raise ValueError(f"GreedyEvaluation.{name} must be >= 1, got {value}")
         if interval is not None and interval < 0:
             raise ValueError(f"GreedyEvaluation.interval must be >= 0 (0 or None: start and end only), got {interval}")
         self.make_env, self.episodes, self.max_steps, self.interval = make_env, episodes, max_steps, interval

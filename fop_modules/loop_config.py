@@ -1,5 +1,6 @@
-"""What the training loop does, counted in env frames: collection, replay, updates and greedy
-evaluation (:class:`CollectConfig`, read by :class:`~fop_modules.lightning.MARLLightningModule`)."""
+"""What the training loop does, counted in env frames: collection, replay and updates
+(:class:`CollectConfig`, read by :class:`~fop_modules.lightning.MARLLightningModule`; greedy
+evaluation is a callback beside it, :class:`~fop_modules.evaluation.GreedyEvaluation`)."""
 
 from __future__ import annotations
 
@@ -23,9 +24,6 @@ class CollectConfig:
     warmup_frames: int = 64  # no update before the buffer holds this many frames
     policy_warmup_frames: int = 0  # no policy (eq. 11) or temperature update before this many
     #   env frames: the critics first learn from the warm-up data while the policies stay put
-    eval_interval: int = 1_000  # frames between greedy evaluations (0: only at the end)
-    eval_envs: int = 8  # parallel envs of a greedy evaluation
-    eval_max_steps: int = 1  # steps of an evaluation rollout
     sequence_length: int | None = None  # None: replay transitions; L: replay slices of up to L
     #   steps within one episode, batch_size of them per update (L >= the episode limit: whole
     #   episodes, as the authors do); needed by recurrent actors
@@ -37,12 +35,11 @@ class CollectConfig:
         if self.policy_warmup_frames < 0:
             raise ValueError(f"CollectConfig.policy_warmup_frames must be >= 0, got {self.policy_warmup_frames}")
         for name in ("total_frames", "frames_per_batch", "buffer_size", "batch_size",
-                     "updates_per_batch", "eval_envs", "eval_max_steps"):
+                     "updates_per_batch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"CollectConfig.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("init_random_frames", "eval_interval"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"CollectConfig.{name} must be >= 0, got {getattr(self, name)}")
+        if self.init_random_frames < 0:
+            raise ValueError(f"CollectConfig.init_random_frames must be >= 0, got {self.init_random_frames}")
         check_collector(self.collector, self.num_workers, self.launcher, self.frames_per_batch)
         if self.sequence_length is not None and self.sequence_length < 1:
             raise ValueError(f"CollectConfig.sequence_length must be >= 1 or None, got {self.sequence_length}")

@@ -54,7 +54,7 @@ def evaluate(run_dir: Path, episodes: int, max_steps: int | None = None, seed: i
     """Plays ``episodes`` greedy episodes of the run's policy; returns the numbers it prints."""
     cfg, policy = load_run(run_dir, checkpoint)
     seed = cfg.seed + SEED_OFFSET if seed is None else seed
-    max_steps = max_steps or cfg.collect.eval_max_steps
+    max_steps = max_steps or cfg.evaluation.max_steps
     torch.manual_seed(seed)
     env = train.make_env(cfg.env, cfg.algorithm, num_envs=min(episodes, MAX_ENVS))
     env.set_seed(seed)
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--render", type=Path, default=None, metavar="OUT.gif|OUT.mp4",
                         help="also write one greedy episode as a video (VMAS and SMAX runs)")
     parser.add_argument("--max-steps", type=int, default=None,
-                        help="step limit of an episode (default: the run's collect.eval_max_steps)")
+                        help="step limit of an episode (default: the run's evaluation.max_steps)")
     parser.add_argument("--seed", type=int, default=None, help=f"env seed (default: the run's seed + {SEED_OFFSET})")
     parser.add_argument("--checkpoint", type=Path, default=None, help=f"default: <run dir>/{CHECKPOINT}")
     parser.add_argument("--json", type=Path, default=None, help="also write the numbers to this JSON file")

@@ -64,8 +64,9 @@ class CheckpointConfig:
 
 @dataclass
 class RunConfig:
-    """Types of configs/config.yaml. ``env``, ``temperature``, ``probe`` and ``logger`` are ``_target_`` nodes whose keys
-    :func:`validate` checks against the signature of their target."""
+    """Types of configs/config.yaml. ``env``, ``temperature``, ``probe``, ``logger`` and
+    ``evaluation`` are ``_target_`` nodes whose keys :func:`validate` checks against the signature
+    of their target."""
 
     name: str = MISSING
     seed: int = MISSING
@@ -77,6 +78,7 @@ class RunConfig:
     optim: OptimConfig = MISSING
     trainer: Dict[str, Any] = MISSING  # lightning.Trainer arguments
     logger: Any = MISSING  # a Lightning logger (configs/logger/); the recipe gives its save_dir
+    evaluation: Any = MISSING  # a Lightning callback evaluating the run (GreedyEvaluation); the recipe gives its env
     checkpoint: CheckpointConfig = MISSING
     resume: Optional[str] = None  # a run directory to continue
     episode_limit: Optional[int] = None  # the env's time limit, checked against the env
@@ -290,6 +292,9 @@ def validate(cfg: DictConfig) -> Validated:
 
     check_target_keys(cfg.env, "env")
     check_target_keys(cfg.logger, "logger")
+    check_target_keys(cfg.evaluation, "evaluation")
+    with startup_errors("evaluation", cfg.evaluation, "GreedyEvaluation"):  # its ranges, before anything is built
+        instantiate(cfg.evaluation, make_env=None)
     if cfg.get("probe") is not None:
         check_target_keys(cfg.probe, "probe")
     num_envs = cfg.env.get("num_envs")

@@ -37,7 +37,6 @@ from fop_modules.checkpointing import (
 from fop_modules.distributed import RankConsistency
 from fop_modules.envs import env_sizes
 from fop_modules.envs.smac import StarCraftNotAvailable
-from fop_modules.evaluation import GreedyEvaluation
 from fop_modules.lightning import FOPLightningModule, MARLLightningModule
 from fop_modules.optional import MissingDependency, require
 from fop_modules.reward_scaling import fit_reward_standardisation
@@ -57,6 +56,8 @@ KEYS_ADDED_SINCE = {  # what a run saved before a key existed trained with
     "reward_std": None,  # raw rewards, as before reward standardisation existed
     "probe": None,  # no probe callback (before it, the recipe probed the didactic games itself)
 }
+EVALUATION_KEYS_BEFORE = {"eval_interval": "interval", "eval_envs": "episodes", "eval_max_steps": "max_steps"}
+"""``collect.eval_*`` of a run saved before the ``evaluation`` node -> its GreedyEvaluation arguments."""
 DDP_STRATEGY = "ddp_find_unused_parameters_true"  # several learners: fop_modules/distributed.py
 # `hydra.run.dir: ${if_null:${resume},<new dir>}`: a resumed run writes into the run it continues
 OmegaConf.register_new_resolver("if_null", lambda value, default: default if value is None else value, replace=True)
@@ -170,9 +171,8 @@ def _train(cfg: DictConfig, typed: schema.Validated, run_dir: Path, checkpoint: 
         )
     module, _ = build_module(cfg, typed, env)
     module.checkpoint_replay = cfg.checkpoint.replay_buffer
-    evaluation = GreedyEvaluation(partial(make_env, cfg.env, cfg.algorithm),  # the env's own rewards
-                                  episodes=typed.collect.eval_envs, max_steps=typed.collect.eval_max_steps,
-                                  interval=typed.collect.eval_interval)
+    with startup_errors("evaluation", cfg.evaluation):  # the env's own rewards, not reward_std's
+        evaluation = instantiate(cfg.evaluation, make_env=partial(make_env, cfg.env, cfg.algorithm))
     ranks = RankConsistency()  # DDP: the ranks' parameters must end identical
     probe = instantiate(cfg.probe) if cfg.probe is not None else None  # configs/probe/<env>.yaml
     if probe is not None:
@@ -317,11 +317,15 @@ def resumed_config(cfg: DictConfig, task_overrides: list[str]) -> DictConfig:
 
 def saved_config(run_dir: Path) -> DictConfig:
     """The config.yaml a run saved, in today's terms: a key added since gets the value the run
-    trained with (KEYS_ADDED_SINCE), and ``logger: <name>`` (before the logger group) its node."""
+    trained with (KEYS_ADDED_SINCE), ``logger: <name>`` (before the logger group) its node, and
+    ``collect.eval_*`` (before the evaluation callback) its ``evaluation`` node."""
     saved = OmegaConf.load(run_dir / "config.yaml")
     for key, value in KEYS_ADDED_SINCE.items():
         if key not in saved:
             saved[key] = value
+    if "evaluation" not in saved:
+        saved.evaluation = {"_target_": "fop_modules.evaluation.GreedyEvaluation",
+                            **{new: saved.collect.pop(old) for old, new in EVALUATION_KEYS_BEFORE.items()}}
     if isinstance(saved.get("logger"), str):
         saved.logger = OmegaConf.load(Path(CONFIG_DIR) / "logger" / f"{saved.logger}.yaml")
     return saved

@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT / "recipes"))
 import schema  # noqa: E402  (the recipe's config schema)
 import train  # noqa: E402  (the recipe module; registers the schema)
 
-SHORT = ["collect.total_frames=64", "collect.frames_per_batch=16", "collect.eval_interval=0",
+SHORT = ["collect.total_frames=64", "collect.frames_per_batch=16", "evaluation.interval=0",
          "trainer.enable_progress_bar=false"]
 
 
@@ -104,7 +104,7 @@ def test_a_misspelt_probe_is_refused_though_the_group_is_optional():
         (["algorithm.target_entropy=high"], r"algorithm.target_entropy must be a finite number or 'auto'"),
         (["collect.batch_size=100000"], r"collect.batch_size \(100000\) .* larger than collect.buffer_size \(10000\)"),
         (["collect.warmup_frames=8"], r"collect.warmup_frames \(8\) must be >= collect.batch_size \(64\)"),
-        (["collect.eval_envs=0"], r"collect.eval_envs must be >= 1, got 0"),
+        (["evaluation.episodes=0"], r"evaluation.episodes must be >= 1, got 0"),
         (["collect.frames_per_batch=20", "collect.total_frames=80"], r"collect.frames_per_batch \(20\) must be a multiple of env.num_envs \(16\)"),
         (["algorithm.recurrent=true"], r"algorithm.recurrent / recurrent_critic need collect.sequence_length"),
         (["algorithm.td_lambda=0.8"], r"algorithm.td_lambda needs collect.sequence_length"),
@@ -204,7 +204,7 @@ def test_validate_accepts_the_default_config_and_types_it():
         (["+experiment=mtq", "algorithm.recurrent=true", "collect.sequence_length=1"],
          r"algorithm.recurrent and recurrent_critic need discrete actions"),
         (["+experiment=smac_mmm", "env.backend=fake", "episode_limit=99", "collect.frames_per_batch=99",
-          "collect.sequence_length=99", "collect.eval_max_steps=99", "collect.total_frames=198",
+          "collect.sequence_length=99", "evaluation.max_steps=99", "collect.total_frames=198",
           "collect.warmup_frames=99"], r"episode_limit=150"),
     ],
 )

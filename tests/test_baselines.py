@@ -26,9 +26,9 @@ import train  # noqa: E402  (the recipe module)
 
 BASELINES = ["masac", "maddpg", "qmix", "vdn"]
 SHORT = ["collect.total_frames=256", "collect.frames_per_batch=32", "collect.warmup_frames=64",
-         "collect.eval_interval=128", "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1"]
+         "evaluation.interval=128", "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1"]
 VMAS_SHORT = ["env=vmas", "env.num_envs=4", "collect.total_frames=200", "collect.frames_per_batch=100",
-              "collect.init_random_frames=0", "collect.eval_envs=2", "collect.eval_max_steps=10"]
+              "collect.init_random_frames=0", "evaluation.episodes=2", "evaluation.max_steps=10"]
 CONFIGS = {"masac": MASACConfig(hidden=[16]), "maddpg": MADDPGConfig(hidden=[16]),
            "qmix": ValueDecompositionConfig(hidden=[16]), "vdn": ValueDecompositionConfig(hidden=[16])}
 

@@ -24,15 +24,15 @@ from fop_modules.evaluation import play_greedy  # noqa: E402
 from fop_modules.probes import greedy_action  # noqa: E402
 
 SHORT = ["collect.total_frames=256", "collect.frames_per_batch=32", "collect.warmup_frames=64",
-         "collect.eval_interval=0", "trainer.enable_progress_bar=false"]
+         "evaluation.interval=0", "trainer.enable_progress_bar=false"]
 VMAS = ["+experiment=mtq", "env=vmas", "env.num_envs=4", "env.max_steps=8", "collect.total_frames=200",
         "collect.frames_per_batch=100", "collect.init_random_frames=0", "collect.warmup_frames=64",
-        "collect.eval_interval=0", "collect.eval_envs=2", "collect.eval_max_steps=8",
+        "evaluation.interval=0", "evaluation.episodes=2", "evaluation.max_steps=8",
         "trainer.enable_progress_bar=false"]
 SMAX = ["+experiment=smax_3m", "env.num_envs=4", "env.max_steps=20", "episode_limit=21",
         "collect.total_frames=168", "collect.frames_per_batch=84", "collect.warmup_frames=84",
-        "collect.batch_size=2", "collect.updates_per_batch=1", "collect.eval_interval=0",
-        "collect.eval_envs=4", "collect.eval_max_steps=21", "trainer.enable_progress_bar=false"]
+        "collect.batch_size=2", "collect.updates_per_batch=1", "evaluation.interval=0",
+        "evaluation.episodes=4", "evaluation.max_steps=21", "trainer.enable_progress_bar=false"]
 
 
 def _train(overrides: list[str], run_dir: Path) -> dict:
@@ -148,7 +148,7 @@ def test_smax_battle_evaluated_with_win_rate_and_rendered(tmp_path):
 def test_smac_stand_in_battles_are_played_one_after_another(tmp_path):
     """SMAC runs one game per process (an unbatched env): episodes are played in turn."""
     _train(["+experiment=smac_3s_vs_3z", "env.backend=fake", *SHORT, "collect.frames_per_batch=16",
-            "collect.batch_size=4", "collect.eval_envs=2"], tmp_path / "run")
+            "collect.batch_size=4", "evaluation.episodes=2"], tmp_path / "run")
     result = _evaluate(tmp_path / "run", tmp_path, "--episodes", "2")
     assert result["episodes"] == 2 and 0 <= result["win_rate"] <= 1
     assert result["win_rate_ci95"][0] <= result["win_rate"] <= result["win_rate_ci95"][1]

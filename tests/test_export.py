@@ -125,7 +125,7 @@ def test_recipe_exports_a_trained_run(tmp_path, capsys):
     _needs("onnx")
     with initialize_config_dir(config_dir=train.CONFIG_DIR, version_base="1.3"):
         cfg = compose("config", overrides=["collect.total_frames=128", "collect.frames_per_batch=32",
-                                           "collect.warmup_frames=64", "collect.eval_interval=0",
+                                           "collect.warmup_frames=64", "evaluation.interval=0",
                                            "trainer.enable_progress_bar=false"])
     summary = json.loads(train.train(cfg, tmp_path).read_text())
     assert export.main([str(tmp_path)]) == 0

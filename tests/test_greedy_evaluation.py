@@ -65,7 +65,7 @@ def test_its_state_survives_a_checkpoint_and_an_older_checkpoint_is_read():
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    ({"episodes": 0, "max_steps": 1}, "episodes >= 1"),
+    ({"episodes": 0, "max_steps": 1}, "episodes must be >= 1"),
     ({"episodes": 2, "max_steps": 1, "interval": -5}, "interval must be >= 0"),
 ])
 def test_bad_settings_are_refused(kwargs, match):

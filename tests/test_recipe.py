@@ -28,17 +28,17 @@ TEMPERATURES = sorted(p.stem for p in (ROOT / "configs" / "temperature").glob("*
 # A few hundred frames: enough for updates, evaluations, summary.json and the plots.
 SHORT = [
     "collect.total_frames=256", "collect.frames_per_batch=32", "collect.warmup_frames=64",
-    "collect.eval_interval=128", "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1",
+    "evaluation.interval=128", "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1",
 ]
 
 # SMAC experiments run on the stand-in game here, with few, short evaluations and small batches.
-SMAC_SHORT = ["env.backend=fake", "collect.batch_size=4", "collect.eval_envs=2",
+SMAC_SHORT = ["env.backend=fake", "collect.batch_size=4", "evaluation.episodes=2",
               "collect.frames_per_batch=16", "collect.updates_per_batch=1"]
 # SMAX replays whole episodes (up to 101 steps): 2 games play 128 steps each, so episodes end.
 SMAX_SHORT = ["env.num_envs=2"]
 # VMAS presets (BenchMARL's 6000-frame iterations, 1000 updates of 128) scaled down the same way.
 VMAS_SHORT = ["env.num_envs=4", "collect.batch_size=32", "collect.updates_per_batch=2",
-              "collect.eval_envs=2", "collect.eval_max_steps=10"]
+              "evaluation.episodes=2", "evaluation.max_steps=10"]
 
 
 def _short(experiment: str) -> list[str]:
@@ -144,8 +144,8 @@ def test_smac_trains_a_few_hundred_updates_on_the_stand_in_game(tmp_path):
     RMSprop, hard targets) for 301 updates on the fake StarCraft2Env, 3s_vs_3z."""
     cfg = _compose(["+experiment=smac_3s_vs_3z", "env.backend=fake", "collect.total_frames=3200",
                     "collect.frames_per_batch=10", "collect.updates_per_batch=1",
-                    "collect.warmup_frames=200", "collect.batch_size=4", "collect.eval_envs=2",
-                    "collect.eval_interval=0", "trainer.enable_progress_bar=false"])
+                    "collect.warmup_frames=200", "collect.batch_size=4", "evaluation.episodes=2",
+                    "evaluation.interval=0", "trainer.enable_progress_bar=false"])
     summary = json.loads(train.train(cfg, tmp_path).read_text())
     # one update per batch once the replay holds 200 frames of whole (ended) episodes: 301 batches
     # from frame 200 on, less the few frames of the episodes still running at frame 200
@@ -189,8 +189,8 @@ def test_vmas_task_runs_through_the_recipe(tmp_path):
     """Continuous FOP (the mtq experiment's settings) on VMAS navigation, time limits truncated."""
     cfg = _compose(["+experiment=mtq", "env=vmas", "env.num_envs=4", "collect.total_frames=400",
                     "collect.frames_per_batch=100", "collect.init_random_frames=0",
-                    "collect.warmup_frames=64", "collect.eval_interval=200", "collect.eval_envs=2",
-                    "collect.eval_max_steps=20", "trainer.enable_progress_bar=false"])
+                    "collect.warmup_frames=64", "evaluation.interval=200", "evaluation.episodes=2",
+                    "evaluation.max_steps=20", "trainer.enable_progress_bar=false"])
     summary = json.loads(train.train(cfg, tmp_path).read_text())
     assert summary["env_frames"] == 400 and summary["updates"] > 0
 

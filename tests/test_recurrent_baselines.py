@@ -275,7 +275,7 @@ def test_mlp_baselines_keep_transitions_and_benchmarl_settings():
 
 
 SMOKE = ["collect.total_frames=800", "collect.warmup_frames=400", "collect.batch_size=4",
-         "collect.eval_interval=0", "collect.eval_envs=2", "trainer.enable_progress_bar=false",
+         "evaluation.interval=0", "evaluation.episodes=2", "trainer.enable_progress_bar=false",
          "trainer.log_every_n_steps=1"]
 
 

@@ -260,8 +260,8 @@ def test_single_rows_added_one_at_a_time_read_back():
 
 def test_a_smac_run_checkpoints_its_compact_replay_and_resumes_with_it(tmp_path, monkeypatch):
     short = ["collect.frames_per_batch=16", "collect.batch_size=2", "collect.warmup_frames=64",
-             "collect.eval_interval=0", "collect.eval_envs=1",
-             "collect.eval_max_steps=5", "trainer.enable_progress_bar=false", "checkpoint.every_frames=192",
+             "evaluation.interval=0", "evaluation.episodes=1",
+             "evaluation.max_steps=5", "trainer.enable_progress_bar=false", "checkpoint.every_frames=192",
              "collect.total_frames=320"]
     with initialize_config_dir(config_dir=train.CONFIG_DIR, version_base="1.3"):
         cfg = compose("config", overrides=[*SMAC, *short])

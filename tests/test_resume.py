@@ -46,7 +46,7 @@ import train  # noqa: E402  (the recipe module)
 
 # ~3k frames of the matrix game: a checkpoint every 480, logged every step
 RUN = ["collect.total_frames=3008", "checkpoint.every_frames=480", "trainer.log_every_n_steps=1",
-       "trainer.enable_progress_bar=false", "collect.eval_interval=1000"]
+       "trainer.enable_progress_bar=false", "evaluation.interval=1000"]
 LOSSES = ("train/loss_qvalue", "train/loss_actor", "train/entropy", "train/alpha", "train/reward_per_frame")
 
 
@@ -148,7 +148,7 @@ def _compose(overrides: list[str]):
         return compose("config", overrides=overrides)
 
 
-SHORT = ["collect.total_frames=256", "collect.frames_per_batch=32", "collect.eval_interval=128",
+SHORT = ["collect.total_frames=256", "collect.frames_per_batch=32", "evaluation.interval=128",
          "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1", "checkpoint.every_frames=128"]
 
 
@@ -177,14 +177,18 @@ def test_resume_refuses_other_overrides_and_needs_a_checkpoint(tmp_path):
 def test_a_run_saved_before_a_key_existed_resumes_as_it_trained(tmp_path):
     """A run saved before `reward_std` existed trained on raw rewards; resume used to fail with
     `Missing key reward_std`. One saved before the probe callbacks had none; one saved before the
-    logger group named its logger (`logger: tensorboard`)."""
+    logger group named its logger (`logger: tensorboard`); one saved before the evaluation
+    callback held its settings in `collect.eval_*`."""
     cfg = OmegaConf.create(OmegaConf.to_container(_compose([*SHORT, "checkpoint.every_frames=0"])))
     del cfg["reward_std"], cfg["probe"]  # a config.yaml written before the keys existed
     cfg.logger = "tensorboard"
+    evaluation = cfg.pop("evaluation")
+    cfg.collect.update(eval_interval=evaluation.interval, eval_envs=3, eval_max_steps=evaluation.max_steps)
     OmegaConf.save(cfg, tmp_path / "config.yaml")
     resumed = train.resumed_config(OmegaConf.create({"resume": str(tmp_path)}), [f"resume={tmp_path}"])
     assert resumed.reward_std is None and resumed.probe is None  # as that run trained
     assert resumed.logger._target_ == "lightning.pytorch.loggers.TensorBoardLogger"
+    assert resumed.evaluation == {**evaluation, "episodes": 3} and "eval_envs" not in resumed.collect
     assert train.schema.validate(resumed) is not None
 
 
@@ -238,7 +242,7 @@ def test_a_nan_loss_skips_the_step_when_asked(tmp_path, monkeypatch):
 # optimisers, counters, replay data, summary, and one continuous metrics history.
 
 FAULT_RUN = ["collect.total_frames=1600", "checkpoint.every_frames=160", "trainer.log_every_n_steps=1",
-             "trainer.enable_progress_bar=false", "collect.eval_interval=160"]
+             "trainer.enable_progress_bar=false", "evaluation.interval=160"]
 
 
 def _wait_for_new_checkpoint(run: subprocess.Popen, ckpt: Path, after: float, deadline: float) -> bool:
@@ -497,7 +501,7 @@ def test_plot_reads_a_resumed_run_as_one_history(tmp_path):
 # metrics.csv and in TensorBoard's event files.
 
 KILL_RUN = ["collect.total_frames=640", "checkpoint.every_frames=160", "trainer.log_every_n_steps=1",
-            "trainer.enable_progress_bar=false", "collect.eval_interval=160"]
+            "trainer.enable_progress_bar=false", "evaluation.interval=160"]
 
 # the recipe, killed by SIGKILL (or another `fault`) at the end of the training batch that reaches
 # `frames` env frames (after that batch's checkpoint, if it writes one, and before Lightning logs its row)
@@ -664,7 +668,7 @@ def test_sigterm_under_two_process_ddp_saves_exits_143_and_resumes(tmp_path):
     holding both ranks' state, and `resume=` (which Lightning's launcher starts again on both
     ranks, adding a quoted `hydra.run.dir="<run dir>"`) ends as the uninterrupted run."""
     ddp = ["trainer.devices=2", "collect.total_frames=512", "collect.frames_per_batch=32",
-           "checkpoint.every_frames=128", "collect.eval_interval=256", "trainer.enable_progress_bar=false"]
+           "checkpoint.every_frames=128", "evaluation.interval=256", "trainer.enable_progress_bar=false"]
     whole, stopped = tmp_path / "whole", tmp_path / "stopped"
     ckpt = stopped / "checkpoints" / "last.ckpt"
     run = _recipe(*ddp, f"hydra.run.dir={stopped}")

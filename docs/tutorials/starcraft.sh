@@ -14,7 +14,7 @@ python docs/tutorials/check_starcraft.py MMM  # more map names: one check each
 # frames with small batches so that this page's check stays short.
 python recipes/train.py +experiment=smac_mmm env.backend=fake \
     collect.total_frames=600 collect.warmup_frames=150 collect.batch_size=4 \
-    collect.eval_interval=300 collect.eval_envs=2 trainer.enable_progress_bar=false \
+    evaluation.interval=300 evaluation.episodes=2 trainer.enable_progress_bar=false \
     hydra.run.dir="$RUNS/smac_mmm_fake"
 # --8<-- [end:fake]
 
@@ -23,7 +23,7 @@ python recipes/train.py +experiment=smac_mmm env.backend=fake \
 # about half of the battles (docs/results.md).
 python recipes/train.py +experiment=smax_3m \
     collect.total_frames=2000 collect.warmup_frames=400 collect.batch_size=8 \
-    collect.eval_interval=1000 collect.eval_envs=8 trainer.enable_progress_bar=false \
+    evaluation.interval=1000 evaluation.episodes=8 trainer.enable_progress_bar=false \
     hydra.run.dir="$RUNS/smax_3m"
 python -m json.tool "$RUNS/smax_3m/summary.json"  # env_frames, final_eval_win_rate, ...
 # --8<-- [end:smax]
