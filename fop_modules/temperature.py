@@ -32,7 +32,7 @@ def _check_step(step: int) -> int:
 def check_alpha_source(temperature: "TemperatureSchedule | None", learn_alpha: bool) -> None:
     """FOP's alpha comes from exactly one place: a schedule (``temperature``, with
     ``FOPLoss(learn_alpha=False)``) or the dual objective (``temperature=None`` with
-    ``FOPLoss(learn_alpha=True)``). :class:`~fop_modules.FOPLightningModule` checks its arguments
+    ``FOPLoss(learn_alpha=True)``). :class:`~fop_modules.lightning.FOPLightningModule` checks its arguments
     with it; a recipe checks its config with it before anything is built.
 
     Raises:
