@@ -2,7 +2,8 @@
 
 :class:`MARLLightningModule` trains any TorchRL ``LossModule`` off-policy: each ``training_step``
 receives one batch of env frames from a TorchRL :class:`Collector` (the train dataloader), stores
-it in a replay buffer and runs ``updates_per_batch`` updates. An update calls the loss once and
+it in a replay buffer and runs ``updates_per_batch`` updates, plus ``updates_per_episode`` per
+episode that ended in the batch (:meth:`MARLLightningModule.updates_for`). An update calls the loss once and
 steps one optimiser per :class:`Objective` (the loss output it minimises and the parameters it
 trains), in the given order, then the target networks (TorchRL's convention, as BenchMARL
 does). The baselines of :mod:`fop_modules.baselines` train this way.
@@ -226,15 +227,28 @@ class MARLLightningModule(L.LightningModule):
                 return {f"train/{name}": float(getattr(self.exploration, name))}
         return {}
 
+    def updates_for(self, batch: TensorDictBase) -> int:
+        """Updates after ``batch``: ``updates_per_batch``, plus ``updates_per_episode`` for every
+        episode that ends in it (under DDP the most any rank's batch asks for, so that every
+        rank runs the same updates)."""
+        updates = self.collect.updates_per_batch
+        if self.collect.updates_per_episode:
+            episodes = batch.get(("next", "done")).sum()
+            if self.trainer.world_size > 1:
+                episodes = self.all_gather(episodes).max()
+            updates += self.collect.updates_per_episode * int(episodes)
+        return updates
+
     def training_step(self, batch: TensorDictBase, batch_idx: int) -> None:
         self.env_frames += batch.numel()
         if self.process_batch is not None:
             batch = self.process_batch(batch)
         self.store(batch)
         self.before_updates(batch.numel())
-        if len(self.buffer) >= self.collect.warmup_frames:
+        updates = self.updates_for(batch)
+        if len(self.buffer) >= self.collect.warmup_frames and updates:
             with self._profile("updates"):  # replay sampling included
-                for _ in range(self.collect.updates_per_batch):
+                for _ in range(updates):
                     metrics = self.update(self.sample())
             self.log_dict({f"train/{k}": v for k, v in metrics.items()}, batch_size=1)
         self.log_dict(

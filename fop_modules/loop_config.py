@@ -20,7 +20,9 @@ class CollectConfig:
     init_random_frames: int = 0  # frames collected with a uniform random policy first
     buffer_size: int = 100_000  # replay capacity in frames
     batch_size: int = 64  # transitions per update
-    updates_per_batch: int = 1  # FOP updates per collected batch
+    updates_per_batch: int = 1  # updates after each collected batch ...
+    updates_per_episode: int = 0  # ... plus this many per episode that ends in the batch (1:
+    #   PyMARL's and the FOP authors' rate, one update per episode, whatever the episodes' length)
     warmup_frames: int = 64  # no update before the buffer holds this many frames
     policy_warmup_frames: int = 0  # no policy (eq. 11) or temperature update before this many
     #   env frames: the critics first learn from the warm-up data while the policies stay put
@@ -34,10 +36,15 @@ class CollectConfig:
     def __post_init__(self) -> None:
         if self.policy_warmup_frames < 0:
             raise ValueError(f"CollectConfig.policy_warmup_frames must be >= 0, got {self.policy_warmup_frames}")
-        for name in ("total_frames", "frames_per_batch", "buffer_size", "batch_size",
-                     "updates_per_batch"):
+        for name in ("total_frames", "frames_per_batch", "buffer_size", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"CollectConfig.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("updates_per_batch", "updates_per_episode"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"CollectConfig.{name} must be >= 0, got {getattr(self, name)}")
+        if self.updates_per_batch == self.updates_per_episode == 0:
+            raise ValueError("CollectConfig.updates_per_batch and CollectConfig.updates_per_episode are both 0: "
+                             "the run would never update; set one of them to 1 or more")
         if self.init_random_frames < 0:
             raise ValueError(f"CollectConfig.init_random_frames must be >= 0, got {self.init_random_frames}")
         check_collector(self.collector, self.num_workers, self.launcher, self.frames_per_batch)

@@ -153,6 +153,31 @@ def test_smac_trains_a_few_hundred_updates_on_the_stand_in_game(tmp_path):
     assert 0 <= summary["final_eval_win_rate"] <= 1
 
 
+def test_updates_per_episode_runs_one_update_per_episode_that_ends(tmp_path):
+    """collect.updates_per_episode=1 with updates_per_batch=0: after each collected batch, as many
+    updates as episodes ended in it (PyMARL's rate), whatever the episodes' length."""
+    import lightning as L
+
+    class Count(L.Callback):
+        def __init__(self):
+            self.rows = []  # (episodes ended in the batch, updates it ran), once the replay is warm
+
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            self.before = module.updates
+
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            if len(module.buffer) >= module.collect.warmup_frames:
+                self.rows.append((int(batch.get(("next", "done")).sum()), module.updates - self.before))
+
+    count = Count()
+    cfg = _compose(["+experiment=smac_3s_vs_3z", *_short("smac"), "collect.updates_per_batch=0",
+                    "collect.updates_per_episode=1", "collect.total_frames=640"])
+    summary = json.loads(train.train(cfg, tmp_path, callbacks=[count]).read_text())
+    episodes, updates = zip(*count.rows)
+    assert list(updates) == list(episodes) and sum(episodes) > 2 and 0 in episodes  # some batches end none
+    assert summary["updates"] == sum(updates)
+
+
 def test_recurrent_critic_runs_on_the_stand_in_game(tmp_path):
     cfg = _compose(["+experiment=smac_3s_vs_3z", "algorithm.recurrent_critic=true", *_short("smac")])
     summary = json.loads(train.train(cfg, tmp_path).read_text())

@@ -290,6 +290,22 @@ def test_state_gives_weapon_cooldowns_as_the_fraction_left_not_raw_seconds_below
     firing = units[True][..., cooldown] > 0  # the enemies that fire: 0.61 s, a marine's cooldown
     assert firing.any()
     assert torch.allclose(units[False][..., cooldown][firing], units[True][..., cooldown][firing] / 0.61)
-    others = [f for f in range(10) if f != cooldown]
+    others = [f for f in range(10) if f not in (1, 2, cooldown)]  # positions: the next test
     assert torch.equal(units[False][..., others], units[True][..., others])
     assert torch.equal(steps[False][..., 60:], steps[True][..., 60:])
+
+
+def test_state_gives_positions_as_offsets_from_the_centre_over_the_map_size():
+    """JaxMARL's world state gives positions in map units (0 to 32), the state's largest inputs
+    to a mixer's hypernetworks; SMAC's state gives (x - w/2) / w, and a dead unit's row is zero."""
+    steps = {}
+    for raw in (False, True):
+        env = SMAXEnv("3m", num_envs=E, seed=0, max_steps=30, raw_world_state=raw)
+        steps[raw] = _first_episodes(env, _stop)[3]["state"]
+    units = {raw: s[..., :60].unflatten(-1, (6, 10)) for raw, s in steps.items()}  # [E, T, unit, feature]
+    alive = units[True][..., 0] > 0  # health fraction; a dead unit's row is zero
+    assert alive.any() and (~alive).any()  # the allies that stop die within the 30 steps
+    position = units[False][..., 1:3]
+    assert units[True][..., 1:3][alive].max() > 8  # map units
+    assert torch.allclose(position[alive], (units[True][..., 1:3][alive] - 16) / 32)  # 3m: a 32 x 32 map
+    assert position.abs().max() <= 0.5 and torch.equal(position[~alive], torch.zeros_like(position[~alive]))

@@ -14,8 +14,8 @@ key                                shape          meaning
 ``("agents", "observation")``      [E, N, obs]    per-ally unit-list observation (float32)
 ``("agents", "action_mask")``      [E, N, A]      available actions (bool)
 ``("agents", "action")``           [E, N]         ``Categorical(A)``, masked by the mask above
-``"state"``                        [E, state]     global ``world_state`` of both teams (weapon
-                                                 cooldowns as fractions: below)
+``"state"``                        [E, state]     global ``world_state`` of both teams (positions
+                                                 and weapon cooldowns scaled as SMAC's: below)
 ``"reward"``                       [E, 1]         shared team reward (max return 2.0)
 ``"terminated"``                   [E, 1]         battle decided (win, loss or draw)
 ``"truncated"``                    [E, 1]         time limit hit with both teams alive
@@ -27,12 +27,14 @@ key                                shape          meaning
 Actions (SMAX's order, not SMAC's): 0-3 move north/east/south/west, 4 stop, ``5 + j`` attack
 enemy ``j``. SMAX has no no-op: a dead unit's only available action is stop (4).
 
-The state gives each unit's weapon cooldown as the fraction of its type's cooldown still to run
-(0 when ready), as SMAC's ``get_state`` and SMAX's own observations do. JaxMARL's
-``get_world_state`` gives the raw seconds, which keep falling while a unit does not fire (to
-about -50 at the time limit: SMAX never clips the cooldown at 0), so that a mixer's
+The state scales each unit's features as SMAC's ``get_state`` does. The weapon cooldown is the
+fraction of its type's cooldown still to run (0 when ready), as SMAX's own observations also
+give it: JaxMARL's ``get_world_state`` gives the raw seconds, which keep falling while a unit does
+not fire (to about -50 at the time limit: SMAX never clips the cooldown at 0), so that a mixer's
 hypernetworks met ever larger inputs as a policy learnt to hold fire; QMIX's Q_tot then drifted
-above any return the game pays. ``raw_world_state=True`` keeps JaxMARL's values.
+above any return the game pays. A position is its offset from the map's centre over the map's
+size, ``(x - w/2) / w`` in [-0.5, 0.5] (JaxMARL: map units, 0 to 32); a dead unit's row stays
+zero. ``raw_world_state=True`` keeps JaxMARL's values.
 """
 
 from __future__ import annotations
@@ -110,7 +112,10 @@ def _make_kernels(scenario: str, heuristic_enemy: bool, raw_world_state: bool, k
     cooldown = env.own_features.index("weapon_cooldown")
     cooldowns = jnp.asarray(env.unit_type_weapon_cooldowns)  # seconds, per unit type
 
-    def world_state(state):  # [state]: the units' cooldowns as fractions (SMAC's get_state)
+    centre = jnp.array([env.map_width / 2, env.map_height / 2])
+    size = jnp.array([env.map_width, env.map_height])
+
+    def world_state(state):  # [state]: cooldowns and positions scaled as SMAC's get_state scales them
         raw = env.get_world_state(state)
         if raw_world_state:
             return raw
@@ -118,6 +123,8 @@ def _make_kernels(scenario: str, heuristic_enemy: bool, raw_world_state: bool, k
         n = types.shape[0] * features
         units = raw[:n].reshape(types.shape[0], features)
         units = units.at[:, cooldown].set(jnp.maximum(units[:, cooldown], 0.0) / cooldowns[types])  # dead: 0 stays 0
+        alive = (state.state if heuristic_enemy else state).unit_alive[:, None]
+        units = units.at[:, 1:3].set(jnp.where(alive, (units[:, 1:3] - centre) / size, 0.0))  # dead: zero row
         return jnp.concatenate([units.reshape(-1), raw[n:]])
 
     def observe(state):  # one env -> obs [N, obs], world_state [state], avail [N, A]
@@ -197,9 +204,9 @@ class SMAXEnv(EnvBase):
         heuristic_enemy: enemies follow SMAX's scripted heuristic (``HeuristicEnemySMAX``);
             ``False`` uses plain ``SMAX`` with enemies acting uniformly at random among their
             available actions.
-        raw_world_state: the state as JaxMARL's ``get_world_state`` gives it, weapon cooldowns
-            in raw seconds that fall below 0 while a unit does not fire (see the module's
-            docstring); ``False``: the fraction of the cooldown still to run.
+        raw_world_state: the state as JaxMARL's ``get_world_state`` gives it: positions in map
+            units and weapon cooldowns in raw seconds that fall below 0 while a unit does not
+            fire (see the module's docstring); ``False``: scaled as SMAC's state.
         device: device of specs and tensors (JAX runs on its own default device).
         **smax_kwargs: passed to the SMAX constructor, e.g. ``max_steps`` (default 100),
             ``see_enemy_actions``, ``walls_cause_death``, ``won_battle_bonus`` and, with the
