@@ -330,8 +330,8 @@ class HyperQMixer(QMixer):
 
     ``init_scale > 0`` starts the layers that output W_1(s), W_final(s), b_1(s) and V(s)
     orthogonal with that gain and zero bias (JaxMARL's ``MIXER_INIT_SCALE``), so that Q_tot starts
-    near 0 whatever the scale of the state (SMAX's world state is not normalised: values up to about
-    25); the hypernetworks' first layers keep PyTorch's initialisation (JaxMARL scales them too,
+    near 0 whatever the scale of the state (JaxMARL's SMAX world state gives positions in map
+    units, 0 to 32); the hypernetworks' first layers keep PyTorch's initialisation (JaxMARL scales them too,
     which, under RMSprop with eps 1e-5 rather than JaxMARL's RAdam, leaves the agents' gradients at
     about 1e-8). 0 keeps PyTorch's initialisation everywhere.
 
