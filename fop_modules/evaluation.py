@@ -211,8 +211,9 @@ class GreedyEvaluation(L.Callback):
     It plays ``episodes`` greedy episodes (:func:`greedy_rollouts`; each env's first episode
     counts) on a fresh env from ``make_env(episodes)``: when training starts (frame 0), after the
     batch at which the module's ``env_frames`` reach the next multiple of ``interval``, and after
-    the run's last batch. Each evaluation goes to every logger at once and is saved to disk
-    (a crash loses none): ``eval/return``, the mean episode return, and ``eval/win_rate``, the
+    the run's last batch. Each evaluation after the start goes to every logger at once and is
+    saved to disk (a crash loses none; the one at frame 0 is kept in :attr:`history` only):
+    ``eval/return``, the mean episode return, and ``eval/win_rate``, the
     share of won episodes, where the env reports ``("info", "battle_won")`` (SMAC, SMAX), with
     ``env_frames``. Its envs are seeded with the module's ``seed + 10_000 + env_frames``.
 

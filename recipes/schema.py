@@ -292,6 +292,11 @@ def validate(cfg: DictConfig) -> Validated:
 
     check_target_keys(cfg.env, "env")
     check_target_keys(cfg.logger, "logger")
+    if not isinstance(cfg.get("evaluation"), DictConfig):
+        raise ConfigError(
+            "evaluation must be a callback node (_target_: fop_modules.evaluation.GreedyEvaluation, "
+            "configs/config.yaml); a run always evaluates: evaluation.interval=0 plays at its start and end only"
+        )
     check_target_keys(cfg.evaluation, "evaluation")
     with startup_errors("evaluation", cfg.evaluation, "GreedyEvaluation"):  # its ranges, before anything is built
         instantiate(cfg.evaluation, make_env=None)

@@ -318,11 +318,15 @@ def resumed_config(cfg: DictConfig, task_overrides: list[str]) -> DictConfig:
 def saved_config(run_dir: Path) -> DictConfig:
     """The config.yaml a run saved, in today's terms: a key added since gets the value the run
     trained with (KEYS_ADDED_SINCE), ``logger: <name>`` (before the logger group) its node, and
-    ``collect.eval_*`` (before the evaluation callback) its ``evaluation`` node."""
+    ``collect.eval_*`` (before the evaluation callback) its ``evaluation`` node; a SMAX run its
+    state's scaling (``env.world_state``: JaxMARL's before ``raw_world_state`` existed, the
+    cooldowns only while it did)."""
     saved = OmegaConf.load(run_dir / "config.yaml")
     for key, value in KEYS_ADDED_SINCE.items():
         if key not in saved:
             saved[key] = value
+    if str(saved.env.get("_target_", "")).endswith("SMAXEnv") and "world_state" not in saved.env:
+        saved.env.world_state = "jaxmarl" if saved.env.pop("raw_world_state", True) else "cooldowns"
     if "evaluation" not in saved:
         saved.evaluation = {"_target_": "fop_modules.evaluation.GreedyEvaluation",
                             **{new: saved.collect.pop(old) for old, new in EVALUATION_KEYS_BEFORE.items()}}

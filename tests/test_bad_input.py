@@ -105,6 +105,7 @@ def test_a_misspelt_probe_is_refused_though_the_group_is_optional():
         (["collect.batch_size=100000"], r"collect.batch_size \(100000\) .* larger than collect.buffer_size \(10000\)"),
         (["collect.warmup_frames=8"], r"collect.warmup_frames \(8\) must be >= collect.batch_size \(64\)"),
         (["evaluation.episodes=0"], r"evaluation.episodes must be >= 1, got 0"),
+        (["evaluation=null"], r"evaluation must be a callback node .* evaluation.interval=0 plays at its start and end only"),
         (["collect.updates_per_batch=0"], r"collect.updates_per_batch and collect.updates_per_episode are both 0: the run would never update"),
         (["collect.frames_per_batch=20", "collect.total_frames=80"], r"collect.frames_per_batch \(20\) must be a multiple of env.num_envs \(16\)"),
         (["algorithm.recurrent=true"], r"algorithm.recurrent / recurrent_critic need collect.sequence_length"),

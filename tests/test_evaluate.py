@@ -31,7 +31,7 @@ VMAS = ["+experiment=mtq", "env=vmas", "env.num_envs=4", "env.max_steps=8", "col
         "trainer.enable_progress_bar=false"]
 SMAX = ["+experiment=smax_3m", "env.num_envs=4", "env.max_steps=20", "episode_limit=21",
         "collect.total_frames=168", "collect.frames_per_batch=84", "collect.warmup_frames=84",
-        "collect.batch_size=2", "collect.updates_per_batch=1", "evaluation.interval=0",
+        "collect.batch_size=2", "collect.updates_per_batch=1", "collect.updates_per_episode=0", "evaluation.interval=0",
         "evaluation.episodes=4", "evaluation.max_steps=21", "trainer.enable_progress_bar=false"]
 
 

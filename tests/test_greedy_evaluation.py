@@ -71,3 +71,22 @@ def test_its_state_survives_a_checkpoint_and_an_older_checkpoint_is_read():
 def test_bad_settings_are_refused(kwargs, match):
     with pytest.raises(ValueError, match=match):
         GreedyEvaluation(lambda n: None, **kwargs)
+
+
+def test_updates_per_episode_take_the_most_any_rank_asks_for():
+    """Under DDP every rank must run the same updates (each backward is a collective): the count of
+    ended episodes is the largest over the ranks (here a second rank reports 5)."""
+    from types import SimpleNamespace
+
+    import torch
+    from tensordict import TensorDict
+
+    module = _module()
+    module.collect.updates_per_batch, module.collect.updates_per_episode = 1, 2
+    done = torch.tensor([[True, False], [False, True]])[..., None]  # 2 episodes end in this rank's batch
+    batch = TensorDict({"next": {"done": done}}, [2, 2])
+    module._trainer = SimpleNamespace(world_size=1)
+    assert module.updates_for(batch) == 1 + 2 * 2
+    module._trainer = SimpleNamespace(world_size=2)
+    module.all_gather = lambda episodes: torch.stack([episodes, torch.tensor(5)])
+    assert module.updates_for(batch) == 1 + 2 * 5

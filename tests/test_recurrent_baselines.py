@@ -282,7 +282,8 @@ SMOKE = ["collect.total_frames=800", "collect.warmup_frames=400", "collect.batch
 @pytest.mark.parametrize("algorithm", ["qmix", "vdn", "masac"])
 def test_recipe_runs_each_baseline_on_the_stand_in_starcraft(algorithm, tmp_path):
     cfg = _compose(["+experiment=smac_3s_vs_3z", "env.backend=fake", f"algorithm={algorithm}", *SMOKE,
-                    "collect.frames_per_batch=50", "collect.updates_per_batch=1"])
+                    "collect.frames_per_batch=50", "collect.updates_per_batch=1",
+                    "collect.updates_per_episode=0"])
     summary = json.loads(train.train(cfg, tmp_path).read_text())
     assert summary["updates"] > 0 and 0 <= summary["final_eval_win_rate"] <= 1
 
@@ -290,7 +291,7 @@ def test_recipe_runs_each_baseline_on_the_stand_in_starcraft(algorithm, tmp_path
 @pytest.mark.parametrize("algorithm", ["qmix", "vdn", "masac"])
 def test_recipe_runs_each_baseline_on_smax(algorithm, tmp_path):
     pytest.importorskip("jaxmarl")  # the [smax] extra
-    cfg = _compose(["+experiment=smax_3m", f"algorithm={algorithm}", *SMOKE, "collect.updates_per_batch=1"])
+    cfg = _compose(["+experiment=smax_3m", f"algorithm={algorithm}", *SMOKE, "collect.updates_per_batch=1", "collect.updates_per_episode=0"])
     summary = json.loads(train.train(cfg, tmp_path).read_text())
     assert summary["updates"] > 0 and 0 <= summary["final_eval_win_rate"] <= 1
 

@@ -192,6 +192,19 @@ def test_a_run_saved_before_a_key_existed_resumes_as_it_trained(tmp_path):
     assert train.schema.validate(resumed) is not None
 
 
+@pytest.mark.parametrize("saved, scaling", [({"raw_world_state": False}, "cooldowns"),
+                                            ({"raw_world_state": True}, "jaxmarl"), ({}, "jaxmarl")])
+def test_a_smax_run_resumes_on_the_state_it_trained_on(tmp_path, saved, scaling):
+    """SMAX runs saved before env.world_state: with raw_world_state=false (cooldowns scaled,
+    positions in map units), =true or before that key (JaxMARL's state) resume on that state."""
+    cfg = OmegaConf.create(OmegaConf.to_container(_compose(["+experiment=smax_3m"])))
+    del cfg.env["world_state"]
+    cfg.env.update(saved)
+    OmegaConf.save(cfg, tmp_path / "config.yaml")
+    resumed = train.saved_config(tmp_path)
+    assert resumed.env.world_state == scaling and "raw_world_state" not in resumed.env
+
+
 def test_a_write_killed_midway_leaves_the_previous_checkpoint_whole(tmp_path, monkeypatch):
     io, path = AtomicCheckpointIO(), tmp_path / "last.ckpt"
     io.save_checkpoint({"step": torch.tensor(1)}, path)

@@ -281,7 +281,7 @@ def test_state_gives_weapon_cooldowns_as_the_fraction_left_not_raw_seconds_below
     state gives the fraction of the type's cooldown still to run, as SMAC's state does."""
     steps = {}
     for raw in (False, True):
-        env = SMAXEnv("3m", num_envs=E, seed=0, max_steps=30, raw_world_state=raw)
+        env = SMAXEnv("3m", num_envs=E, seed=0, max_steps=30, world_state="jaxmarl" if raw else "smac")
         steps[raw] = _first_episodes(env, _stop)[3]["state"]  # [E, T, 72]: 6 units x 10, teams, types
     units = {raw: s[..., :60].unflatten(-1, (6, 10)) for raw, s in steps.items()}  # [E, T, unit, feature]
     cooldown = 3
@@ -299,8 +299,9 @@ def test_state_gives_positions_as_offsets_from_the_centre_over_the_map_size():
     """JaxMARL's world state gives positions in map units (0 to 32), the state's largest inputs
     to a mixer's hypernetworks; SMAC's state gives (x - w/2) / w, and a dead unit's row is zero."""
     steps = {}
-    for raw in (False, True):
-        env = SMAXEnv("3m", num_envs=E, seed=0, max_steps=30, raw_world_state=raw)
+    for raw in (False, True, "cooldowns"):
+        env = SMAXEnv("3m", num_envs=E, seed=0, max_steps=30,
+                      world_state="cooldowns" if raw == "cooldowns" else "jaxmarl" if raw else "smac")
         steps[raw] = _first_episodes(env, _stop)[3]["state"]
     units = {raw: s[..., :60].unflatten(-1, (6, 10)) for raw, s in steps.items()}  # [E, T, unit, feature]
     alive = units[True][..., 0] > 0  # health fraction; a dead unit's row is zero
@@ -309,3 +310,6 @@ def test_state_gives_positions_as_offsets_from_the_centre_over_the_map_size():
     assert units[True][..., 1:3][alive].max() > 8  # map units
     assert torch.allclose(position[alive], (units[True][..., 1:3][alive] - 16) / 32)  # 3m: a 32 x 32 map
     assert position.abs().max() <= 0.5 and torch.equal(position[~alive], torch.zeros_like(position[~alive]))
+    # "cooldowns" (the runs before positions were scaled): JaxMARL's positions, the scaled cooldowns
+    assert torch.equal(units["cooldowns"][..., 1:3], units[True][..., 1:3])
+    assert torch.equal(units["cooldowns"][..., 3], units[False][..., 3])

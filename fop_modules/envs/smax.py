@@ -34,7 +34,8 @@ not fire (to about -50 at the time limit: SMAX never clips the cooldown at 0), s
 hypernetworks met ever larger inputs as a policy learnt to hold fire; QMIX's Q_tot then drifted
 above any return the game pays. A position is its offset from the map's centre over the map's
 size, ``(x - w/2) / w`` in [-0.5, 0.5] (JaxMARL: map units, 0 to 32); a dead unit's row stays
-zero. ``raw_world_state=True`` keeps JaxMARL's values.
+zero. ``world_state="jaxmarl"`` keeps JaxMARL's values, ``"cooldowns"`` scales the cooldowns only
+(the state of the runs made before positions were scaled: their resume needs it).
 """
 
 from __future__ import annotations
@@ -89,12 +90,15 @@ def _import_smax():
     return jax, jnp, smax
 
 
+WORLD_STATES = ("smac", "cooldowns", "jaxmarl")  # SMAXEnv(world_state=...): the state's scaling
+
+
 @functools.lru_cache(maxsize=None)
-def _cached_kernels(scenario: str, heuristic_enemy: bool, raw_world_state: bool, kwargs: tuple) -> _Kernels:
-    return _make_kernels(scenario, heuristic_enemy, raw_world_state, dict(kwargs))
+def _cached_kernels(scenario: str, heuristic_enemy: bool, world_state: str, kwargs: tuple) -> _Kernels:
+    return _make_kernels(scenario, heuristic_enemy, world_state, dict(kwargs))
 
 
-def _make_kernels(scenario: str, heuristic_enemy: bool, raw_world_state: bool, kwargs: dict) -> _Kernels:
+def _make_kernels(scenario: str, heuristic_enemy: bool, state_scaling: str, kwargs: dict) -> _Kernels:
     """Builds the SMAX env and its jitted ``reset``/``step`` over a leading env axis."""
     jax, jnp, smax = _import_smax()
     if scenario in EXTRA_SCENARIOS and scenario not in smax.smax_env.MAP_NAME_TO_SCENARIO:
@@ -110,6 +114,7 @@ def _make_kernels(scenario: str, heuristic_enemy: bool, raw_world_state: bool, k
 
     features = len(env.own_features)  # per unit: health, x, y, weapon cooldown, type one-hot
     cooldown = env.own_features.index("weapon_cooldown")
+    position = [env.own_features.index("position_x"), env.own_features.index("position_y")]
     cooldowns = jnp.asarray(env.unit_type_weapon_cooldowns)  # seconds, per unit type
 
     centre = jnp.array([env.map_width / 2, env.map_height / 2])
@@ -117,14 +122,15 @@ def _make_kernels(scenario: str, heuristic_enemy: bool, raw_world_state: bool, k
 
     def world_state(state):  # [state]: cooldowns and positions scaled as SMAC's get_state scales them
         raw = env.get_world_state(state)
-        if raw_world_state:
+        if state_scaling == "jaxmarl":
             return raw
         types = (state.state if heuristic_enemy else state).unit_types
         n = types.shape[0] * features
         units = raw[:n].reshape(types.shape[0], features)
         units = units.at[:, cooldown].set(jnp.maximum(units[:, cooldown], 0.0) / cooldowns[types])  # dead: 0 stays 0
-        alive = (state.state if heuristic_enemy else state).unit_alive[:, None]
-        units = units.at[:, 1:3].set(jnp.where(alive, (units[:, 1:3] - centre) / size, 0.0))  # dead: zero row
+        if state_scaling == "smac":
+            alive = (state.state if heuristic_enemy else state).unit_alive[:, None]
+            units = units.at[:, position].set(jnp.where(alive, (units[:, position] - centre) / size, 0.0))  # dead: 0
         return jnp.concatenate([units.reshape(-1), raw[n:]])
 
     def observe(state):  # one env -> obs [N, obs], world_state [state], avail [N, A]
@@ -204,9 +210,10 @@ class SMAXEnv(EnvBase):
         heuristic_enemy: enemies follow SMAX's scripted heuristic (``HeuristicEnemySMAX``);
             ``False`` uses plain ``SMAX`` with enemies acting uniformly at random among their
             available actions.
-        raw_world_state: the state as JaxMARL's ``get_world_state`` gives it: positions in map
-            units and weapon cooldowns in raw seconds that fall below 0 while a unit does not
-            fire (see the module's docstring); ``False``: scaled as SMAC's state.
+        world_state: ``"smac"``: the state scaled as SMAC's (see the module's docstring);
+            ``"jaxmarl"``: as JaxMARL's ``get_world_state`` gives it, positions in map units and
+            weapon cooldowns in raw seconds that fall below 0 while a unit does not fire;
+            ``"cooldowns"``: the cooldowns scaled, the positions in map units.
         device: device of specs and tensors (JAX runs on its own default device).
         **smax_kwargs: passed to the SMAX constructor, e.g. ``max_steps`` (default 100),
             ``see_enemy_actions``, ``walls_cause_death``, ``won_battle_bonus`` and, with the
@@ -235,12 +242,14 @@ class SMAXEnv(EnvBase):
         num_envs: int = 1,
         seed: int | None = None,
         heuristic_enemy: bool = True,
-        raw_world_state: bool = False,
+        world_state: str = "smac",
         device: torch.device | str | None = None,
         **smax_kwargs: Any,
     ) -> None:
         if int(num_envs) < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}.")
+        if world_state not in WORLD_STATES:
+            raise ValueError(f"world_state must be one of {list(WORLD_STATES)}, got {world_state!r}")
         if smax_kwargs.get("action_type", "discrete") != "discrete":
             raise ValueError("SMAXEnv supports action_type='discrete' only.")
         jax, _, smax = _import_smax()
@@ -251,12 +260,11 @@ class SMAXEnv(EnvBase):
         self._jax = jax
         self.scenario = scenario
         heuristic_enemy, kwargs = bool(heuristic_enemy), tuple(sorted(smax_kwargs.items()))
-        raw_world_state = bool(raw_world_state)
         try:  # equal configs share compiled kernels; unhashable kwargs (arrays) get their own
             hash(kwargs)
-            kernels = _cached_kernels(scenario, heuristic_enemy, raw_world_state, kwargs)
+            kernels = _cached_kernels(scenario, heuristic_enemy, world_state, kwargs)
         except TypeError:
-            kernels = _make_kernels(scenario, heuristic_enemy, raw_world_state, smax_kwargs)
+            kernels = _make_kernels(scenario, heuristic_enemy, world_state, smax_kwargs)
         self._kernels = kernels
         self._smax = kernels.env
         self._state = kernels.empty_state(int(num_envs))  # JAX pytree, leaves [E, ...]
