@@ -154,16 +154,15 @@ def play_greedy(env: EnvBase, policy: nn.Module, episodes: int, max_steps: int) 
         >>> stats.returns.shape, bool(stats.ended.all()), stats.wins
         (torch.Size([6]), True, None)
     """
-    returns, ended, wins = [], [], []
-    for rollout in greedy_rollouts(env, policy, episodes, max_steps):
-        episode_return, episode_ended, won = first_episodes(rollout)
-        returns.append(episode_return)
-        ended.append(episode_ended)
-        if won is not None:
-            wins.append(won)
-    return EpisodeStats(
-        torch.cat(returns)[:episodes], torch.cat(ended)[:episodes], torch.cat(wins)[:episodes] if wins else None
-    )
+    stats = _first_episode_stats(greedy_rollouts(env, policy, episodes, max_steps))
+    wins = stats.wins[:episodes] if stats.wins is not None else None
+    return EpisodeStats(stats.returns[:episodes], stats.ended[:episodes], wins)
+
+
+def _first_episode_stats(rollouts: list[TensorDictBase]) -> EpisodeStats:
+    """Every env's first episode of every ``[E, T]`` rollout (:func:`first_episodes`), concatenated."""
+    returns, ended, wins = zip(*(first_episodes(rollout) for rollout in rollouts))
+    return EpisodeStats(torch.cat(returns), torch.cat(ended), None if wins[0] is None else torch.cat(wins))
 
 
 def greedy_rollouts(env: EnvBase, policy: nn.Module, episodes: int, max_steps: int) -> list[TensorDictBase]:
@@ -289,17 +288,12 @@ class GreedyEvaluation(L.Callback):
             # float32 play, as the collectors' (trainer.precision=bf16-mixed autocasts the training step)
             with torch.autocast(pl_module.device.type, enabled=False):
                 rollouts = greedy_rollouts(env, policy, self.episodes, self.max_steps)
-            returns, wins = [], []
-            for rollout in rollouts:  # [E, T]: each env's first episode counts
-                episode_return, _, won = first_episodes(rollout)
-                returns.append(episode_return)
-                if won is not None:
-                    wins.append(won)
-            episode_return = torch.cat(returns).mean().item()
+            stats = _first_episode_stats(rollouts)  # [E, T] each: every env's first episode counts
+            episode_return = stats.returns.mean().item()
             greedy_action = rollouts[0].get(("agents", "action"))[0, 0].tolist()
             env.close()
         self.history.append((pl_module.env_frames, episode_return, greedy_action))
-        self.win_rate = torch.cat(wins).mean().item() if wins else None
+        self.win_rate = stats.wins.mean().item() if stats.wins is not None else None
         return episode_return
 
     # ------------------------------------------------------------------ checkpoints
