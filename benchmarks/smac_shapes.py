@@ -1,6 +1,6 @@
 """SMAC-shaped FOP learners and synthetic episodes for the benchmarks, built by the real pipeline.
 
-The learner comes from ``recipes/train.py`` (``make_env``, ``fop_modules.algorithm.build_fop``, ``FOPLightningModule``)
+The learner comes from ``recipes/train.py`` (``make_env``, ``FOPConfig.build`` and its parts' ``learner``)
 with ``+experiment=smac_<map>`` and ``env.backend=fake`` (the stand-in game has the real maps'
 observation, state and action sizes). Episodes are random tensors with the env's own keys, shapes
 and dtypes (``env.fake_tensordict()``), stored through the module's replay buffer and sampled
@@ -26,7 +26,6 @@ import lightning as L  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 
 import schema  # noqa: E402  (recipes/schema.py)
-from fop_modules.algorithm import build_fop  # noqa: E402
 from fop_modules.envs.smac import SMACEnv  # noqa: E402
 from fop_modules.lightning import FOPLightningModule  # noqa: E402
 from train import make_env  # noqa: E402  (recipes/train.py)
@@ -88,12 +87,9 @@ class ScaledSMACShapes(SMACEnv):
 def recipe_learner(cfg: DictConfig) -> tuple[FOPLightningModule, object]:
     """(module, env) as ``recipes/train.py`` builds them for the composed ``cfg``."""
     typed = schema.validate(cfg)
-    env = make_env(cfg.env, cfg.algorithm)
-    loss, policy = build_fop(env, typed.algorithm)
-    module = FOPLightningModule(
-        loss, policy, make_env=None,
-        collect=typed.collect, optim=typed.optim, temperature=typed.temperature,
-    )
+    env = make_env(cfg.env, typed.algorithm)
+    module = typed.algorithm.build(env).learner(None, collect=typed.collect, optim=typed.optim,
+                                                temperature=typed.temperature)
     return module, env
 
 

@@ -82,17 +82,19 @@ class _HandWrittenFOP:
             self.target_value = _plain(loss.value_network, loss.target_value_network_params)
         critic_params = [p for c in self.critics for p in c.parameters()]
         mixer_params = [p for m in self.mixers for p in m.parameters()]
-        groups = ([{"params": critic_params, "lr": optim.lr_qvalue}, {"params": mixer_params, "lr": optim.lr_mixer}]
-                  if optim.lr_mixer is not None else [{"params": critic_params + mixer_params, "lr": optim.lr_qvalue}])
+        lr = {name: [group["lr"] for group in objective.param_groups]  # the recipe's rates
+              for name, objective in module.objectives.items()}
+        groups = ([{"params": critic_params, "lr": lr["qvalue"][0]}, {"params": mixer_params, "lr": lr["qvalue"][1]}]
+                  if len(lr["qvalue"]) == 2 else [{"params": critic_params + mixer_params, "lr": lr["qvalue"][0]}])
         adam = partial(torch.optim.Adam, eps=optim.eps)
         self.q_optimizer = adam(groups)
         self.value_optimizer = None if self.value is None else adam([{"params": list(self.value.parameters()),
-                                                                       "lr": optim.lr_value}])
-        self.actor_optimizer = adam([{"params": list(self.actor.parameters()), "lr": optim.lr_actor}])
+                                                                       "lr": lr["value"][0]}])
+        self.actor_optimizer = adam([{"params": list(self.actor.parameters()), "lr": lr["actor"][0]}])
         self.log_alpha = None
         if loss.learn_alpha:
             self.log_alpha = nn.Parameter(loss.log_alpha.detach().clone())
-            self.alpha_optimizer = adam([{"params": [self.log_alpha], "lr": optim.lr_alpha}])
+            self.alpha_optimizer = adam([{"params": [self.log_alpha], "lr": lr["alpha"][0]}])
         else:
             self.fixed_alpha = loss.alpha.clone()
         self.target_entropy = loss.target_entropy.clone()

@@ -14,9 +14,10 @@ logits) that act step by step in the collectors and learn from replayed episodes
 :mod:`fop_modules.episode_losses` (QMIX/VDN: PyMARL's double Q and two-layer hypernetworks by
 default; MASAC: a GRU actor beside its critic on observations).
 
-Every builder reads the env's specs and returns a :class:`Baseline`: the loss, the collection
-policy, the objectives for :class:`~fop_modules.lightning.MARLLightningModule` and what the loss
-needs of each batch. Actors and per-agent critics share parameters across agents with a one-hot
+Each algorithm is a typed config whose ``build(env, total_frames)`` reads the env's specs and
+returns its :class:`~fop_modules.algorithm.AlgorithmParts`: the loss, the collection policy, the
+objectives for :class:`~fop_modules.lightning.MARLLightningModule` and what the loss needs of each
+batch (the shape every algorithm has, :mod:`fop_modules.algorithm`). Actors and per-agent critics share parameters across agents with a one-hot
 agent id appended (:mod:`fop_modules.networks`); centralised critics are TorchRL's
 ``MultiAgentMLP(centralized=True, share_params=True)`` over every agent's inputs, as BenchMARL's
 masac and maddpg. Per-agent critics (MASAC, MADDPG) learn the team reward, copied per agent by
@@ -26,7 +27,7 @@ masac and maddpg. Per-agent critics (MASAC, MADDPG) learn the team reward, copie
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Callable
+from typing import ClassVar, Literal, get_args
 
 import torch
 from tensordict import TensorDict, TensorDictBase
@@ -45,20 +46,20 @@ from torchrl.modules import (
 from torchrl.objectives import DDPGLoss, LossModule, SACLoss, ValueEstimators
 
 from fop_modules import networks, recurrent
+from fop_modules.algorithm import AlgorithmParts
+from fop_modules.choices import choices_enum
 from fop_modules.envs.sizes import env_sizes
 from fop_modules.episode_losses import EpisodeDiscreteSACLoss, EpisodeQMixerLoss
 from fop_modules.loss import trainable
-from fop_modules.optimisation import Objective
+from fop_modules.optimisation import Objective, check_rates
 
 __all__ = [
-    "Baseline",
     "WrongActionSpace",
     "MASACConfig",
     "MADDPGConfig",
     "ValueDecompositionConfig",
+    "Mixer",
     "HyperQMixer",
-    "ALGORITHMS",
-    "build_baseline",
     "masac",
     "maddpg",
     "value_decomposition",
@@ -82,31 +83,10 @@ class WrongActionSpace(ValueError):
 
 
 @dataclass
-class Baseline:
-    """What the recipe needs to train a baseline with ``MARLLightningModule``.
-
-    Attributes:
-        loss: the TorchRL loss (holds every network; target networks are built from it).
-        policy: the collection policy, exploration included.
-        objectives: ``name -> Objective`` (loss key, parameters, rate).
-        process_batch: applied to every collected batch before storage, or None.
-        exploration: the annealed exploration module inside ``policy``, or None.
-        joint_q: ``batch -> {"q_i": [*B, N, A], "q_jt": [*B, 1] (value decompositions)}`` for
-            discrete actions (the matrix game's tables), or None.
-    """
-
-    loss: LossModule
-    policy: nn.Module
-    objectives: dict[str, Objective]
-    process_batch: Callable[[TensorDictBase], TensorDictBase] | None = None
-    exploration: nn.Module | None = None
-    joint_q: Callable[[TensorDictBase], dict[str, torch.Tensor]] | None = field(default=None, repr=False)
-
-
-@dataclass
 class MASACConfig:
     """Multi-agent SAC (BenchMARL's masac): see configs/algorithm/masac.yaml for each key."""
 
+    name: str = "masac"
     hidden: list[int] = field(default_factory=lambda: [256, 256])
     activation: str = "relu"  # hidden layers of the MLPs: relu | tanh (BenchMARL: tanh)
     agent_id: bool = True
@@ -126,12 +106,27 @@ class MASACConfig:
 
     def __post_init__(self) -> None:
         _check_activation(self.activation)
+        check_rates("MASACConfig", lr_actor=self.lr_actor, lr_qvalue=self.lr_qvalue, lr_alpha=self.lr_alpha)
+
+    takes_temperature: ClassVar[bool] = False  # SAC's own alpha, learned or fixed
+
+    @property
+    def uses_gru(self) -> bool:
+        return self.recurrent
+
+    def check_replay(self, sequence_length: int | None) -> None:
+        _check_agents_replay("MASACConfig", self.recurrent, sequence_length, can_recur=True)
+
+    def build(self, env: EnvBase, total_frames: int) -> AlgorithmParts:
+        """:func:`masac` for ``env`` (``total_frames`` is not needed)."""
+        return masac(env, self)
 
 
 @dataclass
 class MADDPGConfig:
     """MADDPG with a centralised critic (BenchMARL's maddpg): configs/algorithm/maddpg.yaml."""
 
+    name: str = "maddpg"
     hidden: list[int] = field(default_factory=lambda: [256, 256])
     activation: str = "relu"  # hidden layers of the MLPs: relu | tanh (BenchMARL: tanh)
     agent_id: bool = True
@@ -145,6 +140,18 @@ class MADDPGConfig:
 
     def __post_init__(self) -> None:
         _check_activation(self.activation)
+        check_rates("MADDPGConfig", lr_actor=self.lr_actor, lr_qvalue=self.lr_qvalue)
+
+    takes_temperature: ClassVar[bool] = False  # Gaussian action noise
+    uses_gru: ClassVar[bool] = False  # MLP agents only
+
+    def check_replay(self, sequence_length: int | None) -> None:
+        _check_agents_replay("MADDPGConfig", False, sequence_length, can_recur=False)
+
+    def build(self, env: EnvBase, total_frames: int) -> AlgorithmParts:
+        """:func:`maddpg` for ``env``, its noise annealed over a third of ``total_frames`` unless
+        ``anneal_frames`` says otherwise."""
+        return maddpg(env, self, total_frames)
 
 
 def _check_activation(name: str) -> None:
@@ -152,10 +159,31 @@ def _check_activation(name: str) -> None:
         raise ValueError(f"activation must be one of {sorted(networks.ACTIVATIONS)}, got {name!r}")
 
 
+def _check_agents_replay(owner: str, recurrent: bool, sequence_length: int | None, can_recur: bool) -> None:
+    """GRU agents learn from replayed episodes (``sequence_length``), MLP agents from transitions."""
+    if recurrent and sequence_length is None:
+        raise ValueError(
+            f"{owner}.recurrent=True (GRU agents) learns from replayed episodes: set "
+            f"CollectConfig.sequence_length (the episode limit), or {owner}.recurrent=False"
+        )
+    if not recurrent and sequence_length is not None:
+        instead = f" or {owner}.recurrent=True (GRU agents)" if can_recur else ""
+        raise ValueError(
+            f"{owner} replays transitions (MLP agents), but CollectConfig.sequence_length is "
+            f"{sequence_length}: set CollectConfig.sequence_length=None{instead}"
+        )
+
+
+MixerName = Literal["qmix", "vdn"]
+Mixer = choices_enum("Mixer", MixerName, "ValueDecompositionConfig.mixer: QMIX's monotonic mixer or VDN's sum.")
+
+
 @dataclass
 class ValueDecompositionConfig:
     """QMIX / VDN agents and mixer: configs/algorithm/qmix.yaml and vdn.yaml."""
 
+    name: str = "qmix"
+    mixer: Mixer = Mixer.qmix  # QMIX's monotonic mixer on the state | VDN's sum
     hidden: list[int] = field(default_factory=lambda: [64, 64])
     agent_id: bool = True
     recurrent: bool = False
@@ -166,10 +194,29 @@ class ValueDecompositionConfig:
     mixer_init_scale: float | None = None
     loss_function: str = "l2"
     gamma: float = 0.99
-    lr: float = 5e-4
+    lr_qvalue: float = 5e-4  # the agents' Q networks and the mixer (one objective)
     eps_init: float = 1.0
     eps_end: float = 0.05
     anneal_frames: int | None = None
+
+    def __post_init__(self) -> None:
+        check_rates("ValueDecompositionConfig", lr_qvalue=self.lr_qvalue)
+        if self.mixer not in get_args(MixerName):
+            raise ValueError(f"ValueDecompositionConfig.mixer must be 'qmix' or 'vdn', got {self.mixer!r}")
+
+    takes_temperature: ClassVar[bool] = False  # epsilon-greedy
+
+    @property
+    def uses_gru(self) -> bool:
+        return self.recurrent
+
+    def check_replay(self, sequence_length: int | None) -> None:
+        _check_agents_replay("ValueDecompositionConfig", self.recurrent, sequence_length, can_recur=True)
+
+    def build(self, env: EnvBase, total_frames: int) -> AlgorithmParts:
+        """:func:`value_decomposition` for ``env`` (``total_frames`` sizes the MLP agents' epsilon
+        anneal, a third of the run)."""
+        return value_decomposition(env, self, total_frames)
 
     def resolved(self, total_frames: int) -> "ValueDecompositionConfig":
         """A copy with the null keys filled: the reference settings of the agents' kind. GRU
@@ -227,7 +274,7 @@ def _per_agent_keys(loss: LossModule, **keys) -> None:
     )
 
 
-def masac(env: EnvBase, cfg: MASACConfig) -> Baseline:
+def masac(env: EnvBase, cfg: MASACConfig) -> AlgorithmParts:
     """Multi-agent SAC: TorchRL's ``SACLoss`` (tanh-Gaussian) or ``DiscreteSACLoss`` (masked
     softmax), a shared actor with agent id, a centralised or per-agent critic."""
     sizes = env_sizes(env)
@@ -286,11 +333,11 @@ def masac(env: EnvBase, cfg: MASACConfig) -> Baseline:
         with loss.qvalue_network_params[0].to_module(loss.qvalue_network):  # twin 0
             return {"q_i": loss.qvalue_network(batch.clone()).get(("agents", "action_value"))}
 
-    return Baseline(loss, actor, objectives, process_batch=team_reward_per_agent,
-                    joint_q=joint_q if discrete else None)
+    return AlgorithmParts(loss, actor, objectives, process_batch=team_reward_per_agent,
+                          joint_q=joint_q if discrete else None)
 
 
-def maddpg(env: EnvBase, cfg: MADDPGConfig, total_frames: int) -> Baseline:
+def maddpg(env: EnvBase, cfg: MADDPGConfig, total_frames: int) -> AlgorithmParts:
     """MADDPG: TorchRL's ``DDPGLoss`` with a deterministic shared actor (tanh onto the action
     box), a centralised critic Q(o_1..o_N, u_1..u_N) per agent and additive Gaussian noise."""
     sizes = env_sizes(env)
@@ -319,8 +366,8 @@ def maddpg(env: EnvBase, cfg: MADDPGConfig, total_frames: int) -> Baseline:
         "actor": Objective("loss_actor", [{"params": trainable(loss.actor_network_params), "lr": cfg.lr_actor}]),
         "qvalue": Objective("loss_value", [{"params": trainable(loss.value_network_params), "lr": cfg.lr_qvalue}]),
     }
-    return Baseline(loss, TensorDictSequential(actor, noise), objectives,
-                    process_batch=team_reward_per_agent, exploration=noise)
+    return AlgorithmParts(loss, TensorDictSequential(actor, noise), objectives,
+                          process_batch=team_reward_per_agent, exploration=noise)
 
 
 class HyperQMixer(QMixer):
@@ -363,19 +410,15 @@ class HyperQMixer(QMixer):
                 nn.init.zeros_(layer.bias)
 
 
-def value_decomposition(
-    env: EnvBase, cfg: ValueDecompositionConfig, total_frames: int, mixer: str = "qmix"
-) -> Baseline:
-    """QMIX (``mixer="qmix"``: monotonic mixer on the state) or VDN (``"vdn"``: the sum):
+def value_decomposition(env: EnvBase, cfg: ValueDecompositionConfig, total_frames: int) -> AlgorithmParts:
+    """QMIX (``cfg.mixer="qmix"``: monotonic mixer on the state) or VDN (``"vdn"``: the sum):
     TorchRL's ``QMixerLoss`` (:class:`~fop_modules.episode_losses.EpisodeQMixerLoss`) on shared
     per-agent Q networks with agent id (MLP, or PyMARL's GRU agent with ``cfg.recurrent``), greedy
     over the available actions, epsilon-greedy while collecting."""
     sizes = env_sizes(env)
     n_agents, obs_dim, state_dim, n_actions = sizes.n_agents, sizes.obs_dim, sizes.state_dim, sizes.action_dim
-    if mixer not in ("qmix", "vdn"):
-        raise ValueError(f"mixer must be 'qmix' or 'vdn', got {mixer!r}")
     if not sizes.discrete:
-        raise WrongActionSpace(_wrong_actions(mixer, env, "continuous", "masac or maddpg (or fop)"))
+        raise WrongActionSpace(_wrong_actions(cfg.name, env, "continuous", "masac or maddpg (or fop)"))
     action_spec = env.full_action_spec_unbatched[ACTION_KEY]  # [N]: any number of envs
     masked = sizes.masked
     cfg = cfg.resolved(total_frames)
@@ -392,7 +435,7 @@ def value_decomposition(
             out_keys=[ACTION_KEY, ("agents", "action_value"), ("agents", "chosen_action_value")],
         ))
 
-    if mixer == "qmix":
+    if cfg.mixer == "qmix":
         mixer_net = HyperQMixer(state_shape=(state_dim,), mixing_embed_dim=cfg.mixing_embed_dim,
                                 n_agents=n_agents, hypernet_embed=cfg.hypernet_embed,
                                 init_scale=cfg.mixer_init_scale)
@@ -411,7 +454,7 @@ def value_decomposition(
         action_key=ACTION_KEY, action_mask_key=MASK_KEY if masked else None,
     )
     params = trainable(loss.local_value_network_params, loss.mixer_network_params)
-    objectives = {"qvalue": Objective("loss", [{"params": params, "lr": cfg.lr}])}
+    objectives = {"qvalue": Objective("loss", [{"params": params, "lr": cfg.lr_qvalue}])}
 
     def joint_q(batch: TensorDictBase) -> dict[str, torch.Tensor]:
         """Q_i of every action and Q_tot of the batch's joint actions (VDN: Q_tot = sum_i Q_i)."""
@@ -424,33 +467,10 @@ def value_decomposition(
             return {"q_i": q_i, "q_jt": loss.mixer_network(td).get("chosen_action_value")}
 
     policy = TensorDictSequential(greedy(MASK_KEY if masked else None), egreedy)
-    return Baseline(loss, policy, objectives, exploration=egreedy, joint_q=None if cfg.recurrent else joint_q)
+    return AlgorithmParts(loss, policy, objectives, exploration=egreedy, joint_q=None if cfg.recurrent else joint_q)
 
 
 def _wrong_actions(name: str, env: EnvBase, space: str, instead: str) -> str:
     needs = "continuous" if space == "discrete" else "discrete"
     return (f"algorithm={name} needs {needs} actions, but {type(env).__name__} has {space} actions "
             f"{ACTION_KEY}: use algorithm={instead} instead")
-
-
-ALGORITHMS = {"masac": MASACConfig, "maddpg": MADDPGConfig, "qmix": ValueDecompositionConfig,
-              "vdn": ValueDecompositionConfig}
-"""Baseline names (the recipe's ``algorithm.name``) and their config dataclasses."""
-
-
-def build_baseline(name: str, env: EnvBase, cfg, total_frames: int) -> Baseline:
-    """The named baseline for ``env`` from its typed config (one of :data:`ALGORITHMS`).
-
-    Examples:
-        >>> from fop_modules.envs import MatrixGameEnv
-        >>> baseline = build_baseline("vdn", MatrixGameEnv(), ValueDecompositionConfig(), 1000)
-        >>> sorted(baseline.objectives)
-        ['qvalue']
-    """
-    if name == "masac":
-        return masac(env, cfg)
-    if name == "maddpg":
-        return maddpg(env, cfg, total_frames)
-    if name in ("qmix", "vdn"):
-        return value_decomposition(env, cfg, total_frames, mixer=name)
-    raise ValueError(f"unknown baseline {name!r}; known: {sorted(ALGORITHMS)}")

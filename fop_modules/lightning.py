@@ -298,10 +298,11 @@ class FOPLightningModule(MARLLightningModule):
         loss_module: the :class:`~fop_modules.FOPLoss` (holds every network).
         policy: the stochastic actor used for collection (the same module given to the loss,
             whose parameters the loss trains in place).
+        objectives: FOP's objectives with their rates, :meth:`fop_objectives` (``"qvalue"``,
+            ``"value"`` with V_i networks, ``"actor"``, ``"alpha"`` with a learned alpha).
         make_env: a picklable callable returning a fresh environment.
         collect: :class:`CollectConfig`.
-        optim: :class:`OptimConfig` (``lr_qvalue``, ``lr_mixer``, ``lr_value``, ``lr_actor``,
-            ``lr_alpha`` are the objectives' rates).
+        optim: :class:`OptimConfig` (the optimiser, clipping and target update).
         temperature: schedule of alpha over env frames, or None for a learned alpha.
         seed: seeds the collector's environments (the recipe seeds torch itself).
     """
@@ -310,6 +311,7 @@ class FOPLightningModule(MARLLightningModule):
         self,
         loss_module: FOPLoss,
         policy: nn.Module,
+        objectives: dict[str, Objective],
         make_env: Callable[[], EnvBase],
         *,
         collect: CollectConfig,
@@ -318,18 +320,32 @@ class FOPLightningModule(MARLLightningModule):
         seed: int = 0,
     ) -> None:
         check_alpha_source(temperature, loss_module.learn_alpha)
+        expected = list(self.fop_objectives(loss_module))
+        if list(objectives) != expected:
+            raise ValueError(
+                f"objectives must be FOP's {expected} in this order (this loss's objectives), got "
+                f"{list(objectives)}: build them with FOPLightningModule.fop_objectives(loss, lr_actor=...)"
+            )
         super().__init__(
-            loss_module, policy, self.fop_objectives(loss_module, optim), make_env,
+            loss_module, policy, objectives, make_env,
             collect=collect, optim=optim, seed=seed, joint_q=loss_module.joint_q,
         )
         self.temperature = temperature
 
     @staticmethod
-    def fop_objectives(loss: FOPLoss, optim: OptimConfig) -> dict[str, Objective]:
-        """FOP's optimisers in Algorithm 1 order (:meth:`FOPLoss.param_groups`), rates from
-        ``optim`` (the mixer in a group of its own when ``optim.lr_mixer`` is set)."""
-        groups = loss.param_groups(lr_qvalue=optim.lr_qvalue, lr_mixer=optim.lr_mixer, lr_value=optim.lr_value,
-                                   lr_actor=optim.lr_actor, lr_alpha=optim.lr_alpha)
+    def fop_objectives(loss: FOPLoss, **rates: float | None) -> dict[str, Objective]:
+        """FOP's optimisers in Algorithm 1 order, :meth:`FOPLoss.param_groups` with ``rates``
+        (its ``lr_*`` arguments; the mixer in a group of its own unless ``lr_mixer=None``).
+
+        Examples:
+            >>> from fop_modules import FOPLoss, FOPMixer, networks
+            >>> loss = FOPLoss(networks.discrete_actor(2, 3, 4), networks.discrete_critic(2, 3, 4),
+            ...                FOPMixer(2, state_dim=5, action_dim=4), action_space="discrete")
+            >>> objectives = FOPLightningModule.fop_objectives(loss, lr_actor=1e-3)
+            >>> {name: [g["lr"] for g in o.param_groups] for name, o in objectives.items()}
+            {'qvalue': [0.0003, 0.03], 'actor': [0.001]}
+        """
+        groups = loss.param_groups(**rates)
         return {key.removeprefix("loss_"): Objective(key, group) for key, group in groups.items()}
 
     def before_updates(self, frames: int) -> None:

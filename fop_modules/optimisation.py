@@ -1,5 +1,9 @@
-"""Optimisation settings of the training loop: the optimiser and its rates, gradient clipping,
-target-network updates, and :class:`Objective`, one optimiser's loss output and parameter groups.
+"""Optimisation settings of the training loop: the optimiser, gradient clipping, target-network
+updates, and :class:`Objective`, one optimiser's loss output and parameter groups with their rates.
+
+The learning rates are each algorithm's own (``FOPConfig.lr_*``, ``MASACConfig.lr_*``, ...: its
+builder puts them into its objectives' parameter groups); :class:`OptimConfig` holds what every
+algorithm's loop shares.
 
 :class:`OptimConfig` builds the optimisers (:meth:`OptimConfig.make_optimizer`) and the target
 update (:meth:`OptimConfig.make_target_updater`) that :class:`~fop_modules.lightning.MARLLightningModule`
@@ -18,7 +22,7 @@ from torchrl.objectives import HardUpdate, LossModule, SoftUpdate
 from fop_modules.choices import choices_enum
 from fop_modules.target_update import FusedSoftUpdate
 
-__all__ = ["Objective", "OptimConfig", "OptimizerName", "TargetUpdate", "OPTIMIZERS", "TargetUpdateName"]
+__all__ = ["Objective", "OptimConfig", "check_rates", "OptimizerName", "TargetUpdate", "OPTIMIZERS", "TargetUpdateName"]
 
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "rmsprop": torch.optim.RMSprop}
@@ -27,16 +31,30 @@ OptimizerName = choices_enum("OptimizerName", OPTIMIZERS, "OptimConfig.name: the
 TargetUpdate = choices_enum("TargetUpdate", TargetUpdateName, "OptimConfig.target_update: how the targets follow.")
 
 
+def check_rates(owner: str, *, optional: tuple[str, ...] = (), **rates: float | None) -> None:
+    """Checks an algorithm's learning rates: each finite and > 0, or None for those named in
+    ``optional`` (a rate that falls back on another, e.g. FOP's ``lr_mixer``).
+
+    Examples:
+        >>> check_rates("MASACConfig", lr_actor=3e-4, lr_qvalue=-1.0)
+        Traceback (most recent call last):
+        ...
+        ValueError: MASACConfig.lr_qvalue must be finite and > 0, got -1.0
+    """
+    for name, rate in rates.items():
+        if rate is None and name in optional:
+            continue
+        if rate is None or not 0 < rate < math.inf:
+            alternative = ", or None" if name in optional else ""
+            raise ValueError(f"{owner}.{name} must be finite and > 0{alternative}, got {rate}")
+
+
 @dataclass
 class OptimConfig:
-    """Optimisers, one per objective. ``lr_*`` per objective; ``grad_clip`` is a norm (None: off)."""
+    """Optimisers, one per objective, each over its :class:`Objective`'s parameter groups (whose
+    ``lr`` the algorithm sets); ``grad_clip`` is a norm (None: off)."""
 
     name: OptimizerName = OptimizerName.adam
-    lr_qvalue: float = 3e-4
-    lr_mixer: float | None = None  # the mixer's own rate in the eq. (9) optimiser (None: lr_qvalue)
-    lr_value: float = 3e-4
-    lr_actor: float = 3e-4
-    lr_alpha: float = 3e-4
     grad_clip: float | None = None
     rmsprop_alpha: float = 0.99  # the authors' RMSprop smoothing
     eps: float = 1e-5
@@ -46,11 +64,6 @@ class OptimConfig:
     on_nonfinite: str = "raise"  # a nan/inf loss stops the run | skips that step
 
     def __post_init__(self) -> None:
-        for name in ("lr_qvalue", "lr_value", "lr_actor", "lr_alpha"):
-            if not 0 < getattr(self, name) < math.inf:
-                raise ValueError(f"OptimConfig.{name} must be finite and > 0, got {getattr(self, name)}")
-        if self.lr_mixer is not None and not 0 < self.lr_mixer < math.inf:
-            raise ValueError(f"OptimConfig.lr_mixer must be finite and > 0, or null, got {self.lr_mixer}")
         if self.name not in OPTIMIZERS:
             raise ValueError(f"OptimConfig.name must be one of {list(OPTIMIZERS)}, got {self.name!r}")
         if self.target_update not in get_args(TargetUpdateName):
@@ -105,5 +118,5 @@ class Objective:
         for group in self.param_groups:
             if not group["params"]:
                 raise ValueError(f"objective {self.loss_key!r} has a parameter group with no parameters")
-            if not group["lr"] > 0:
-                raise ValueError(f"objective {self.loss_key!r} needs lr > 0, got {group['lr']}")
+            if not 0 < group["lr"] < math.inf:
+                raise ValueError(f"objective {self.loss_key!r} needs a finite lr > 0, got {group['lr']}")

@@ -67,7 +67,8 @@ class FOPPreset:
         td_lambda: None: one-step TD target; a number: TD(lambda) over replayed sequences.
         gamma: discount.
         temperature: alpha against env frames (in standardised reward units with ``reward_std``).
-        optim: optimiser, rates per objective, gradient clip and target update.
+        rates: the objectives' learning rates, :meth:`FOPLoss.param_groups`'s ``lr_*`` arguments.
+        optim: optimiser, gradient clip and target update.
         batch_size: samples per update (transitions, or episodes with sequence replay).
         frames_per_batch: env frames collected between rounds of updates.
         updates_per_batch: updates per collected batch.
@@ -85,6 +86,7 @@ class FOPPreset:
     td_lambda: float | None
     gamma: float
     temperature: TemperatureSchedule
+    rates: dict[str, float | None]
     optim: OptimConfig
     batch_size: int
     frames_per_batch: int
@@ -131,10 +133,8 @@ class FOPPreset:
         """One optimiser per objective (:meth:`FOPLoss.param_groups`) with the preset's rates and
         optimiser (:meth:`OptimConfig.make_optimizer`, as the training loop builds them); clip each
         objective's gradient norm to ``optim.grad_clip`` before its step."""
-        o = self.optim
-        groups = loss.param_groups(lr_qvalue=o.lr_qvalue, lr_mixer=o.lr_mixer, lr_value=o.lr_value,
-                                   lr_actor=o.lr_actor, lr_alpha=o.lr_alpha)
-        return {key: o.make_optimizer(objective_groups) for key, objective_groups in groups.items()}
+        groups = loss.param_groups(**self.rates)
+        return {key: self.optim.make_optimizer(objective_groups) for key, objective_groups in groups.items()}
 
     def make_target_updater(self, loss: FOPLoss) -> SoftUpdate | HardUpdate:
         """The target critics' and mixers' update, as the training loop builds it
@@ -153,8 +153,8 @@ ONE_STEP = FOPPreset(
     td_lambda=None,
     gamma=0.99,
     temperature=LinearTemperature(start=1.0, end=0.01, steps=10_000),  # paper Table 2, standardised units
-    optim=OptimConfig(lr_qvalue=3e-4, lr_mixer=3e-2, lr_value=1e-3, lr_actor=3e-3, lr_alpha=1e-3,
-                      grad_clip=10.0, eps=1e-5, target_update="soft", tau=0.01),
+    rates=dict(lr_qvalue=3e-4, lr_mixer=3e-2, lr_value=1e-3, lr_actor=3e-3, lr_alpha=1e-3),
+    optim=OptimConfig(grad_clip=10.0, eps=1e-5, target_update="soft", tau=0.01),
     batch_size=64,
     frames_per_batch=16,
     updates_per_batch=4,
@@ -174,8 +174,8 @@ SMAC = FOPPreset(
     td_lambda=0.8,
     gamma=0.99,
     temperature=LinearTemperature(start=0.5, end=0.05, steps=90_000),  # SMAC rewards (max 20)
-    optim=OptimConfig(name="rmsprop", lr_qvalue=5e-4, lr_mixer=None, lr_value=5e-4, lr_actor=5e-4,
-                      lr_alpha=1e-3, grad_clip=10.0, eps=1e-5, target_update="hard",
+    rates=dict(lr_qvalue=5e-4, lr_mixer=None, lr_value=5e-4, lr_actor=5e-4, lr_alpha=1e-3),
+    optim=OptimConfig(name="rmsprop", grad_clip=10.0, eps=1e-5, target_update="hard",
                       hard_update_interval=200, tau=0.01),
     batch_size=32,  # whole episodes
     frames_per_batch=150,  # about one episode ...
@@ -194,8 +194,8 @@ CONTINUOUS = FOPPreset(
     td_lambda=None,
     gamma=0.99,
     temperature=LinearTemperature(start=0.1, end=0.01, steps=20_000),
-    optim=OptimConfig(lr_qvalue=3e-4, lr_mixer=3e-2, lr_value=1e-3, lr_actor=1e-3, lr_alpha=1e-3,
-                      grad_clip=10.0, eps=1e-5, target_update="soft", tau=0.01),
+    rates=dict(lr_qvalue=3e-4, lr_mixer=3e-2, lr_value=1e-3, lr_actor=1e-3, lr_alpha=1e-3),
+    optim=OptimConfig(grad_clip=10.0, eps=1e-5, target_update="soft", tau=0.01),
     batch_size=64,
     frames_per_batch=16,
     updates_per_batch=4,

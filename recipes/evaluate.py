@@ -15,10 +15,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from functools import partial
 from pathlib import Path
+from typing import Callable, NamedTuple
 
 import torch
 from omegaconf import DictConfig
+from torchrl.envs import EnvBase
 
 import train  # recipes/train.py: the builders of a run (env, networks, loss, Lightning module)
 from fop_modules import evaluation, render
@@ -28,8 +31,17 @@ SEED_OFFSET = 20_000  # evaluation seeds: the run's seed + this (training's eval
 MAX_ENVS = 64  # copies of a batched env played side by side
 
 
-def load_run(run_dir: Path, checkpoint: Path | None = None) -> tuple[DictConfig, torch.nn.Module]:
-    """The run's config and its trained policy (the module's weights loaded from the checkpoint)."""
+class LoadedRun(NamedTuple):
+    """A trained run: its config, its policy and how to make its env (``make_env(num_envs=...)``)."""
+
+    cfg: DictConfig
+    policy: torch.nn.Module
+    make_env: Callable[..., EnvBase]
+
+
+def load_run(run_dir: Path, checkpoint: Path | None = None) -> LoadedRun:
+    """The run's config, its trained policy (the module's weights loaded from the checkpoint) and
+    its env's maker (the env and the transforms its algorithm's agents need)."""
     config, ckpt = run_dir / "config.yaml", checkpoint or run_dir / CHECKPOINT
     for path in (config, ckpt):
         if not path.is_file():
@@ -40,29 +52,30 @@ def load_run(run_dir: Path, checkpoint: Path | None = None) -> tuple[DictConfig,
             )
     cfg = train.saved_config(run_dir)  # a run saved by an older recipe too
     typed = train.schema.validate(cfg)
-    env = train.make_env(cfg.env, cfg.algorithm)
+    make_env = partial(train.make_env, cfg.env, typed.algorithm)
+    env = make_env()
     module, policy = train.build_module(cfg, typed, env)
     env.close()
     # mmap: only the weights are read from disk, not the replay buffer saved beside them (GBs on SMAC)
     state = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)["state_dict"]
     module.load_state_dict(state)  # strict: the same networks as the run's, or a clear error
-    return cfg, policy.eval()
+    return LoadedRun(cfg, policy.eval(), make_env)
 
 
 def evaluate(run_dir: Path, episodes: int, max_steps: int | None = None, seed: int | None = None,
              video: Path | None = None, checkpoint: Path | None = None) -> dict:
     """Plays ``episodes`` greedy episodes of the run's policy; returns the numbers it prints."""
-    cfg, policy = load_run(run_dir, checkpoint)
+    cfg, policy, make_env = load_run(run_dir, checkpoint)
     seed = cfg.seed + SEED_OFFSET if seed is None else seed
     max_steps = max_steps or cfg.evaluation.max_steps
     torch.manual_seed(seed)
-    env = train.make_env(cfg.env, cfg.algorithm, num_envs=min(episodes, MAX_ENVS))
+    env = make_env(num_envs=min(episodes, MAX_ENVS))
     env.set_seed(seed)
     result = evaluation.play_greedy(env, policy, episodes, max_steps).summary()
     env.close()
     result.update(run=str(run_dir), algorithm=cfg.algorithm.name, seed=seed, max_steps=max_steps)
     if video is not None:
-        env = train.make_env(cfg.env, cfg.algorithm, num_envs=1)
+        env = make_env(num_envs=1)
         env.set_seed(seed)
         frames, fps = render.episode_frames(env, policy, max_steps)
         env.close()

@@ -26,7 +26,7 @@ SUFFIX = {"onnx": ".onnx", "torchscript": ".pt"}
 
 def export(run_dir: Path, fmt: str = "onnx", out: Path | None = None, checkpoint: Path | None = None) -> dict:
     """Writes the run's per-agent actor; returns what ``<file>.json`` holds."""
-    cfg, policy = evaluate.load_run(run_dir, checkpoint)
+    cfg, policy, _ = evaluate.load_run(run_dir, checkpoint)
     agent = AgentPolicy(policy)
     path = export_actor(agent, out or run_dir / "export" / f"actor{SUFFIX[fmt]}", fmt)
     example = agent.example_inputs(batch=1)

@@ -15,7 +15,7 @@ import contextlib
 import inspect
 import math
 import re
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, is_dataclass
 from typing import Any, Dict, Optional
 
 import lightning as L
@@ -27,8 +27,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from fop_modules import baselines
-from fop_modules.algorithm import FOPConfig
+from fop_modules.algorithm import AlgorithmConfig, FOPConfig
 from fop_modules.loop_config import CollectConfig
 from fop_modules.optimisation import OptimConfig
 from fop_modules.temperature import ConstantTemperature, TemperatureSchedule, check_alpha_source
@@ -73,7 +72,7 @@ class RunConfig:
     env: Any = MISSING
     temperature: Any = None  # null (`~temperature`): alpha is learned
     probe: Any = None  # a Lightning callback probing the finished run (configs/probe/); null: none
-    algorithm: Any = MISSING  # FOP's FOPConfig or a baseline's config: checked by validate
+    algorithm: Any = MISSING  # an algorithm's config by its _target_ (FOPConfig, MASACConfig, ...): validate types it
     collect: CollectConfig = MISSING
     optim: OptimConfig = MISSING
     trainer: Dict[str, Any] = MISSING  # lightning.Trainer arguments
@@ -89,7 +88,7 @@ class RunConfig:
 class Validated:
     """The typed sections of a validated run config."""
 
-    algorithm: Any  # FOPConfig (FOP and its ablations) or a baselines.ALGORITHMS config
+    algorithm: AlgorithmConfig  # FOPConfig (FOP and its ablations) or a baseline's config
     collect: CollectConfig
     optim: OptimConfig
     temperature: TemperatureSchedule | None
@@ -103,7 +102,8 @@ def register() -> None:
 @contextlib.contextmanager
 def startup_errors(section: str, node: DictConfig | None = None, owner: str | None = None):
     """Turns the ValueError/TypeError of something built from ``section`` into a ConfigError,
-    named ``section.key`` when the message names one key of ``node``. The library names its own
+    named ``section.key`` when the message names one key of ``node`` (one that names the choice,
+    ``section=<name> ...``, passes as it is). The library names its own
     fields (``CollectConfig.batch_size``): with ``owner`` (that class's name) they read as the
     config keys the user sets (``collect.batch_size``)."""
     try:
@@ -115,6 +115,8 @@ def startup_errors(section: str, node: DictConfig | None = None, owner: str | No
             if not isinstance(error.__cause__, (ValueError, TypeError)):
                 raise (error.__cause__ or error) from None  # e.g. a missing dependency
             error = error.__cause__
+        if str(error).startswith(f"{section}="):  # names the choice itself (e.g. WrongActionSpace): as it is
+            raise error from None
         message = str(error).replace(f"{owner}.", f"{section}.") if owner else str(error)
         message = re.sub(r"\bNone\b", "null", message) if owner else message  # YAML's word for it
         if message.startswith(f"{section}."):  # the message names its key already
@@ -145,25 +147,9 @@ def check_target_keys(node: DictConfig, section: str) -> None:
             raise ConfigError(f"{section}.{key}: not an argument of {target}; allowed: {allowed}")
 
 
-def fop_temperature(cfg: DictConfig, algo: FOPConfig, collect: CollectConfig) -> TemperatureSchedule | None:
-    """FOP's cross-key checks; returns its temperature schedule (None: alpha is learned)."""
-    if (algo.recurrent or algo.recurrent_critic) and collect.sequence_length is None:
-        raise ConfigError(
-            "algorithm.recurrent / recurrent_critic need collect.sequence_length (slices of up to "
-            "that many steps; the episode limit replays whole episodes)"
-        )
-    if collect.sequence_length is not None and not (algo.recurrent or algo.recurrent_critic or algo.td_lambda is not None):
-        raise ConfigError(
-            f"collect.sequence_length={collect.sequence_length} replays trajectory slices, which only a "
-            "recurrent FOP (algorithm.recurrent / recurrent_critic) or TD(lambda) (algorithm.td_lambda) "
-            "reads: add collect.sequence_length=null to replay transitions"
-        )
-    if algo.td_lambda is not None and collect.sequence_length is None:
-        raise ConfigError(
-            "algorithm.td_lambda needs collect.sequence_length: TD(lambda) runs along the time of "
-            "replayed trajectory slices (null td_lambda: one-step TD on transitions)"
-        )
-
+def fop_temperature(cfg: DictConfig, algo: FOPConfig) -> TemperatureSchedule | None:
+    """FOP's temperature schedule from the ``temperature`` group (None: alpha is learned), checked
+    against ``algorithm.learn_alpha``."""
     if algo.greedy:  # alpha = 0 whatever the temperature group or learn_alpha (build_fop drops it)
         return ConstantTemperature(0.0)  # greedy FOP (Fig. 3): no entropy at all
     temperature = None  # null: alpha is learned (the dual objective)
@@ -186,7 +172,7 @@ def greedy_note(cfg: DictConfig) -> str | None:
     alpha = 0 for the whole run wins over the temperature group and ``learn_alpha``, and says which
     of them it sets aside. None for any other run."""
     algo = cfg.algorithm
-    if is_baseline(algo) or not algo.get("greedy"):
+    if not algo.get("greedy"):
         return None
     unused = []
     if cfg.temperature is not None:
@@ -197,50 +183,45 @@ def greedy_note(cfg: DictConfig) -> str | None:
         f"; {' and '.join(unused)} not used" if unused else "")
 
 
-def is_baseline(algo: DictConfig) -> bool:
-    """Whether the algorithm section selects a baseline (``name`` in baselines.ALGORITHMS)."""
-    return algo.get("name") in baselines.ALGORITHMS
+def algorithm_section(algo: DictConfig, collect: CollectConfig) -> AlgorithmConfig:
+    """The typed config of the ``algorithm`` section: its ``_target_``'s dataclass
+    (:class:`~fop_modules.algorithm.AlgorithmConfig`) typed by OmegaConf (a wrong type or choice
+    names its key), its ranges checked by the class itself and its replay against ``collect``.
 
-
-def baseline_gru(algo: DictConfig) -> bool:
-    """Whether a baseline's agents are GRUs: ``algorithm.recurrent``, where the baseline has the key
-    (an experiment's FOP key ``recurrent`` does not make MADDPG recurrent)."""
-    return "recurrent" in {f.name for f in fields(baselines.ALGORITHMS[algo.name])} and bool(algo.get("recurrent"))
-
-
-def baseline_section(algo: DictConfig, collect: CollectConfig):
-    """The typed config of a baseline from its section.
-
-    Experiments hold FOP's settings (e.g. smax_authors: a GRU actor, TD(lambda)); a baseline keeps
-    its own keys (``recurrent`` and ``rnn_hidden`` among them, where it has GRU agents), ignores
-    FOP's other keys (and says so) and rejects unknown ones. GRU agents learn from replayed
-    episodes (``collect.sequence_length``), MLP agents from transitions.
+    Experiments hold FOP's settings (e.g. smax_authors: a GRU actor, TD(lambda)): another
+    algorithm takes the keys it has (``recurrent``, ``rnn_hidden``, the rates ``lr_*``, ...),
+    ignores FOP's other keys (and says so) and rejects unknown ones.
     """
-    cls = baselines.ALGORITHMS[algo.name]
-    known = {f.name for f in fields(cls)}
-    fop_keys = {f.name for f in fields(FOPConfig)}
-    ignored = sorted((set(algo) - known - {"name"}) & fop_keys)
-    unknown = sorted(set(algo) - known - fop_keys)
+    target = algo.get("_target_")
+    if target is None:
+        raise ConfigError("algorithm._target_: missing; pick an algorithm with algorithm=<name> (configs/algorithm/)")
+    try:
+        cls = get_object(str(target))
+    except Exception as error:  # noqa: BLE001 - an import or attribute error, reported as config
+        raise ConfigError(f"algorithm._target_: cannot import {target!r} ({error})") from None
+    if not (is_dataclass(cls) and callable(getattr(cls, "build", None))):
+        raise ConfigError(f"algorithm._target_: {target} is not an algorithm config (a dataclass with build(env, total_frames))")
+    known = [f.name for f in fields(cls)]
+    keys = [str(key) for key in algo if not str(key).startswith("_")]
+    fop_keys = [] if cls is FOPConfig else [f.name for f in fields(FOPConfig)]
+    ignored = sorted(set(keys) - set(known) & set(fop_keys))
+    unknown = [key for key in keys if key not in known and key not in fop_keys]
     if unknown:
-        raise ConfigError(f"algorithm.{unknown[0]}: unknown key for algorithm={algo.name}; known: {sorted(known)}")
-    values = OmegaConf.to_container(algo, resolve=True)
-    with startup_errors("algorithm", algo):
-        typed = cls(**{k: v for k, v in values.items() if k in known})
-    recurrent = getattr(typed, "recurrent", False)
-    if recurrent and collect.sequence_length is None:
-        raise ConfigError(
-            f"algorithm={algo.name} with algorithm.recurrent=true (GRU agents) learns from replayed "
-            "episodes: set collect.sequence_length (the episode limit), or algorithm.recurrent=false"
-        )
-    if not recurrent and collect.sequence_length is not None:
-        instead = " or algorithm.recurrent=true (GRU agents)" if "recurrent" in known else ""
-        raise ConfigError(
-            f"algorithm={algo.name} replays transitions (MLP agents), but collect.sequence_length is "
-            f"{collect.sequence_length}: add collect.sequence_length=null{instead}"
-        )
+        raise ConfigError(f"algorithm.{unknown[0]}: unknown key for algorithm={algo.get('name')}; known: {known}")
+    values = {key: value for key, value in OmegaConf.to_container(algo, resolve=True).items() if key in known}
+    with startup_errors("algorithm", algo, cls.__name__):  # __post_init__ checks its own ranges
+        try:  # merged onto the schema: a config read back from a run's config.yaml is untyped
+            typed = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(cls), values))
+        except OmegaConfBaseException as error:  # a wrong type or choice: name the dotted key
+            raise ConfigError(f"algorithm.{error.full_key}: {error.msg}") from None
+    try:
+        typed.check_replay(collect.sequence_length)
+    except ValueError as error:  # the library's terms -> the config's keys
+        message = str(error).replace(f"{cls.__name__}.", "algorithm.").replace("CollectConfig.", "collect.")
+        raise ConfigError(re.sub(r"\bNone\b", "null", message.replace("=True", "=true").replace("=False", "=false"))) from None
     if ignored:
-        agents = "GRU" if recurrent else "MLP"
-        print(f"note: algorithm={algo.name} has {agents} agents and ignores FOP's keys {ignored}", flush=True)
+        agents = "GRU" if typed.uses_gru else "MLP"
+        print(f"note: algorithm={typed.name} has {agents} agents and ignores FOP's keys {ignored}", flush=True)
     return typed
 
 
@@ -272,10 +253,7 @@ def validate(cfg: DictConfig) -> Validated:
         ConfigError: naming the first bad key (dotted path) and what is allowed.
     """
     typed = {}
-    for section, cls in (("collect", CollectConfig), ("optim", OptimConfig), ("algorithm", FOPConfig)):
-        if section == "algorithm" and is_baseline(cfg.algorithm):
-            typed[section] = baseline_section(cfg.algorithm, typed["collect"])
-            break
+    for section, cls in (("collect", CollectConfig), ("optim", OptimConfig)):
         known = [f.name for f in fields(cls)]
         for key in cfg[section]:  # `+section.key=...` appends past Hydra's struct check
             if key not in known:
@@ -288,7 +266,8 @@ def validate(cfg: DictConfig) -> Validated:
             except OmegaConfBaseException as error:  # a wrong type or choice: name the dotted key
                 raise ConfigError(f"{section}.{error.full_key}: {error.msg}") from None
             typed[section] = OmegaConf.to_object(merged)
-    algo, collect = typed["algorithm"], typed["collect"]
+    collect = typed["collect"]
+    algo = algorithm_section(cfg.algorithm, collect)
 
     check_target_keys(cfg.env, "env")
     check_target_keys(cfg.logger, "logger")
@@ -318,10 +297,8 @@ def validate(cfg: DictConfig) -> Validated:
     reward_std = cfg.get("reward_std")
     if reward_std is not None and not 0 < reward_std < math.inf:
         raise ConfigError(f"reward_std must be a finite number > 0, or null (raw rewards), got {reward_std}")
-    if is_baseline(cfg.algorithm):
-        temperature = None  # the baselines' own (SAC: learned alpha); the temperature group is FOP's
-    else:
-        temperature = fop_temperature(cfg, algo, collect)
+    # the temperature group sets FOP's alpha; the other algorithms explore their own way (SAC: learned alpha)
+    temperature = fop_temperature(cfg, algo) if algo.takes_temperature else None
 
     trainer_args = inspect.signature(L.Trainer).parameters
     for key in cfg.trainer:

@@ -1,8 +1,9 @@
 """Train FOP or a baseline with Hydra: `python recipes/train.py [+experiment=NAME] [algorithm=NAME] [key=value ...]`.
 
-Reads top to bottom: seed -> environment -> networks from the env's specs -> the loss (FOPLoss,
-or a TorchRL baseline from fop_modules.baselines: masac, maddpg, qmix, vdn) -> the Lightning
-module and trainer -> fit -> summary.json and plots in the run directory. The last line printed
+Reads top to bottom: seed -> environment -> the algorithm's parts from the env's specs (its
+config's build(): FOP from fop_modules.algorithm, or a TorchRL baseline from fop_modules.baselines:
+masac, maddpg, qmix, vdn) -> their Lightning learner and the trainer -> fit -> summary.json and
+plots in the run directory. The last line printed
 is `summary: <path to summary.json>`.
 """
 
@@ -30,14 +31,14 @@ from omegaconf import DictConfig, OmegaConf
 from torchrl.envs import Compose, TransformedEnv
 
 from fop_modules import baselines, plots, recurrent
-from fop_modules.algorithm import build_fop
+from fop_modules.algorithm import AlgorithmConfig
 from fop_modules.checkpointing import (
     LOG_ROW_KEY, AtomicCheckpointIO, EnvFrameCheckpoint, RNGCheckpoint, newest_loadable, previous_path,
 )
 from fop_modules.distributed import RankConsistency
 from fop_modules.envs import env_sizes
 from fop_modules.envs.smac import StarCraftNotAvailable
-from fop_modules.lightning import FOPLightningModule, MARLLightningModule
+from fop_modules.lightning import MARLLightningModule
 from fop_modules.optional import MissingDependency, require
 from fop_modules.reward_scaling import fit_reward_standardisation
 
@@ -58,6 +59,12 @@ KEYS_ADDED_SINCE = {  # what a run saved before a key existed trained with
 }
 EVALUATION_KEYS_BEFORE = {"eval_interval": "interval", "eval_envs": "episodes", "eval_max_steps": "max_steps"}
 """``collect.eval_*`` of a run saved before the ``evaluation`` node -> its GreedyEvaluation arguments."""
+FOP_RATES = ("lr_qvalue", "lr_mixer", "lr_value", "lr_actor", "lr_alpha")
+"""FOP's rates, ``optim.lr_*`` in a run saved before each algorithm held its own (``algorithm.lr_*``)."""
+BASELINE_TARGETS_BEFORE = {"masac": "fop_modules.baselines.MASACConfig", "maddpg": "fop_modules.baselines.MADDPGConfig",
+                           "qmix": "fop_modules.baselines.ValueDecompositionConfig",
+                           "vdn": "fop_modules.baselines.ValueDecompositionConfig"}
+"""``algorithm.name`` -> ``_target_`` of a run saved before the algorithm section had one (another name: FOP)."""
 DDP_STRATEGY = "ddp_find_unused_parameters_true"  # several learners: fop_modules/distributed.py
 # `hydra.run.dir: ${if_null:${resume},<new dir>}`: a resumed run writes into the run it continues
 OmegaConf.register_new_resolver("if_null", lambda value, default: default if value is None else value, replace=True)
@@ -66,53 +73,37 @@ OmegaConf.register_new_resolver("if_null", lambda value, default: default if val
 OmegaConf.register_new_resolver("episodes", lambda n, *, _root_: int(n) * int(_root_.episode_limit), replace=True)
 
 
-def uses_gru(algo: DictConfig) -> bool:
-    """Whether the agents are recurrent: FOP's actor or critic, a baseline's GRU agents (then the
-    env needs the GRU transforms and the replay needs sequences)."""
-    if schema.is_baseline(algo):
-        return schema.baseline_gru(algo)
-    return bool(algo.recurrent or algo.recurrent_critic)
-
-
-def make_env(env_cfg: DictConfig, algo: DictConfig, num_envs: int | None = None, reward_std: float | None = None):
+def make_env(env_cfg: DictConfig, algo: AlgorithmConfig, num_envs: int | None = None, reward_std: float | None = None):
     """The env from its config (``num_envs`` overrides its copies where it has any), with the
-    transforms a recurrent actor needs (episode starts, hidden-state primer, last action) and,
-    given ``reward_std``, the reward standardised to it (fitted to random play, seeded)."""
+    transforms the algorithm's GRU agents need (``algo.uses_gru``: episode starts, hidden-state
+    primer, last action) and, given ``reward_std``, the reward standardised to it (fitted to random
+    play, seeded). ``algo`` is the typed algorithm config (``schema.validate(cfg).algorithm``)."""
     overrides = {"num_envs": num_envs} if num_envs is not None and "num_envs" in env_cfg else {}
     with startup_errors("env", env_cfg):  # the env's own checks, named as env.<key>
         env = instantiate(env_cfg, **overrides)
     transforms = [fit_reward_standardisation(env, std=reward_std)] if reward_std is not None else []
-    if uses_gru(algo):
+    if algo.uses_gru:
         sizes = env_sizes(env)
         if not sizes.discrete:
             raise ConfigError(
-                "algorithm.recurrent and recurrent_critic need discrete actions (the authors' GRU "
-                "networks); this env's actions are continuous"
+                f"algorithm={algo.name} with GRU agents (algorithm.recurrent{' or recurrent_critic' if hasattr(algo, 'recurrent_critic') else ''}) "
+                "needs discrete actions (the authors' and PyMARL's GRU networks); this env's actions are continuous"
             )
         transforms += recurrent.recurrent_transforms(sizes.n_agents, sizes.action_dim, algo.rnn_hidden, env.batch_size)
     return TransformedEnv(env, Compose(*transforms)) if transforms else env
 
 
 def build_module(cfg: DictConfig, typed, env) -> tuple[MARLLightningModule, torch.nn.Module]:
-    """The Lightning module of ``cfg.algorithm`` (FOP or a baseline) for ``env`` and its policy;
-    ``typed`` is ``schema.validate(cfg)``. recipes/evaluate.py and recipes/export.py rebuild a
-    run's networks with it before loading its checkpoint."""
-    envs = {"make_env": partial(make_env, cfg.env, cfg.algorithm, reward_std=cfg.reward_std)}
-    if schema.is_baseline(cfg.algorithm):
-        baseline = baselines.build_baseline(cfg.algorithm.name, env, typed.algorithm, typed.collect.total_frames)
-        module = MARLLightningModule(
-            baseline.loss, baseline.policy, baseline.objectives, **envs, collect=typed.collect, optim=typed.optim,
-            seed=cfg.seed, process_batch=baseline.process_batch, exploration=baseline.exploration,
-            joint_q=baseline.joint_q,
-        )
-        return module, baseline.policy
-    with startup_errors("algorithm"):  # the networks' and FOPLoss's own checks
-        loss, policy = build_fop(env, typed.algorithm)
-    module = FOPLightningModule(
-        loss, policy, **envs, collect=typed.collect, optim=typed.optim,
-        temperature=typed.temperature, seed=cfg.seed,
-    )
-    return module, policy
+    """The Lightning learner of ``cfg.algorithm`` for ``env`` and its policy: the typed config's
+    parts (``build``) and their learner, the same two steps for FOP and every baseline. ``typed``
+    is ``schema.validate(cfg)``. recipes/evaluate.py and recipes/export.py rebuild a run's networks
+    with it before loading its checkpoint."""
+    make_run_env = partial(make_env, cfg.env, typed.algorithm, reward_std=cfg.reward_std)
+    with startup_errors("algorithm"):  # the networks' and losses' own checks
+        parts = typed.algorithm.build(env, typed.collect.total_frames)
+    module = parts.learner(make_run_env, collect=typed.collect, optim=typed.optim, seed=cfg.seed,
+                           temperature=typed.temperature)
+    return module, parts.policy
 
 
 # the package and pip extra of the loggers that need one beyond Lightning (configs/logger/)
@@ -162,7 +153,7 @@ def _train(cfg: DictConfig, typed: schema.Validated, run_dir: Path, checkpoint: 
     OmegaConf.save(cfg, run_dir / "config.yaml")  # first: resume=<run dir> reads it back
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
-    env = make_env(cfg.env, cfg.algorithm, reward_std=cfg.reward_std)
+    env = make_env(cfg.env, typed.algorithm, reward_std=cfg.reward_std)
     game = env.base_env if isinstance(env, TransformedEnv) else env
     if cfg.episode_limit is not None and cfg.episode_limit != game.episode_limit:
         raise ConfigError(
@@ -172,7 +163,7 @@ def _train(cfg: DictConfig, typed: schema.Validated, run_dir: Path, checkpoint: 
     module, _ = build_module(cfg, typed, env)
     module.checkpoint_replay = cfg.checkpoint.replay_buffer
     with startup_errors("evaluation", cfg.evaluation):  # the env's own rewards, not reward_std's
-        evaluation = instantiate(cfg.evaluation, make_env=partial(make_env, cfg.env, cfg.algorithm))
+        evaluation = instantiate(cfg.evaluation, make_env=partial(make_env, cfg.env, typed.algorithm))
     ranks = RankConsistency()  # DDP: the ranks' parameters must end identical
     probe = instantiate(cfg.probe) if cfg.probe is not None else None  # configs/probe/<env>.yaml
     if probe is not None:
@@ -317,10 +308,12 @@ def resumed_config(cfg: DictConfig, task_overrides: list[str]) -> DictConfig:
 
 def saved_config(run_dir: Path) -> DictConfig:
     """The config.yaml a run saved, in today's terms: a key added since gets the value the run
-    trained with (KEYS_ADDED_SINCE), ``logger: <name>`` (before the logger group) its node, and
-    ``collect.eval_*`` (before the evaluation callback) its ``evaluation`` node; a SMAX run its
-    state's scaling (``env.world_state``: JaxMARL's before ``raw_world_state`` existed, the
-    cooldowns only while it did)."""
+    trained with (KEYS_ADDED_SINCE), ``logger: <name>`` (before the logger group) its node,
+    ``collect.eval_*`` (before the evaluation callback) its ``evaluation`` node, ``algorithm`` its
+    ``_target_`` (before algorithms were chosen by it; QMIX and VDN their ``mixer``), FOP's
+    ``optim.lr_*`` (before each algorithm held its rates) ``algorithm.lr_*`` and QMIX's and
+    VDN's ``algorithm.lr`` ``algorithm.lr_qvalue``; a SMAX run its state's scaling
+    (``env.world_state``: JaxMARL's before ``raw_world_state`` existed, the cooldowns only while it did)."""
     saved = OmegaConf.load(run_dir / "config.yaml")
     for key, value in KEYS_ADDED_SINCE.items():
         if key not in saved:
@@ -332,6 +325,16 @@ def saved_config(run_dir: Path) -> DictConfig:
                             **{new: saved.collect.pop(old) for old, new in EVALUATION_KEYS_BEFORE.items()}}
     if isinstance(saved.get("logger"), str):
         saved.logger = OmegaConf.load(Path(CONFIG_DIR) / "logger" / f"{saved.logger}.yaml")
+    algo = saved.algorithm
+    if "_target_" not in algo:  # the recipe dispatched on the name
+        algo._target_ = BASELINE_TARGETS_BEFORE.get(algo.get("name"), "fop_modules.algorithm.FOPConfig")
+        if algo.get("name") in ("qmix", "vdn"):
+            algo.mixer = algo.name
+    moved_rates = {key: saved.optim.pop(key) for key in FOP_RATES if key in saved.optim}
+    if moved_rates and algo._target_.endswith(".FOPConfig"):  # the baselines never read optim.lr_*
+        algo.update(moved_rates)
+    if algo._target_.endswith(".ValueDecompositionConfig") and "lr" in algo:
+        algo.lr_qvalue = algo.pop("lr")
     return saved
 
 

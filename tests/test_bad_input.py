@@ -23,7 +23,7 @@ from tensordict.nn import TensorDictModule
 from torch import nn
 
 from fop_modules import FOPLoss, FOPMixer, networks
-from fop_modules.algorithm import FOPConfig, build_fop
+from fop_modules.algorithm import FOPConfig
 from fop_modules.envs.smac import SMACEnv, StarCraftNotAvailable
 from fop_modules.loop_config import CollectConfig
 from fop_modules.optimisation import OptimConfig
@@ -89,7 +89,8 @@ def test_a_misspelt_probe_is_refused_though_the_group_is_optional():
         (["+collect.frames=3"], r"collect.frames: unknown key; known: \['total_frames'"),
         (["+optim.learning_rate=3"], r"optim.learning_rate: unknown key"),
         (["+algorithm.mixer=qmix"], r"algorithm.mixer: unknown key"),
-        (["optim.lr_actor=-0.1"], r"optim.lr_actor must be finite and > 0, got -0.1"),
+        (["algorithm.lr_actor=-0.1"], r"algorithm.lr_actor must be finite and > 0, got -0.1"),
+        (["algorithm=qmix", "algorithm.lr_qvalue=0"], r"algorithm.lr_qvalue must be finite and > 0, got 0"),
         (["optim.eps=0"], r"optim.eps must be finite and > 0"),
         (["optim.tau=2"], r"optim.tau must be in \(0, 1\], got 2"),
         (["algorithm.gamma=1.5"], r"algorithm.gamma must be in \[0, 1\], got 1.5"),
@@ -126,14 +127,14 @@ def test_a_misspelt_probe_is_refused_though_the_group_is_optional():
         (["collect.total_frames=48"], r"collect.total_frames \(48\) is below collect.warmup_frames \(64\): the run would end before its first update"),
         (["collect.policy_warmup_frames=80"], r"collect.policy_warmup_frames \(80\) is above collect.total_frames \(64\)"),
         # values that pass a `> 0` check
-        (["optim.lr_actor=inf"], r"optim.lr_actor must be finite and > 0, got inf"),
-        (["optim.lr_mixer=inf"], r"optim.lr_mixer must be finite and > 0, or null"),
+        (["algorithm.lr_actor=inf"], r"algorithm.lr_actor must be finite and > 0, got inf"),
+        (["algorithm.lr_mixer=inf"], r"algorithm.lr_mixer must be finite and > 0, or null"),
         (["optim.eps=inf"], r"optim.eps must be finite and > 0"),
         (["reward_std=0"], r"reward_std must be a finite number > 0, or null \(raw rewards\), got 0"),
         (["reward_std=inf"], r"reward_std must be a finite number > 0, or null"),
         (["algorithm.alpha_init=inf"], r"algorithm.alpha_init must be finite and >= 0"),
         (["algorithm.target_entropy=-inf"], r"algorithm.target_entropy must be a finite number or 'auto'"),
-        (["collect.sequence_length=10"], r"collect.sequence_length=10 replays trajectory slices, which only a recurrent FOP .* add collect.sequence_length=null"),
+        (["collect.sequence_length=10"], r"collect.sequence_length=10 replays trajectory slices, which only a recurrent FOP .* set collect.sequence_length=null"),
         (["collect.sequence_length=0"], r"^collect.sequence_length must be >= 1 or null, got 0$"),
         (["collect.collector=threads"], r"^collect.collector kind must be one of \('single'.*got 'threads'$"),
         (["collect.collector=distributed", "collect.num_workers=3"],
@@ -204,7 +205,7 @@ def test_validate_accepts_the_default_config_and_types_it():
         (["algorithm.individual_temperature=paper"], r"algorithm: individual_temperature='paper' needs a value_network"),
         (["trainer.devices=abc"], r"trainer.devices: `devices` selected with `CPUAccelerator` should be an int > 0"),
         (["+experiment=mtq", "algorithm.recurrent=true", "collect.sequence_length=1"],
-         r"algorithm.recurrent and recurrent_critic need discrete actions"),
+         r"algorithm=fop with GRU agents \(algorithm.recurrent or recurrent_critic\) needs discrete actions"),
         (["+experiment=smac_mmm", "env.backend=fake", "episode_limit=99", "collect.frames_per_batch=99",
           "collect.sequence_length=99", "evaluation.max_steps=99", "collect.total_frames=198",
           "collect.warmup_frames=99"], r"episode_limit=150"),
@@ -505,11 +506,12 @@ def test_library_errors_name_library_arguments_not_recipe_keys():
 def test_library_config_errors_name_their_fields():
     with pytest.raises(ValueError, match=r"^CollectConfig.batch_size \(64\) x sequence_length \(1\) frames is larger than CollectConfig.buffer_size \(10\)$"):
         CollectConfig(buffer_size=10)
-    with pytest.raises(ValueError, match=r"^OptimConfig.lr_actor must be finite and > 0, got -1$"):
-        OptimConfig(lr_actor=-1)
+    with pytest.raises(ValueError, match=r"^OptimConfig.grad_clip must be finite and > 0, or null \(no clipping\), got -1$"):
+        OptimConfig(grad_clip=-1)
     with pytest.raises(ValueError, match=r"^frames_per_batch \(16\) must be a multiple of num_workers \(3\)"):
         CollectConfig(collector="distributed", num_workers=3)  # at start-up, not when the collector is built
-    fop = yaml.safe_load((ROOT / "configs" / "algorithm" / "fop.yaml").read_text())
+    fop = {key: value for key, value in yaml.safe_load((ROOT / "configs" / "algorithm" / "fop.yaml").read_text()).items()
+           if key != "_target_"}
     with pytest.raises(ValueError, match=r"^num_qvalue_nets must be 1 or 2, got 3$"):  # FOPLoss's own rule
         FOPConfig(**{**fop, "num_qvalue_nets": 3})
     with pytest.raises(ValueError, match=r"^target_entropy must be a finite number or 'auto', got inf$"):
@@ -538,11 +540,29 @@ def test_config_choices_are_the_library_options():
         assert all(member == member.value for member in enum)  # str Enums: equal to their strings
 
 
-def test_fop_config_from_the_recipe_yaml_builds_fop_without_the_recipe():
-    """FOP's settings and builder live in the library: configs/algorithm/fop.yaml as a FOPConfig
-    builds the loss and policy for an env, no Hydra and no recipe involved."""
-    from fop_modules.envs import MatrixGameEnv
+@pytest.mark.parametrize(("name", "kind"), [("fop", "FOPLightningModule"), ("masac", "MARLLightningModule"),
+                                          ("maddpg", "MARLLightningModule"), ("qmix", "MARLLightningModule"),
+                                          ("vdn", "MARLLightningModule")])
+def test_every_algorithm_yaml_builds_its_parts_and_learner_without_the_recipe(name, kind):
+    """Every algorithm has one shape in the library: configs/algorithm/<name>.yaml instantiated by
+    its _target_ is a typed config whose build() returns the parts (loss, policy, objectives with
+    their rates) and whose parts make the Lightning learner; no recipe involved."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
 
-    config = FOPConfig(**yaml.safe_load((ROOT / "configs" / "algorithm" / "fop.yaml").read_text()))
-    loss, policy = build_fop(MatrixGameEnv(num_envs=2), config)
-    assert (loss.n_agents, loss.num_qvalue_nets, policy is loss.actor_network) == (2, 2, True)
+    from fop_modules.algorithm import AlgorithmParts
+    from fop_modules.envs import DifferentialGameEnv, MatrixGameEnv
+    from fop_modules.loop_config import CollectConfig
+    from fop_modules.temperature import ConstantTemperature
+
+    config = instantiate(OmegaConf.load(ROOT / "configs" / "algorithm" / f"{name}.yaml"))
+    make_env = (lambda: DifferentialGameEnv(num_envs=2)) if name == "maddpg" else (lambda: MatrixGameEnv(num_envs=2))
+    parts = config.build(make_env(), 1000)
+    assert isinstance(parts, AlgorithmParts) and parts.objectives and not config.uses_gru
+    assert all(group["lr"] > 0 for objective in parts.objectives.values() for group in objective.param_groups)
+    temperature = ConstantTemperature(0.1) if config.takes_temperature else None
+    learner = parts.learner(make_env, collect=CollectConfig(), optim=OptimConfig(), temperature=temperature)
+    assert type(learner).__name__ == kind and learner.loss_module is parts.loss
+    if not config.takes_temperature:
+        with pytest.raises(ValueError, match="has its own exploration"):
+            parts.learner(make_env, collect=CollectConfig(), optim=OptimConfig(), temperature=ConstantTemperature(0.1))

@@ -30,7 +30,8 @@ SHORT = ["collect.total_frames=256", "collect.frames_per_batch=32", "collect.war
 VMAS_SHORT = ["env=vmas", "env.num_envs=4", "collect.total_frames=200", "collect.frames_per_batch=100",
               "collect.init_random_frames=0", "evaluation.episodes=2", "evaluation.max_steps=10"]
 CONFIGS = {"masac": MASACConfig(hidden=[16]), "maddpg": MADDPGConfig(hidden=[16]),
-           "qmix": ValueDecompositionConfig(hidden=[16]), "vdn": ValueDecompositionConfig(hidden=[16])}
+           "qmix": ValueDecompositionConfig(hidden=[16]),
+           "vdn": ValueDecompositionConfig(name="vdn", mixer="vdn", hidden=[16])}
 
 
 def _compose(overrides: list[str]):
@@ -81,13 +82,31 @@ def test_vmas_experiments_give_the_baselines_benchmarls_tanh(algorithm):
     MADDPG's actor and critic; it was FOP's key only, and the baselines kept ReLU."""
     def activations(overrides):
         cfg = _compose([f"algorithm={algorithm}", *overrides])
-        env = train.make_env(cfg.env, cfg.algorithm)
-        loss = train.build_module(cfg, schema.validate(cfg), env)[0].loss_module
+        typed = schema.validate(cfg)
+        loss = train.build_module(cfg, typed, train.make_env(cfg.env, typed.algorithm))[0].loss_module
         networks = [loss.actor_network, getattr(loss, "qvalue_network", None) or loss.value_network]  # SAC, DDPG
         return {type(m) for net in networks for m in net.modules() if isinstance(m, (torch.nn.ReLU, torch.nn.Tanh))}
 
     assert activations(["+experiment=vmas_navigation", "env.num_envs=2"]) == {torch.nn.Tanh}
     assert activations(VMAS_SHORT) == {torch.nn.ReLU}  # the baselines' own default
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "overrides", "rates"),
+    [("masac", ["+experiment=vmas_navigation", "env.num_envs=2"], {"actor": 5e-5, "qvalue": 5e-5, "alpha": 5e-5}),
+     ("maddpg", ["+experiment=vmas_balance", "env.num_envs=2"], {"actor": 5e-5, "qvalue": 5e-5}),
+     ("qmix", ["+experiment=smac_mmm", "env.backend=fake"], {"qvalue": 5e-4}),
+     ("masac", VMAS_SHORT, {"actor": 3e-4, "qvalue": 3e-4, "alpha": 3e-4})],  # masac.yaml's own
+)
+def test_an_experiments_rates_reach_every_algorithm(algorithm, overrides, rates):
+    """Each algorithm holds its learning rates (`algorithm.lr_*`), so an experiment's reference
+    rates (vmas_benchmarl: BenchMARL's 5e-5 for every objective) reach the baselines too; they
+    used to be FOP's `optim.lr_*`, and MASAC and MADDPG kept 3e-4 on the VMAS experiments."""
+    cfg = _compose([f"algorithm={algorithm}", *overrides])
+    typed = schema.validate(cfg)
+    module = train.build_module(cfg, typed, train.make_env(cfg.env, typed.algorithm))[0]
+    assert {name: {group["lr"] for group in objective.param_groups} for name, objective in module.objectives.items()} \
+        == {name: {rate} for name, rate in rates.items()}
 
 
 @pytest.mark.parametrize(
@@ -132,7 +151,7 @@ def test_value_decomposition_loss_is_the_squared_error_of_q_tot_to_the_reward(mi
     """Terminal one-step transitions: the TD target is the reward, loss = mean (Q_tot - r)^2."""
     torch.manual_seed(0)
     env = MatrixGameEnv(num_envs=16)
-    baseline = baselines.value_decomposition(env, CONFIGS[mixer], 100, mixer=mixer)
+    baseline = baselines.value_decomposition(env, CONFIGS[mixer], 100)
     batch = _one_step_batch(env, baseline.policy)
     q_tot = baseline.joint_q(batch)["q_jt"]  # [E, 1]
     expected = (q_tot - batch["next", "reward"]).pow(2).mean()
@@ -141,7 +160,7 @@ def test_value_decomposition_loss_is_the_squared_error_of_q_tot_to_the_reward(mi
 
 def test_vdn_q_tot_is_the_sum_of_the_chosen_q_i():
     env = MatrixGameEnv(num_envs=9)
-    baseline = baselines.value_decomposition(env, CONFIGS["vdn"], 100, mixer="vdn")
+    baseline = baselines.value_decomposition(env, CONFIGS["vdn"], 100)
     batch = env.reset()
     batch["agents", "action"] = torch.cartesian_prod(torch.arange(3), torch.arange(3))  # every joint action
     out = baseline.joint_q(batch)
@@ -152,7 +171,7 @@ def test_vdn_q_tot_is_the_sum_of_the_chosen_q_i():
 def test_qmix_q_tot_is_monotonic_in_every_q_i():
     """QMIX's mixer has non-negative weights: dQ_tot/dQ_i >= 0 whatever the state."""
     env = MatrixGameEnv(num_envs=4)
-    baseline = baselines.value_decomposition(env, CONFIGS["qmix"], 100, mixer="qmix")
+    baseline = baselines.value_decomposition(env, CONFIGS["qmix"], 100)
     mixer = baseline.loss.mixer_network
     q_i = torch.randn(64, 2, 1, requires_grad=True)
     with baseline.loss.mixer_network_params.to_module(mixer):
@@ -191,7 +210,7 @@ def test_maddpg_critic_loss_by_hand():
 def test_each_objective_sends_gradients_only_to_its_parameters(name, env):
     """What lets MARLLightningModule step one optimiser per loss term after a single loss call."""
     env = env(num_envs=8)
-    baseline = baselines.build_baseline(name, env, CONFIGS[name], 100)
+    baseline = CONFIGS[name].build(env, 100)
     batch = _one_step_batch(env, baseline.policy, baseline.process_batch)
     out = baseline.loss(batch)
     every = {id(p): p for o in baseline.objectives.values() for g in o.param_groups for p in g["params"]}
@@ -258,11 +277,11 @@ def test_every_baseline_composes_with_every_experiment_and_builds_or_says_why_no
     assert getattr(config, "recurrent", False) == (experiment.startswith(("smac", "smax")) and not sequences)
     if experiment not in ONE_PER_ENV:
         return
-    env = train.make_env(cfg.env, cfg.algorithm)
+    env = train.make_env(cfg.env, config)
     continuous = experiment == "mtq"
     if (algorithm == "maddpg") != continuous and algorithm != "masac":
         with pytest.raises(WrongActionSpace, match=algorithm):
-            baselines.build_baseline(algorithm, env, config, cfg.collect.total_frames)
+            config.build(env, cfg.collect.total_frames)
     else:
-        baseline = baselines.build_baseline(algorithm, env, config, cfg.collect.total_frames)
+        baseline = config.build(env, cfg.collect.total_frames)
         assert set(baseline.objectives) >= {"qvalue"}

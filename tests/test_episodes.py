@@ -20,7 +20,6 @@ from tensordict import TensorDict
 from torchrl.collectors import Collector
 from torchrl.envs import SerialEnv
 
-from fop_modules.algorithm import build_fop
 from fop_modules.episodes import EpisodeAssembler, mask_partial_episodes
 from fop_modules.lightning import FOPLightningModule
 from fop_modules.loop_config import CollectConfig
@@ -43,8 +42,10 @@ def collected():
     with initialize_config_dir(config_dir=train.CONFIG_DIR, version_base="1.3"):
         cfg = compose("config", overrides=overrides)
     torch.manual_seed(0)
-    env = SerialEnv(GAMES, lambda: train.make_env(cfg.env, cfg.algorithm))
-    loss, policy = build_fop(env, cfg.algorithm)
+    config = train.schema.validate(cfg).algorithm
+    env = SerialEnv(GAMES, lambda: train.make_env(cfg.env, config))
+    parts = config.build(env)
+    loss, policy = parts.loss, parts.policy
     env.set_seed(0)
     collector = Collector(env, policy, frames_per_batch=FRAMES_PER_BATCH, total_frames=1200)
     batches = []
@@ -61,7 +62,7 @@ def _learner(collected, buffer_size: int, batch_size: int) -> FOPLightningModule
     cfg, loss, policy, _ = collected
     collect = CollectConfig(total_frames=1200, frames_per_batch=FRAMES_PER_BATCH, buffer_size=buffer_size,
                             batch_size=batch_size, warmup_frames=batch_size, sequence_length=cfg.episode_limit)
-    return FOPLightningModule(loss, policy, lambda: None, collect=collect,
+    return FOPLightningModule(loss, policy, FOPLightningModule.fop_objectives(loss), lambda: None, collect=collect,
                               optim=OptimConfig(), temperature=ConstantTemperature(0.5))
 
 

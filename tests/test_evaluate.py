@@ -55,8 +55,8 @@ def _evaluate(run: Path, tmp_path: Path, *args: str) -> dict:
 
 def test_the_checkpoint_weights_are_the_trained_ones(matrix_run):
     run, summary = matrix_run
-    cfg, policy = evaluate.load_run(run)
-    env = train.make_env(cfg.env, cfg.algorithm)
+    cfg, policy, make_env = evaluate.load_run(run)
+    env = make_env()
     assert greedy_action(policy, env).tolist() == summary["greedy_joint_action"]
     untrained = train.build_module(cfg, train.schema.validate(cfg), env)[1]
     trained = dict(policy.named_parameters())

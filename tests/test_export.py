@@ -41,8 +41,8 @@ ACTORS = {
 def _policy(overrides):
     with initialize_config_dir(config_dir=train.CONFIG_DIR, version_base="1.3"):
         cfg = compose("config", overrides=overrides)
-    env = train.make_env(cfg.env, cfg.algorithm)
-    _, policy = train.build_module(cfg, train.schema.validate(cfg), env)
+    typed = train.schema.validate(cfg)
+    _, policy = train.build_module(cfg, typed, train.make_env(cfg.env, typed.algorithm))
     for p in policy.parameters():  # away from the near-constant initial outputs
         p.data.normal_(0, 0.5)
     return policy

@@ -84,8 +84,8 @@ def test_library_defaults_are_the_one_step_preset():
     assert default.num_qvalue_nets == loss.num_qvalue_nets == 1
     assert FOPMixer(2, 1, 3).advantage_form == presets.ONE_STEP.advantage_form == "stopgrad"
     assert default.param_groups().keys() == loss.param_groups().keys()
-    assert [g["lr"] for g in default.param_groups()["loss_qvalue"]] == [presets.ONE_STEP.optim.lr_qvalue,
-                                                                          presets.ONE_STEP.optim.lr_mixer]
+    assert [g["lr"] for g in default.param_groups()["loss_qvalue"]] == [presets.ONE_STEP.rates["lr_qvalue"],
+                                                                          presets.ONE_STEP.rates["lr_mixer"]]
 
 
 # ------------------------------------------------------------------ reward standardisation

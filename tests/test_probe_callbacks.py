@@ -21,7 +21,7 @@ def _matrix_game_module(total_frames: int = 64) -> FOPLightningModule:
     loss = FOPLoss(networks.discrete_actor(2, 1, 3), networks.discrete_critic(2, 1, 3), FOPMixer(2, 1, 3),
                    action_space="discrete", num_qvalue_nets=1)
     collect = CollectConfig(total_frames=total_frames, frames_per_batch=16, batch_size=16, warmup_frames=16)
-    return FOPLightningModule(loss, loss.actor_network, lambda: MatrixGameEnv(num_envs=4),
+    return FOPLightningModule(loss, loss.actor_network, FOPLightningModule.fop_objectives(loss), lambda: MatrixGameEnv(num_envs=4),
                               collect=collect, optim=OptimConfig(),
                               temperature=ConstantTemperature(0.5))
 

@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from fop_modules.algorithm import build_fop
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "recipes"))
@@ -56,10 +55,9 @@ def _compose(overrides: list[str]):
 def test_every_experiment_and_algorithm_composes_validates_and_builds(experiment, algorithm):
     learned_alpha = ["~temperature"] if algorithm == "fop_paper" else []  # the paper's dual alpha
     cfg = _compose([f"+experiment={experiment}", f"algorithm={algorithm}", *learned_alpha, *_short(experiment)])
-    train.schema.validate(cfg)
-    env = train.make_env(cfg.env, cfg.algorithm)
-    loss, policy = build_fop(env, cfg.algorithm)
-    assert loss.n_agents == env.n_agents
+    config = train.schema.validate(cfg).algorithm
+    env = train.make_env(cfg.env, config)
+    assert config.build(env).loss.n_agents == env.n_agents
 
 
 @pytest.mark.parametrize(("experiment", "limit"), [("smac_mmm", 120), ("smac_mmm2", 200), ("smac_2c_vs_64zg", 300),
@@ -302,7 +300,8 @@ def test_mtq_uses_the_papers_individual_temperatures(algorithm):
     with alpha_i = alpha, FOP reaches (5, 5) in 4/5 seeds; with the formula in 10/10)."""
     cfg = _compose(["+experiment=mtq", f"algorithm={algorithm}", *SHORT])
     assert cfg.algorithm.individual_temperature == "paper" and cfg.algorithm.value_network
-    loss, _ = build_fop(train.make_env(cfg.env, cfg.algorithm), cfg.algorithm)
+    config = train.schema.validate(cfg).algorithm
+    loss = config.build(train.make_env(cfg.env, config)).loss
     assert loss.individual_temperature == "paper" and loss.num_qvalue_nets == 1
 
 

@@ -42,7 +42,7 @@ def _compose(overrides: list[str]):
 
 def _fake_smac_env():
     cfg = _compose(["+experiment=smac_3s_vs_3z", "env.backend=fake", "algorithm=qmix"])
-    return train.make_env(cfg.env, cfg.algorithm)
+    return train.make_env(cfg.env, schema.validate(cfg).algorithm)
 
 
 def _episode_batch(B: int = 4, T: int = 6, lengths=(6, 3, 1, 5), seed: int = 0) -> TensorDict:
@@ -96,8 +96,8 @@ def _batch(baseline, **kwargs) -> TensorDict:
 def _recurrent(name: str):
     cfg = {"masac": MASACConfig(hidden=[16], recurrent=True, rnn_hidden=H),
            "qmix": ValueDecompositionConfig(recurrent=True, rnn_hidden=H, mixing_embed_dim=8),
-           "vdn": ValueDecompositionConfig(recurrent=True, rnn_hidden=H)}[name]
-    return baselines.build_baseline(name, _Specs(), cfg, 1000)
+           "vdn": ValueDecompositionConfig(name="vdn", mixer="vdn", recurrent=True, rnn_hidden=H)}[name]
+    return cfg.build(_Specs(), 1000)
 
 
 # ---------------------------------------------------------------- shapes, gradients, masks
@@ -227,8 +227,9 @@ def test_replayed_hidden_states_are_the_acting_ones(name):
     agents acted on (1e-5)."""
     torch.manual_seed(0)
     cfg = _compose(["+experiment=smac_3s_vs_3z", "env.backend=fake", f"algorithm={name}"])
-    env = train.make_env(cfg.env, cfg.algorithm)
-    baseline = baselines.build_baseline(name, env, schema.validate(cfg).algorithm, 1000)
+    config = schema.validate(cfg).algorithm
+    env = train.make_env(cfg.env, config)
+    baseline = config.build(env, 1000)
     env.set_seed(0)
     with torch.no_grad(), set_exploration_type(ExplorationType.RANDOM):
         episode = env.rollout(200, baseline.policy)  # [T]: up to the first done

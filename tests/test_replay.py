@@ -17,7 +17,6 @@ from tensordict import TensorDict
 from torchrl.collectors import Collector
 from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
 
-from fop_modules.algorithm import build_fop
 from fop_modules.checkpointing import load_replay_state, replay_state
 from fop_modules.episodes import EpisodeAssembler, mask_partial_episodes
 from fop_modules.lightning import FOPLightningModule
@@ -37,8 +36,10 @@ def _collect(overrides: list[str], frames: int, frames_per_batch: int, seed: int
     with initialize_config_dir(config_dir=train.CONFIG_DIR, version_base="1.3"):
         cfg = compose("config", overrides=overrides)
     torch.manual_seed(seed)
-    env = train.make_env(cfg.env, cfg.algorithm)
-    loss, policy = build_fop(env, cfg.algorithm)
+    config = train.schema.validate(cfg).algorithm
+    env = train.make_env(cfg.env, config)
+    parts = config.build(env)
+    loss, policy = parts.loss, parts.policy
     env.set_seed(seed)
     collector = Collector(env, policy, frames_per_batch=frames_per_batch, total_frames=frames)
     batches = [batch.clone() for batch in collector]

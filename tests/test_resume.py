@@ -205,6 +205,27 @@ def test_a_smax_run_resumes_on_the_state_it_trained_on(tmp_path, saved, scaling)
     assert resumed.env.world_state == scaling and "raw_world_state" not in resumed.env
 
 
+@pytest.mark.parametrize("algorithm", ["fop", "qmix"])
+def test_a_run_saved_before_algorithms_held_their_rates_resumes_at_them(tmp_path, algorithm):
+    """FOP's rates were `optim.lr_*` (the baselines never read them) and QMIX's/VDN's was
+    `algorithm.lr`: a saved run resumes with them as `algorithm.lr_*`, at the same values."""
+    cfg = OmegaConf.create(OmegaConf.to_container(_compose(["+experiment=smax_3m", f"algorithm={algorithm}"])))
+    old_fop_rates = {"lr_qvalue": 1e-4, "lr_mixer": None, "lr_value": 2e-4, "lr_actor": 3e-4, "lr_alpha": 4e-4}
+    for key in train.FOP_RATES:
+        cfg.algorithm.pop(key, None)
+    cfg.optim.update(old_fop_rates)
+    if algorithm == "qmix":
+        cfg.algorithm.lr = 7e-4
+    OmegaConf.save(cfg, tmp_path / "config.yaml")
+    resumed = train.saved_config(tmp_path)
+    assert not set(train.FOP_RATES) & set(resumed.optim)
+    typed = train.schema.validate(resumed).algorithm
+    if algorithm == "fop":
+        assert typed.rates == old_fop_rates
+    else:
+        assert typed.lr_qvalue == 7e-4 and "lr" not in resumed.algorithm
+
+
 def test_a_write_killed_midway_leaves_the_previous_checkpoint_whole(tmp_path, monkeypatch):
     io, path = AtomicCheckpointIO(), tmp_path / "last.ckpt"
     io.save_checkpoint({"step": torch.tensor(1)}, path)

@@ -168,8 +168,8 @@ def test_the_learner_takes_alpha_from_one_source(learn_alpha, temperature, match
                    action_space="discrete", learn_alpha=learn_alpha, num_actions=3)
     collect = CollectConfig(total_frames=64, frames_per_batch=16, buffer_size=64, batch_size=16, warmup_frames=16)
     with pytest.raises(ValueError, match=match):
-        FOPLightningModule(loss, loss.actor_network, lambda: None, collect=collect,
+        FOPLightningModule(loss, loss.actor_network, FOPLightningModule.fop_objectives(loss), lambda: None, collect=collect,
                            optim=OptimConfig(), temperature=temperature)
     schedule_ok = None if learn_alpha else ConstantTemperature(0.2)
-    FOPLightningModule(loss, loss.actor_network, lambda: None, collect=collect,
+    FOPLightningModule(loss, loss.actor_network, FOPLightningModule.fop_objectives(loss), lambda: None, collect=collect,
                        optim=OptimConfig(), temperature=schedule_ok)  # the one source: accepted

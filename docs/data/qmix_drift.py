@@ -27,7 +27,7 @@ BATCHES = 8
 def main(run: Path, snapshots: list[str]) -> None:
     cfg = train.saved_config(run)
     typed = train.schema.validate(cfg)
-    env = train.make_env(cfg.env, cfg.algorithm)
+    env = train.make_env(cfg.env, typed.algorithm)
     for snap in snapshots:
         module, _ = train.build_module(cfg, typed, env)
         checkpoint = torch.load(snap, map_location="cpu", weights_only=True, mmap=True)

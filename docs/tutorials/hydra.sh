@@ -13,7 +13,7 @@ python recipes/train.py +experiment=mtq --cfg job --package collect
 
 # --8<-- [start:override]
 # Any key can be overridden on the command line; an unknown key fails before anything runs.
-python recipes/train.py collect.total_frames=1008 temperature.end=0.1 optim.lr_actor=0.001 \
+python recipes/train.py collect.total_frames=1008 temperature.end=0.1 algorithm.lr_actor=0.001 \
     trainer.enable_progress_bar=false hydra.run.dir="$RUNS/override"
 if python recipes/train.py collect.total_frame=2000 --cfg job > /dev/null 2>&1; then
     echo "a misspelt key should have failed"; exit 1
