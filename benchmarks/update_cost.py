@@ -36,6 +36,7 @@ from torch import nn
 from torchrl.collectors import Collector
 
 from fop_modules.networks import AgentMLP
+from fop_modules.target_update import FusedSoftUpdate
 from learner_update import timed
 from smac_shapes import attach_optimizers, recipe_config, recipe_learner
 
@@ -64,7 +65,8 @@ class _HandWrittenFOP:
 
     def __init__(self, module) -> None:
         loss, optim = module.loss_module, module.optim
-        if optim.name != "adam" or optim.target_update != "soft":
+        recipe_optimizer = optim.make_optimizer([{"params": [torch.zeros(1, requires_grad=True)], "lr": 1.0}])
+        if type(recipe_optimizer) is not torch.optim.Adam or not isinstance(module.target_updater, FusedSoftUpdate):
             raise ValueError("the hand-written update implements Adam and the soft target update only")
         self.k, self.n = loss.num_qvalue_nets, loss.n_agents
         twin = (lambda params, k: params[k]) if self.k > 1 else (lambda params, k: params)
@@ -86,7 +88,7 @@ class _HandWrittenFOP:
               for name, objective in module.objectives.items()}
         groups = ([{"params": critic_params, "lr": lr["qvalue"][0]}, {"params": mixer_params, "lr": lr["qvalue"][1]}]
                   if len(lr["qvalue"]) == 2 else [{"params": critic_params + mixer_params, "lr": lr["qvalue"][0]}])
-        adam = partial(torch.optim.Adam, eps=optim.eps)
+        adam = partial(torch.optim.Adam, eps=recipe_optimizer.defaults["eps"])
         self.q_optimizer = adam(groups)
         self.value_optimizer = None if self.value is None else adam([{"params": list(self.value.parameters()),
                                                                        "lr": lr["value"][0]}])
@@ -100,7 +102,7 @@ class _HandWrittenFOP:
         self.target_entropy = loss.target_entropy.clone()
         self.paper_alpha_i = loss.individual_temperature == "paper"
         self.gamma = loss.value_estimator.gamma.item()
-        self.tau, self.clip = optim.tau, optim.grad_clip
+        self.tau, self.clip = 1 - module.target_updater.eps, optim.grad_clip
         self.mean_entropy = loss.entropy_reduction == "mean"
 
     @property

@@ -7,28 +7,24 @@ algorithm's loop shares.
 
 :class:`OptimConfig` builds the optimisers (:meth:`OptimConfig.make_optimizer`) and the target
 update (:meth:`OptimConfig.make_target_updater`) that :class:`~fop_modules.lightning.MARLLightningModule`
-steps, and that a loop of one's own can use the same way.
+steps, and that a loop of one's own can use the same way. Both are callables (any torch optimiser,
+any TorchRL target updater), which the recipe builds from ``_target_`` nodes.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any, Literal, get_args
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, Callable
 
 import torch
-from torchrl.objectives import HardUpdate, LossModule, SoftUpdate
+from torchrl.objectives import LossModule
+from torchrl.objectives.utils import TargetNetUpdater
 
-from fop_modules.choices import choices_enum
 from fop_modules.target_update import FusedSoftUpdate
 
-__all__ = ["Objective", "OptimConfig", "check_rates", "OptimizerName", "TargetUpdate", "OPTIMIZERS", "TargetUpdateName"]
-
-
-OPTIMIZERS = {"adam": torch.optim.Adam, "rmsprop": torch.optim.RMSprop}
-TargetUpdateName = Literal["soft", "hard"]  # polyak averaging | periodic copies of the target networks
-OptimizerName = choices_enum("OptimizerName", OPTIMIZERS, "OptimConfig.name: the optimiser (OPTIMIZERS).")
-TargetUpdate = choices_enum("TargetUpdate", TargetUpdateName, "OptimConfig.target_update: how the targets follow.")
+__all__ = ["Objective", "OptimConfig", "check_rates"]
 
 
 def check_rates(owner: str, *, optional: tuple[str, ...] = (), **rates: float | None) -> None:
@@ -51,49 +47,54 @@ def check_rates(owner: str, *, optional: tuple[str, ...] = (), **rates: float | 
 
 @dataclass
 class OptimConfig:
-    """Optimisers, one per objective, each over its :class:`Objective`'s parameter groups (whose
-    ``lr`` the algorithm sets); ``grad_clip`` is a norm (None: off)."""
+    """What every algorithm's loop shares: the optimiser of each objective, the target networks'
+    update, gradient clipping and what a non-finite loss does.
 
-    name: OptimizerName = OptimizerName.adam
+    Attributes:
+        optimizer: ``param_groups -> torch.optim.Optimizer``, one per objective over its groups
+            (each with the algorithm's ``lr``), e.g. ``partial(torch.optim.RMSprop, alpha=0.99,
+            eps=1e-5)``; the recipe's ``optim/optimizer`` group (configs/optim/optimizer/) holds
+            it as a ``_target_`` node with ``_partial_: true``.
+        target_update: ``loss -> updater`` whose ``step()`` runs once per update: polyak
+            (:class:`~fop_modules.target_update.FusedSoftUpdate`, TorchRL's ``SoftUpdate`` values
+            in one fused call) or TorchRL's ``HardUpdate`` (a copy every
+            ``value_network_update_interval`` steps); the ``optim/target_update`` group.
+        grad_clip: gradient-norm clip per objective (None: off).
+        on_nonfinite: a nan/inf loss stops the run (``"raise"``) or skips that step (``"skip"``).
+
+    Examples:
+        >>> from torchrl.objectives import HardUpdate
+        >>> authors = OptimConfig(optimizer=partial(torch.optim.RMSprop, alpha=0.99, eps=1e-5),
+        ...                       target_update=partial(HardUpdate, value_network_update_interval=200),
+        ...                       grad_clip=10.0)
+        >>> type(authors.make_optimizer([{"params": [torch.zeros(1, requires_grad=True)], "lr": 5e-4}])).__name__
+        'RMSprop'
+    """
+
+    optimizer: Callable[[list[dict]], torch.optim.Optimizer] = field(
+        default_factory=lambda: partial(torch.optim.Adam, eps=1e-5))
+    target_update: Callable[[LossModule], TargetNetUpdater] = field(
+        default_factory=lambda: partial(FusedSoftUpdate, tau=0.005))
     grad_clip: float | None = None
-    rmsprop_alpha: float = 0.99  # the authors' RMSprop smoothing
-    eps: float = 1e-5
-    target_update: TargetUpdate = TargetUpdate.soft
-    tau: float = 0.005  # soft (polyak) target update rate
-    hard_update_interval: int = 200  # updates between hard target copies
     on_nonfinite: str = "raise"  # a nan/inf loss stops the run | skips that step
 
     def __post_init__(self) -> None:
-        if self.name not in OPTIMIZERS:
-            raise ValueError(f"OptimConfig.name must be one of {list(OPTIMIZERS)}, got {self.name!r}")
-        if self.target_update not in get_args(TargetUpdateName):
-            raise ValueError(f"OptimConfig.target_update must be 'soft' or 'hard', got {self.target_update!r}")
-        if not 0 < self.tau <= 1:
-            raise ValueError(f"OptimConfig.tau must be in (0, 1], got {self.tau}")
+        for name in ("optimizer", "target_update"):
+            if not callable(getattr(self, name)):
+                raise ValueError(f"OptimConfig.{name} must be callable (e.g. a functools.partial of its class), "
+                                 f"got {getattr(self, name)!r}")
         if self.on_nonfinite not in ("raise", "skip"):
             raise ValueError(f"OptimConfig.on_nonfinite must be 'raise' or 'skip', got {self.on_nonfinite!r}")
         if self.grad_clip is not None and not 0 < self.grad_clip < math.inf:
             raise ValueError(f"OptimConfig.grad_clip must be finite and > 0, or null (no clipping), got {self.grad_clip}")
-        if not 0 < self.eps < math.inf:
-            raise ValueError(f"OptimConfig.eps must be finite and > 0, got {self.eps}")
-        if not 0 <= self.rmsprop_alpha < 1:
-            raise ValueError(f"OptimConfig.rmsprop_alpha must be in [0, 1), got {self.rmsprop_alpha}")
-        if self.hard_update_interval < 1:
-            raise ValueError(f"OptimConfig.hard_update_interval must be >= 1, got {self.hard_update_interval}")
 
-    def make_optimizer(self, param_groups: list[dict]) -> torch.optim.Optimizer:
-        """The optimiser ``name`` names over ``param_groups`` (each group with its own ``lr``),
-        with ``eps`` (and ``rmsprop_alpha`` for RMSprop)."""
-        extra = {"alpha": self.rmsprop_alpha} if OPTIMIZERS[self.name] is torch.optim.RMSprop else {}
-        return OPTIMIZERS[self.name](param_groups, eps=self.eps, **extra)
+    def make_optimizer(self, param_groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
+        """:attr:`optimizer` over ``param_groups`` (each group with its own ``lr``)."""
+        return self.optimizer(param_groups)
 
-    def make_target_updater(self, loss_module: LossModule) -> SoftUpdate | HardUpdate:
-        """The target networks' update, one ``step()`` per update: polyak with ``tau``
-        (:class:`~fop_modules.target_update.FusedSoftUpdate`, TorchRL's ``SoftUpdate`` values in
-        one fused call) or a copy every ``hard_update_interval`` steps (``HardUpdate``)."""
-        if self.target_update == "soft":
-            return FusedSoftUpdate(loss_module, tau=self.tau)
-        return HardUpdate(loss_module, value_network_update_interval=self.hard_update_interval)
+    def make_target_updater(self, loss_module: LossModule) -> TargetNetUpdater:
+        """:attr:`target_update` on ``loss_module``'s target networks, one ``step()`` per update."""
+        return self.target_update(loss_module)
 
 
 @dataclass

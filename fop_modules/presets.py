@@ -38,6 +38,7 @@ Examples:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Literal
 
 import torch
@@ -47,6 +48,7 @@ from torchrl.objectives import HardUpdate, SoftUpdate, ValueEstimators
 from fop_modules.optimisation import OptimConfig
 from fop_modules.loss import FOPLoss
 from fop_modules.reward_scaling import fit_reward_standardisation
+from fop_modules.target_update import FusedSoftUpdate
 from fop_modules.temperature import LinearTemperature, TemperatureSchedule
 
 __all__ = ["FOPPreset", "ONE_STEP", "SMAC", "CONTINUOUS", "PRESETS"]
@@ -139,7 +141,7 @@ class FOPPreset:
     def make_target_updater(self, loss: FOPLoss) -> SoftUpdate | HardUpdate:
         """The target critics' and mixers' update, as the training loop builds it
         (:meth:`OptimConfig.make_target_updater`): polyak (``tau``) or a copy every
-        ``hard_update_interval`` calls of its ``step()``, once per update."""
+        ``value_network_update_interval`` calls of its ``step()``, once per update."""
         return self.optim.make_target_updater(loss)
 
 
@@ -154,7 +156,8 @@ ONE_STEP = FOPPreset(
     gamma=0.99,
     temperature=LinearTemperature(start=1.0, end=0.01, steps=10_000),  # paper Table 2, standardised units
     rates=dict(lr_qvalue=3e-4, lr_mixer=3e-2, lr_value=1e-3, lr_actor=3e-3, lr_alpha=1e-3),
-    optim=OptimConfig(grad_clip=10.0, eps=1e-5, target_update="soft", tau=0.01),
+    optim=OptimConfig(optimizer=partial(torch.optim.Adam, eps=1e-5), target_update=partial(FusedSoftUpdate, tau=0.01),
+                      grad_clip=10.0),
     batch_size=64,
     frames_per_batch=16,
     updates_per_batch=4,
@@ -175,8 +178,8 @@ SMAC = FOPPreset(
     gamma=0.99,
     temperature=LinearTemperature(start=0.5, end=0.05, steps=90_000),  # SMAC rewards (max 20)
     rates=dict(lr_qvalue=5e-4, lr_mixer=None, lr_value=5e-4, lr_actor=5e-4, lr_alpha=1e-3),
-    optim=OptimConfig(name="rmsprop", grad_clip=10.0, eps=1e-5, target_update="hard",
-                      hard_update_interval=200, tau=0.01),
+    optim=OptimConfig(optimizer=partial(torch.optim.RMSprop, alpha=0.99, eps=1e-5),  # the authors' RMSprop
+                      target_update=partial(HardUpdate, value_network_update_interval=200), grad_clip=10.0),
     batch_size=32,  # whole episodes
     frames_per_batch=150,  # about one episode ...
     updates_per_batch=1,  # ... per update, as the authors
@@ -195,7 +198,8 @@ CONTINUOUS = FOPPreset(
     gamma=0.99,
     temperature=LinearTemperature(start=0.1, end=0.01, steps=20_000),
     rates=dict(lr_qvalue=3e-4, lr_mixer=3e-2, lr_value=1e-3, lr_actor=1e-3, lr_alpha=1e-3),
-    optim=OptimConfig(grad_clip=10.0, eps=1e-5, target_update="soft", tau=0.01),
+    optim=OptimConfig(optimizer=partial(torch.optim.Adam, eps=1e-5), target_update=partial(FusedSoftUpdate, tau=0.01),
+                      grad_clip=10.0),
     batch_size=64,
     frames_per_batch=16,
     updates_per_batch=4,

@@ -41,6 +41,11 @@ class FusedSoftUpdate(SoftUpdate):
 
     _pairs: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None
 
+    def __init__(self, loss_module, *, eps: float | None = None, tau: float | None = None) -> None:
+        if tau is not None and not 0 < tau <= 1:  # SoftUpdate takes tau = 0 (targets that never move)
+            raise ValueError(f"tau must be in (0, 1], got {tau}")
+        super().__init__(loss_module, eps=eps, tau=tau)
+
     def init_(self) -> None:
         super().init_()
         self._pairs = None

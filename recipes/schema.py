@@ -62,6 +62,17 @@ class CheckpointConfig:
 
 
 @dataclass
+class OptimSection:
+    """Types of the ``optim`` section: :class:`~fop_modules.optimisation.OptimConfig`'s fields,
+    its optimiser and target update as ``_target_`` nodes of their groups (configs/optim/)."""
+
+    optimizer: Any = MISSING  # configs/optim/optimizer/: a torch optimiser, _partial_
+    target_update: Any = MISSING  # configs/optim/target_update/: a target updater on the loss, _partial_
+    grad_clip: Optional[float] = MISSING
+    on_nonfinite: str = MISSING
+
+
+@dataclass
 class RunConfig:
     """Types of configs/config.yaml. ``env``, ``temperature``, ``probe``, ``logger`` and
     ``evaluation`` are ``_target_`` nodes whose keys :func:`validate` checks against the signature
@@ -74,7 +85,7 @@ class RunConfig:
     probe: Any = None  # a Lightning callback probing the finished run (configs/probe/); null: none
     algorithm: Any = MISSING  # an algorithm's config by its _target_ (FOPConfig, MASACConfig, ...): validate types it
     collect: CollectConfig = MISSING
-    optim: OptimConfig = MISSING
+    optim: OptimSection = MISSING
     trainer: Dict[str, Any] = MISSING  # lightning.Trainer arguments
     logger: Any = MISSING  # a Lightning logger (configs/logger/); the recipe gives its save_dir
     evaluation: Any = MISSING  # a Lightning callback evaluating the run (GreedyEvaluation); the recipe gives its env
@@ -225,6 +236,25 @@ def algorithm_section(algo: DictConfig, collect: CollectConfig) -> AlgorithmConf
     return typed
 
 
+def optim_section(node: DictConfig) -> OptimConfig:
+    """:class:`~fop_modules.optimisation.OptimConfig` from the ``optim`` section: the optimiser and
+    the target update instantiated from their ``_target_`` nodes (partials the loop calls on each
+    objective's parameter groups and on the loss), the optimiser's own argument checks run on a
+    dummy parameter before anything is built."""
+    built = {}
+    for key in ("optimizer", "target_update"):
+        if not isinstance(node.get(key), DictConfig):
+            raise ConfigError(f"optim.{key} must be a _target_ node (configs/optim/{key}/; e.g. optim/{key}="
+                              f"{'adam' if key == 'optimizer' else 'soft'})")
+        check_target_keys(node[key], f"optim.{key}")
+        with startup_errors(f"optim.{key}", node[key]):
+            built[key] = instantiate(node[key])
+    with startup_errors("optim.optimizer", node.optimizer):  # torch's own checks of its arguments
+        built["optimizer"]([{"params": [torch.zeros(1, requires_grad=True)], "lr": 1e-3}])
+    with startup_errors("optim", node, "OptimConfig"):
+        return OptimConfig(**built, grad_clip=node.grad_clip, on_nonfinite=node.on_nonfinite)
+
+
 def check_trainer(trainer: DictConfig) -> None:
     """A GPU accelerator needs a GPU torch can use; DDP needs ``find_unused_parameters``."""
     accelerator = str(trainer.get("accelerator", "auto"))
@@ -253,7 +283,7 @@ def validate(cfg: DictConfig) -> Validated:
         ConfigError: naming the first bad key (dotted path) and what is allowed.
     """
     typed = {}
-    for section, cls in (("collect", CollectConfig), ("optim", OptimConfig)):
+    for section, cls in (("collect", CollectConfig), ("optim", OptimSection)):
         known = [f.name for f in fields(cls)]
         for key in cfg[section]:  # `+section.key=...` appends past Hydra's struct check
             if key not in known:
@@ -266,6 +296,7 @@ def validate(cfg: DictConfig) -> Validated:
             except OmegaConfBaseException as error:  # a wrong type or choice: name the dotted key
                 raise ConfigError(f"{section}.{error.full_key}: {error.msg}") from None
             typed[section] = OmegaConf.to_object(merged)
+    optim = optim_section(cfg.optim)
     collect = typed["collect"]
     algo = algorithm_section(cfg.algorithm, collect)
 
@@ -308,4 +339,4 @@ def validate(cfg: DictConfig) -> Validated:
         if key in cfg.trainer:
             raise ConfigError(f"trainer.{key}: set by the recipe; {instead}")
     check_trainer(cfg.trainer)
-    return Validated(algo, collect, typed["optim"], temperature)
+    return Validated(algo, collect, optim, temperature)

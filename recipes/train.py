@@ -61,6 +61,8 @@ EVALUATION_KEYS_BEFORE = {"eval_interval": "interval", "eval_envs": "episodes", 
 """``collect.eval_*`` of a run saved before the ``evaluation`` node -> its GreedyEvaluation arguments."""
 FOP_RATES = ("lr_qvalue", "lr_mixer", "lr_value", "lr_actor", "lr_alpha")
 """FOP's rates, ``optim.lr_*`` in a run saved before each algorithm held its own (``algorithm.lr_*``)."""
+OPTIMIZERS_BEFORE = {"adam": "torch.optim.Adam", "rmsprop": "torch.optim.RMSprop"}
+"""``optim.name`` -> the optimiser's ``_target_`` of a run saved before ``optim.optimizer`` was a node."""
 BASELINE_TARGETS_BEFORE = {"masac": "fop_modules.baselines.MASACConfig", "maddpg": "fop_modules.baselines.MADDPGConfig",
                            "qmix": "fop_modules.baselines.ValueDecompositionConfig",
                            "vdn": "fop_modules.baselines.ValueDecompositionConfig"}
@@ -101,8 +103,9 @@ def build_module(cfg: DictConfig, typed, env) -> tuple[MARLLightningModule, torc
     make_run_env = partial(make_env, cfg.env, typed.algorithm, reward_std=cfg.reward_std)
     with startup_errors("algorithm"):  # the networks' and losses' own checks
         parts = typed.algorithm.build(env, typed.collect.total_frames)
-    module = parts.learner(make_run_env, collect=typed.collect, optim=typed.optim, seed=cfg.seed,
-                           temperature=typed.temperature)
+    with startup_errors("optim.target_update", cfg.optim.target_update):  # built on the loss here
+        module = parts.learner(make_run_env, collect=typed.collect, optim=typed.optim, seed=cfg.seed,
+                               temperature=typed.temperature)
     return module, parts.policy
 
 
@@ -310,7 +313,8 @@ def saved_config(run_dir: Path) -> DictConfig:
     """The config.yaml a run saved, in today's terms: a key added since gets the value the run
     trained with (KEYS_ADDED_SINCE), ``logger: <name>`` (before the logger group) its node,
     ``collect.eval_*`` (before the evaluation callback) its ``evaluation`` node, ``algorithm`` its
-    ``_target_`` (before algorithms were chosen by it; QMIX and VDN their ``mixer``), FOP's
+    ``_target_`` (before algorithms were chosen by it; QMIX and VDN their ``mixer``), ``optim``
+    its optimiser and target update nodes (before they were; :func:`optim_nodes`), FOP's
     ``optim.lr_*`` (before each algorithm held its rates) ``algorithm.lr_*`` and QMIX's and
     VDN's ``algorithm.lr`` ``algorithm.lr_qvalue``; a SMAX run its state's scaling
     (``env.world_state``: JaxMARL's before ``raw_world_state`` existed, the cooldowns only while it did)."""
@@ -335,7 +339,23 @@ def saved_config(run_dir: Path) -> DictConfig:
         algo.update(moved_rates)
     if algo._target_.endswith(".ValueDecompositionConfig") and "lr" in algo:
         algo.lr_qvalue = algo.pop("lr")
+    if "name" in saved.optim:  # before the optimiser and the target update were _target_ nodes
+        saved.optim = optim_nodes(saved.optim)
     return saved
+
+
+def optim_nodes(old: DictConfig) -> DictConfig:
+    """An ``optim`` section saved with ``name``, ``eps``, ``rmsprop_alpha``, ``target_update:
+    soft|hard``, ``tau`` and ``hard_update_interval`` as today's nodes of the same settings."""
+    optim = {key: value for key, value in old.items() if key in ("grad_clip", "on_nonfinite")}
+    alpha = {"alpha": old.rmsprop_alpha} if old.name == "rmsprop" else {}
+    optim["optimizer"] = {"_target_": OPTIMIZERS_BEFORE[old.name], "_partial_": True, **alpha, "eps": old.eps}
+    optim["target_update"] = (
+        {"_target_": "fop_modules.target_update.FusedSoftUpdate", "_partial_": True, "tau": old.tau}
+        if old.target_update == "soft" else
+        {"_target_": "torchrl.objectives.HardUpdate", "_partial_": True,
+         "value_network_update_interval": old.hard_update_interval})
+    return OmegaConf.create(optim)
 
 
 def check_resume_before_hydra(argv: list[str]) -> None:

@@ -259,7 +259,9 @@ def test_the_sequence_experiments_take_a_baseline_with_no_other_override(algorit
         filled = config.resolved(cfg.collect.total_frames)
         assert (filled.anneal_frames, filled.hypernet_embed, filled.double_q, filled.mixer_init_scale) == (
             50_000, 64, True, 0.001)
-        assert (cfg.optim.name, cfg.optim.target_update, cfg.optim.hard_update_interval) == ("rmsprop", "hard", 200)
+        assert (cfg.optim.optimizer._target_, cfg.optim.target_update._target_,
+                cfg.optim.target_update.value_network_update_interval) == (
+            "torch.optim.RMSprop", "torchrl.objectives.HardUpdate", 200)
         assert (cfg.collect.batch_size, cfg.collect.buffer_size // cfg.episode_limit) == (32, 5000)
 
 

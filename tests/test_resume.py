@@ -226,6 +226,23 @@ def test_a_run_saved_before_algorithms_held_their_rates_resumes_at_them(tmp_path
         assert typed.lr_qvalue == 7e-4 and "lr" not in resumed.algorithm
 
 
+@pytest.mark.parametrize("experiment, old_optim", [
+    ("smax_3m", {"name": "rmsprop", "rmsprop_alpha": 0.99, "eps": 1e-5, "target_update": "hard", "tau": 0.01,
+                 "hard_update_interval": 200}),
+    ("vmas_navigation", {"name": "adam", "rmsprop_alpha": 0.99, "eps": 1e-6, "target_update": "soft", "tau": 0.005,
+                         "hard_update_interval": 200})])
+def test_a_run_saved_before_the_optimiser_groups_resumes_with_the_same_optimiser(tmp_path, experiment, old_optim):
+    """`optim.name`, `eps`, `rmsprop_alpha`, `target_update: soft|hard`, `tau` and
+    `hard_update_interval` of an older run become the optim/optimizer and optim/target_update
+    nodes that build the same optimiser and target update as the experiment composes today."""
+    cfg = OmegaConf.create(OmegaConf.to_container(_compose([f"+experiment={experiment}"])))
+    composed = OmegaConf.to_container(cfg.optim)
+    cfg.optim = {"grad_clip": cfg.optim.grad_clip, "on_nonfinite": cfg.optim.on_nonfinite, **old_optim}
+    OmegaConf.save(cfg, tmp_path / "config.yaml")
+    resumed = OmegaConf.to_container(train.saved_config(tmp_path).optim)
+    assert resumed == composed
+
+
 def test_a_write_killed_midway_leaves_the_previous_checkpoint_whole(tmp_path, monkeypatch):
     io, path = AtomicCheckpointIO(), tmp_path / "last.ckpt"
     io.save_checkpoint({"step": torch.tensor(1)}, path)
