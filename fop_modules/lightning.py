@@ -239,6 +239,13 @@ class MARLLightningModule(L.LightningModule):
             updates += self.collect.updates_per_episode * int(episodes)
         return updates
 
+    def warm(self) -> bool:
+        """Whether the replay holds ``collect.warmup_frames``, on every rank under DDP: sequence
+        replay stores whole episodes only, so ranks reach the warm-up at different batches, and a
+        rank that updated alone would wait forever in the gradients' all-reduce."""
+        warm = len(self.buffer) >= self.collect.warmup_frames
+        return self.trainer.strategy.reduce_boolean_decision(warm, all=True)
+
     def training_step(self, batch: TensorDictBase, batch_idx: int) -> None:
         self.env_frames += batch.numel()
         if self.process_batch is not None:
@@ -246,7 +253,7 @@ class MARLLightningModule(L.LightningModule):
         self.store(batch)
         self.before_updates(batch.numel())
         updates = self.updates_for(batch)
-        if len(self.buffer) >= self.collect.warmup_frames and updates:
+        if self.warm() and updates:
             with self._profile("updates"):  # replay sampling included
                 for _ in range(updates):
                     metrics = self.update(self.sample())

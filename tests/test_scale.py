@@ -95,3 +95,25 @@ def test_ddp_on_two_cpu_processes_keeps_the_parameters_identical(tmp_path):
     assert summary["rank_replays_differ"] is True  # each rank collected its own data
     ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt")
     assert len(ckpt["rng_states"]) == len(ckpt["fop_run"]["replay"]) == 2  # per rank, for resume
+
+
+def test_ddp_ranks_start_updating_together_with_sequence_replay(tmp_path):
+    """Sequence replay stores whole episodes only, so two ranks collecting their own battles
+    pass collect.warmup_frames at different batches (here, after the second batch, rank 0 holds
+    254 frames and rank 1 273: the threshold of 260 lies between them). A rank that updated alone
+    left the ranks out of step (the old code fails here). The ranks now start updating at the
+    same batch, and their parameters stay identical."""
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "recipes" / "train.py"), "+experiment=smac_3s_vs_3z", "env.backend=fake",
+         "trainer.devices=2", "collect.total_frames=1500", "collect.frames_per_batch=150",
+         "collect.warmup_frames=260", "collect.batch_size=2", "collect.buffer_size=3000",
+         "evaluation.interval=0", "evaluation.episodes=1", "checkpoint.every_frames=0",
+         "algorithm.rnn_hidden=8", "algorithm.hidden=[8]", "trainer.enable_progress_bar=false",
+         f"hydra.run.dir={tmp_path}"],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"},
+        capture_output=True, text=True, timeout=420)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["updates"] > 0
+    assert summary["rank_parameter_difference"] == 0.0
+
